@@ -1,0 +1,315 @@
+"""Shared helpers for the benchmark scripts: data paths, machine description, FASTA reading,
+k-mer counting, the robust z-score region caller, markdown sections, and detection of the titans
+CLI / Python API (titans rows run only when it exists; until then they say "pending").
+
+Nothing here imports titans_cli at module import time: the baselines must run without it.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import gzip
+import importlib
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+BENCH_DIR = REPO / "benchmarks"
+RESULTS_DIR = BENCH_DIR / "results"
+CACHE_DIR = BENCH_DIR / ".cache"
+DATA = Path(os.environ.get("TITANS_SHARED_DATA", REPO.parent / "shared" / "data"))
+DNA_EVAL = DATA / "dna" / "eval"
+DNA_TRAIN = DATA / "dna" / "train"
+TEXT = DATA / "text"
+
+PENDING = "pending"
+
+
+# ----------------------------------------------------------------------------- machine
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def ram_gib() -> float:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) / 1024**2
+    except OSError:
+        pass
+    return float("nan")
+
+
+def git_commit() -> str:
+    try:
+        sha = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=REPO,
+                             capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
+                               capture_output=True, text=True, check=True).stdout.strip()
+        return sha + ("+uncommitted changes" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def machine_line() -> str:
+    """One line naming the machine a section was produced on."""
+    return (f"{cpu_model()}, {os.cpu_count()} cores, {ram_gib():.0f} GiB RAM, no GPU; "
+            f"{_dt.datetime.now(_dt.timezone.utc):%Y-%m-%d %H:%M} UTC; commit {git_commit()}")
+
+
+# ----------------------------------------------------------------------------- sections
+
+
+def md_table(headers: list[str], rows: list[list], align: str | None = None) -> str:
+    """A GitHub markdown table; `align` is one char per column: l or r (default: first l, rest r)."""
+    align = align or ("l" + "r" * (len(headers) - 1))
+    sep = ["---:" if a == "r" else "---" for a in align]
+    out = ["| " + " | ".join(headers) + " |", "| " + " | ".join(sep) + " |"]
+    for row in rows:
+        out.append("| " + " | ".join("" if c is None else str(c) for c in row) + " |")
+    return "\n".join(out)
+
+
+def fmt(x, digits: int = 3) -> str:
+    if x is None:
+        return PENDING
+    if isinstance(x, str):
+        return x
+    if isinstance(x, float) and not np.isfinite(x):
+        return "n/a"
+    return f"{x:.{digits}f}"
+
+
+def write_section(name: str, title: str, body: str, quick: bool, elapsed_s: float) -> Path:
+    """Write benchmarks/results/<name>.md: a level-2 heading, the machine line, then `body`."""
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    mode = "quick mode (`--quick`: subsampled, see notes)" if quick else "full mode"
+    text = (f"## {title}\n\n"
+            f"*Machine: {machine_line()}. Script: `benchmarks/{name}.py`, {mode}, "
+            f"ran in {elapsed_s / 60:.1f} min.*\n\n{body.rstrip()}\n")
+    path = RESULTS_DIR / f"{name}.md"
+    tmp = path.with_suffix(".md.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+    return path
+
+
+class Timer:
+    def __init__(self):
+        self.t0 = time.time()
+
+    @property
+    def elapsed(self) -> float:
+        return time.time() - self.t0
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+# ----------------------------------------------------------------------------- sequences
+
+
+def read_fasta(path: Path) -> list[tuple[str, str]]:
+    """All records of a (gzipped) FASTA file as (id, uppercase sequence)."""
+    opener = gzip.open if str(path).endswith(".gz") else open
+    records, name, parts = [], None, []
+    with opener(path, "rt") as handle:
+        for line in handle:
+            if line.startswith(">"):
+                if name is not None:
+                    records.append((name, "".join(parts).upper()))
+                name, parts = line[1:].split(None, 1)[0], []
+            else:
+                parts.append(line.strip())
+    if name is not None:
+        records.append((name, "".join(parts).upper()))
+    return records
+
+
+_CODE = np.full(256, 4, dtype=np.uint8)
+for _i, _b in enumerate(b"ACGT"):
+    _CODE[_b] = _i
+
+
+def encode(seq: str) -> np.ndarray:
+    """A C G T -> 0 1 2 3; anything else (N) -> 4."""
+    return _CODE[np.frombuffer(seq.encode("ascii"), dtype=np.uint8)]
+
+
+def kmer_index(codes: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """For every start position i of a k-mer: its index in 4**k (A=0 ... T=3, first base most
+    significant) and whether it is valid (contains no N)."""
+    n = len(codes) - k + 1
+    if n <= 0:
+        return np.zeros(0, np.int64), np.zeros(0, bool)
+    idx = np.zeros(n, dtype=np.int64)
+    bad = np.zeros(n, dtype=bool)
+    for j in range(k):
+        c = codes[j:j + n]
+        bad |= c > 3
+        idx = idx * 4 + np.minimum(c, 3)
+    return idx, ~bad
+
+
+def canonical_map(k: int) -> tuple[np.ndarray, int]:
+    """Map every k-mer index to the index of its canonical class (k-mer or reverse complement,
+    whichever is smaller), numbered 0..n_classes-1."""
+    all_idx = np.arange(4**k)
+    digits = (all_idx[:, None] // 4 ** np.arange(k - 1, -1, -1)) % 4
+    rc_digits = 3 - digits[:, ::-1]
+    rc = (rc_digits * 4 ** np.arange(k - 1, -1, -1)).sum(1)
+    canon = np.minimum(all_idx, rc)
+    classes, inverse = np.unique(canon, return_inverse=True)
+    return inverse, len(classes)
+
+
+def kmer_profile(seq_or_codes, ks=(4, 5, 6), canonical: bool = True) -> np.ndarray:
+    """Concatenated k-mer frequency vectors (each k normalised to sum 1) of one sequence."""
+    codes = encode(seq_or_codes) if isinstance(seq_or_codes, str) else seq_or_codes
+    parts = []
+    for k in ks:
+        idx, ok = kmer_index(codes, k)
+        if canonical:
+            cmap, n_classes = canonical_map(k)
+            counts = np.bincount(cmap[idx[ok]], minlength=n_classes).astype(np.float64)
+        else:
+            counts = np.bincount(idx[ok], minlength=4**k).astype(np.float64)
+        parts.append(counts / max(counts.sum(), 1.0))
+    return np.concatenate(parts)
+
+
+# ----------------------------------------------------------------------------- regions
+
+
+@dataclass(frozen=True)
+class CallerConfig:
+    """The plain robust z-score caller applied to every windowed score track (baselines and titans
+    alike): windows of `window` bp every `step` bp (the smoothing), robust z over all windows of the
+    record, windows with z >= threshold called, called windows merged when they overlap or lie
+    within `merge_gap` bp of each other."""
+    window: int
+    step: int
+    threshold: float = 3.0
+    merge_gap: int = 0
+
+
+def robust_z(x: np.ndarray) -> np.ndarray:
+    med = np.median(x)
+    mad = np.median(np.abs(x - med))
+    scale = 1.4826 * mad
+    if scale == 0:
+        scale = np.std(x) or 1.0
+    return (x - med) / scale
+
+
+def call_regions(starts: np.ndarray, ends: np.ndarray, scores: np.ndarray,
+                 cfg: CallerConfig) -> list[tuple[int, int]]:
+    """Merge the windows whose robust z-score reaches the threshold into regions (0-based,
+    half-open)."""
+    z = robust_z(scores)
+    hits = np.flatnonzero(z >= cfg.threshold)
+    regions: list[list[int]] = []
+    for i in hits:
+        s, e = int(starts[i]), int(ends[i])
+        if regions and s <= regions[-1][1] + cfg.merge_gap:
+            regions[-1][1] = max(regions[-1][1], e)
+        else:
+            regions.append([s, e])
+    return [(s, e) for s, e in regions]
+
+
+def mask_from_intervals(length: int, intervals) -> np.ndarray:
+    mask = np.zeros(length, dtype=bool)
+    for s, e in intervals:
+        mask[max(0, s):min(length, e)] = True
+    return mask
+
+
+def read_bed(path: Path) -> list[tuple[str, int, int, str]]:
+    rows = []
+    for line in Path(path).read_text().splitlines():
+        if not line.strip() or line.startswith(("#", "track", "browser")):
+            continue
+        f = line.split("\t")
+        rows.append((f[0], int(f[1]), int(f[2]), f[3] if len(f) > 3 else ""))
+    return rows
+
+
+# ----------------------------------------------------------------------------- titans
+
+
+def titans_cmd() -> list[str] | None:
+    """The titans CLI as an argv prefix, or None while it does not run yet."""
+    candidates = []
+    exe = Path(sys.executable).with_name("titans")
+    if exe.exists():
+        candidates.append([str(exe)])
+    if shutil.which("titans"):
+        candidates.append([shutil.which("titans")])
+    candidates.append([sys.executable, "-m", "titans_cli"])
+    for argv in candidates:
+        try:
+            r = subprocess.run(argv + ["--help"], capture_output=True, text=True, timeout=120,
+                               cwd=REPO)
+        except (OSError, subprocess.TimeoutExpired):
+            continue
+        if r.returncode == 0 and "surprise" in r.stdout:
+            return argv
+    return None
+
+
+def titans_subcommand_ok(argv: list[str] | None, sub: str) -> bool:
+    if argv is None:
+        return False
+    r = subprocess.run(argv + [sub, "--help"], capture_output=True, text=True, timeout=120, cwd=REPO)
+    return r.returncode == 0
+
+
+def titans_api(*names: str):
+    """The titans_cli module when it exports every function in `names`, else None."""
+    try:
+        mod = importlib.import_module("titans_cli")
+    except Exception:  # noqa: BLE001 - any import failure means "not there yet"
+        return None
+    if all(callable(getattr(mod, n, None)) for n in names):
+        return mod
+    return None
+
+
+def run_titans(argv: list[str], timeout: float | None = None) -> subprocess.CompletedProcess:
+    """Run one titans CLI command; raise with its stderr on failure."""
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, cwd=REPO)
+    if r.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)} exited {r.returncode}: {r.stderr.strip()[-2000:]}")
+    return r
+
+
+def read_bedgraph_to_array(path: Path, lengths: dict[str, int]) -> dict[str, np.ndarray]:
+    """Per-base float arrays (NaN where the bedGraph has no value) from a bedGraph file."""
+    out = {name: np.full(n, np.nan, dtype=np.float32) for name, n in lengths.items()}
+    opener = gzip.open if str(path).endswith(".gz") else open
+    with opener(path, "rt") as fh:
+        for line in fh:
+            if not line.strip() or line.startswith(("track", "browser", "#")):
+                continue
+            chrom, s, e, v = line.split()[:4]
+            if chrom in out:
+                out[chrom][int(s):int(e)] = float(v)
+    return out

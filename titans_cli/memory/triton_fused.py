@@ -1,0 +1,431 @@
+"""A fused Triton kernel for the memory update: one program per (batch row, head), all chunks.
+
+Same signature and semantics as ``torch_chunked.memory_update`` (MEMORY_MATH.md, the closed form of
+paper §3.2); read that module first. Where torch_chunked issues ~15 batched launches per chunk, this
+kernel is launched once per call: each program walks its (row, head)'s chunks in a loop and does the
+whole chunk step in one place —
+
+    keys forward through M0 (z = k W1ᵀ, a = σ(z), y = a W2ᵀ), δ's back (δ2 = f'(y - v),
+    δ1 = (δ2 W2) ⊙ σ'(z)), ||u_i|| and its clip, the η/β products of the chunk from in-chunk
+    cumulative log sums, M_b and S_b as (Δ ⊙ c)ᵀ X products, ||S_t|| through b×b Gram matrices,
+    the read y_t = M0(q_t), and the chunk-end retention map (lq / kl) —
+
+with the tiles of the chunk (b×d, b×h, b×b) in registers and every product a ``tl.dot`` with fp32
+accumulation. The memory state (weights and momenta, fp32, 4 × h × d floats per head: 128 KiB at
+d=64, h=128) is too large for one program's registers next to the chunk's tiles, so it lives in a
+per-(row, head) fp32 working buffer that the same program rewrites every chunk: it stays in L2
+(32 heads × 128 KiB = 4 MiB), and HBM sees the tokens once and the state once per call.
+
+Supported (else the call falls back to torch_chunked, documented in `fused_supported`):
+depth 1 and 2; attentional bias l2 | lp | huber; retention decay | lq | kl | none; algorithm
+momentum | gd; clipping; any head_dim / hidden width up to 128 / 256 (padded to powers of two
+with masks); inputs fp32, bf16 or fp16 (state always fp32). On CPU the kernel runs only under
+Triton's interpreter (TRITON_INTERPRET=1, for tests); otherwise CPU calls use torch_chunked.
+
+Matrix-product precision (`precision`): "ieee" (true fp32, the default for fp32 inputs unless
+``torch.backends.cuda.matmul.allow_tf32`` is set, mirroring torch's own policy), "tf32" (fp32
+operands on the tensor cores, ~1e-3 relative error), "bf16" (operands rounded to bf16, fp32
+accumulation and state; the default for bf16/fp16 inputs).
+
+Training: `memory_update` is differentiable. Forward runs the kernel; the backward is NOT a Triton
+kernel: it recomputes the call through torch_chunked under autograd and backpropagates through
+that (so forward+backward costs this kernel plus torch_chunked's forward and backward).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from .config import MemoryConfig
+from .mlp import MemoryResult, check_inputs, retention_radius
+
+try:  # optional dependency: never required on CPU installs
+    import triton
+    import triton.language as tl
+
+    TRITON_AVAILABLE = True
+except ImportError:  # pragma: no cover - depends on the install
+    triton = None
+    tl = None
+    TRITON_AVAILABLE = False
+
+_BIAS_CODES = {"l2": 0, "lp": 1, "huber": 2}
+_RETENTION_CODES = {"decay": 0, "lq": 1, "kl": 2, "none": 3}
+_MAX_HEAD_DIM, _MAX_HIDDEN = 128, 256
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def fused_supported(config: MemoryConfig, device: torch.device) -> tuple[bool, str]:
+    """Whether the fused kernel runs this config on this device, and why not when it doesn't."""
+    if not TRITON_AVAILABLE:
+        return False, "triton is not installed"
+    if device.type != "cuda" and not _interpreting():
+        return False, "the Triton kernel runs on CUDA (or on CPU under TRITON_INTERPRET=1)"
+    if config.depth > 2:
+        return False, f"depth {config.depth} > 2 (the kernel holds one hidden layer)"
+    if config.head_dim > _MAX_HEAD_DIM or (config.depth == 2 and config.hidden_dim > _MAX_HIDDEN):
+        return False, f"head_dim {config.head_dim} / hidden {config.hidden_dim} exceed {_MAX_HEAD_DIM} / {_MAX_HIDDEN}"
+    if config.chunk_size > 128:
+        return False, f"chunk_size {config.chunk_size} > 128 (b×b tiles in registers)"
+    return True, ""
+
+
+def _block(n: int) -> int:
+    """Tile extent: the next power of two, at least 16 (tl.dot's smallest operand side)."""
+    return max(16, 1 << (int(n) - 1).bit_length())
+
+
+def default_precision(dtype: torch.dtype) -> str:
+    if dtype in (torch.bfloat16, torch.float16):
+        return "bf16"
+    return "tf32" if torch.backends.cuda.matmul.allow_tf32 else "ieee"
+
+
+if TRITON_AVAILABLE:
+
+    @triton.jit
+    def _mm(a, b, PRECISION: tl.constexpr):
+        """a @ b with fp32 accumulation; operands rounded to bf16 in "bf16" mode."""
+        if PRECISION == "bf16":
+            return tl.dot(a.to(tl.bfloat16), b.to(tl.bfloat16))
+        else:
+            return tl.dot(a, b, input_precision=PRECISION)
+
+    @triton.jit
+    def _bias_derivative(residual, delta_t, p_exp, BIAS: tl.constexpr):
+        """f'(r): l2 2r; lp p sign(r)|r|^(p-1); huber 2 clamp(r, -δ, δ)."""
+        if BIAS == 0:
+            return 2.0 * residual
+        elif BIAS == 1:
+            magnitude = tl.abs(residual)
+            power = tl.where(magnitude > 0, tl.exp((p_exp - 1.0) * tl.log(magnitude)), 0.0)
+            sign = tl.where(residual > 0, 1.0, tl.where(residual < 0, -1.0, 0.0))
+            return p_exp * sign * power
+        else:
+            d = delta_t[:, None]
+            return 2.0 * tl.minimum(tl.maximum(residual, -d), d)
+
+    @triton.jit
+    def _retain(weight, mask, n_entries, log_temperature, rho, q_exp, RETENTION: tl.constexpr):
+        """The chunk-end retention map of mlp.apply_retention on one (out, in) weight tile."""
+        if RETENTION == 1:  # lq: W ρ / max(n_q(W), ρ), n_q = (mean |W|^q)^(1/q)
+            magnitude = tl.abs(weight)
+            powered = tl.where(magnitude > 0, tl.exp(q_exp * tl.log(magnitude)), 0.0)
+            norm = tl.exp(tl.log(tl.sum(tl.sum(powered, axis=1), axis=0) / n_entries) / q_exp)
+            return weight * (rho / tl.maximum(norm, rho))
+        elif RETENTION == 2:  # kl: m sign(W) softmax_j(γ log(|W| + tiny)) per row, m = in ρ
+            row_mass = rho * tl.sum(mask.to(tl.float32), axis=1)
+            logits = tl.exp(log_temperature) * tl.log(tl.abs(weight) + 1.1754943508222875e-38)
+            logits = tl.where(mask, logits, float("-inf"))
+            logits = logits - tl.max(logits, axis=1)[:, None]
+            e = tl.where(mask, tl.exp(logits), 0.0)
+            soft = e / tl.sum(e, axis=1)[:, None]
+            sign = tl.where(weight > 0, 1.0, tl.where(weight < 0, -1.0, 0.0))
+            return row_mass[:, None] * sign * soft
+        else:
+            return weight
+
+    @triton.jit
+    def _memory_chunks_kernel(
+        q_ptr, k_ptr, v_ptr, lr_ptr, eta_ptr, alpha_ptr, hd_ptr,
+        w1_ptr, w2_ptr, s1_ptr, s2_ptr,
+        o_ptr, gn_ptr, mn_ptr,
+        q_sb, q_sh, q_st, k_sb, k_sh, k_st, v_sb, v_sh, v_st,
+        g_sb, g_sh, g_st,
+        num_heads, length, chunk, head_dim, hidden,
+        max_grad_norm, p_exp, q_exp, rho1, rho2,
+        BT: tl.constexpr, BD: tl.constexpr, BHID: tl.constexpr,
+        DEPTH: tl.constexpr, BIAS: tl.constexpr, RETENTION: tl.constexpr,
+        GD: tl.constexpr, CLIP: tl.constexpr, PRECISION: tl.constexpr,
+    ):
+        # One program = one (batch row, head); it owns its state buffers, so the chunk loop needs
+        # only a CTA barrier between writing the state and reading it back.
+        pid = tl.program_id(0)
+        row = pid // num_heads
+        head = pid % num_heads
+        tiny = 1.1754943508222875e-38  # torch.finfo(float32).tiny, as torch_chunked clamps with
+
+        rt = tl.arange(0, BT)
+        rd = tl.arange(0, BD)
+        d_ok = rd < head_dim
+        q_base = q_ptr + row * q_sb + head * q_sh
+        k_base = k_ptr + row * k_sb + head * k_sh
+        v_base = v_ptr + row * v_sb + head * v_sh
+        g_off = row * g_sb + head * g_sh
+        o_base = o_ptr + pid * length * head_dim
+        s_base = pid * length
+
+        if DEPTH == 2:
+            rh = tl.arange(0, BHID)
+            h_ok = rh < hidden
+            # W1, S1: (hidden, head_dim); W2, S2: (head_dim, hidden), row-major per (row, head).
+            off1 = pid * hidden * head_dim + rh[:, None] * head_dim + rd[None, :]
+            mask1 = h_ok[:, None] & d_ok[None, :]
+            off2 = pid * head_dim * hidden + rd[:, None] * hidden + rh[None, :]
+            mask2 = d_ok[:, None] & h_ok[None, :]
+        else:
+            off1 = pid * head_dim * head_dim + rd[:, None] * head_dim + rd[None, :]
+            mask1 = d_ok[:, None] & d_ok[None, :]
+
+        causal = rt[:, None] >= rt[None, :]  # [t, i]: i <= t
+        n_chunks = tl.cdiv(length, chunk)
+        for c in range(0, n_chunks):
+            pos = c * chunk + rt
+            t_ok = (rt < chunk) & (pos < length)
+            tok_mask = t_ok[:, None] & d_ok[None, :]
+            keys = tl.load(k_base + pos[:, None] * k_st + rd[None, :], mask=tok_mask, other=0.0).to(tl.float32)
+            values = tl.load(v_base + pos[:, None] * v_st + rd[None, :], mask=tok_mask, other=0.0).to(tl.float32)
+            queries = tl.load(q_base + pos[:, None] * q_st + rd[None, :], mask=tok_mask, other=0.0).to(tl.float32)
+            theta = tl.load(lr_ptr + g_off + pos * g_st, mask=t_ok, other=0.0).to(tl.float32)
+            alpha = tl.load(alpha_ptr + g_off + pos * g_st, mask=t_ok, other=0.0).to(tl.float32)
+            if GD:
+                log_eta = tl.where(t_ok, tl.log(tiny), 0.0)
+            else:
+                eta = tl.load(eta_ptr + g_off + pos * g_st, mask=t_ok, other=1.0).to(tl.float32)
+                log_eta = tl.log(tl.maximum(eta, tiny))
+            # log(1 - α) = log1p(-α), accurate for small α (u = 1 - α; log(u)·(-α)/(u - 1));
+            # padded tokens have α = 0 -> 0.
+            keep = 1.0 - alpha
+            log_keep = tl.where(keep == 1.0, -alpha, tl.log(keep) * (-alpha) / tl.where(keep == 1.0, -1.0, keep - 1.0))
+            if RETENTION <= 1:
+                log_beta = log_keep
+            else:
+                log_beta = tl.zeros_like(log_keep)
+            if BIAS == 2:
+                delta_t = tl.load(hd_ptr + g_off + pos * g_st, mask=t_ok, other=1.0).to(tl.float32)
+            else:
+                delta_t = theta
+
+            # ---- keys forward through M0 and the δ's back (MEMORY_MATH.md "One token")
+            w1 = tl.load(w1_ptr + off1, mask=mask1, other=0.0)
+            if DEPTH == 2:
+                w2 = tl.load(w2_ptr + off2, mask=mask2, other=0.0)
+                z = _mm(keys, tl.trans(w1), PRECISION)  # (BT, BHID)
+                sig = tl.sigmoid(z)
+                hidden_act = z * sig
+                pred = _mm(hidden_act, tl.trans(w2), PRECISION)  # (BT, BD)
+                delta2 = _bias_derivative(pred - values, delta_t, p_exp, BIAS)
+                delta2 = tl.where(tok_mask, delta2, 0.0)
+                delta1 = _mm(delta2, w2, PRECISION) * (sig * (1.0 + z * (1.0 - sig)))  # (BT, BHID)
+                grad_sq = tl.sum(delta1 * delta1, axis=1) * tl.sum(keys * keys, axis=1) + tl.sum(
+                    delta2 * delta2, axis=1
+                ) * tl.sum(hidden_act * hidden_act, axis=1)
+            else:
+                pred = _mm(keys, tl.trans(w1), PRECISION)
+                delta1 = _bias_derivative(pred - values, delta_t, p_exp, BIAS)
+                delta1 = tl.where(tok_mask, delta1, 0.0)
+                grad_sq = tl.sum(delta1 * delta1, axis=1) * tl.sum(keys * keys, axis=1)
+
+            # ---- ||u_i|| and its clip (folded into θ_i, as torch_chunked does)
+            grad_norm = tl.sqrt(tl.maximum(grad_sq, tiny))
+            if CLIP:
+                clip = max_grad_norm / tl.maximum(grad_norm, max_grad_norm)
+            else:
+                clip = tl.full((BT,), 1.0, tl.float32)
+            grad_norm = grad_norm * clip
+            step = tl.where(t_ok, theta * clip, 0.0)
+
+            # ---- η, β products of the chunk from in-chunk cumulative log sums
+            cum_log_eta = tl.cumsum(log_eta, axis=0)
+            cum_log_beta = tl.cumsum(log_beta, axis=0)
+            log_eta_total = tl.sum(log_eta, axis=0)
+            log_beta_total = tl.sum(log_beta, axis=0)
+            eta_products = tl.exp(tl.where(causal, cum_log_eta[:, None] - cum_log_eta[None, :], float("-inf")))
+            eta_prefix = tl.exp(cum_log_eta)  # E(1..t)
+            beta_suffix = tl.where(t_ok, tl.exp(log_beta_total - cum_log_beta), 0.0)  # B(t+1..b), real t only
+            memory_coeff = tl.sum(eta_products * beta_suffix[:, None], axis=0)  # w_i
+            momentum_carry = tl.sum(beta_suffix * eta_prefix, axis=0)  # c_S
+            eta_total = tl.exp(log_eta_total)
+            beta_total = tl.exp(log_beta_total)
+            momentum_coeff = tl.exp(log_eta_total - cum_log_eta)  # E(i+1..b)
+            memory_step = memory_coeff * step
+            momentum_step = momentum_coeff * step
+
+            # ---- ||S_t||: E(1..t)²||S0||² - 2 E(1..t) Σ_i Λ_ti <S0,u_i> + Σ_ij Λ_ti Λ_tj <u_i,u_j>
+            s1 = tl.load(s1_ptr + off1, mask=mask1, other=0.0)
+            if DEPTH == 2:
+                s2 = tl.load(s2_ptr + off2, mask=mask2, other=0.0)
+            if GD:
+                momentum_norm = theta * grad_norm
+            else:
+                weighted = eta_products * step[None, :]
+                if DEPTH == 2:
+                    gram = _mm(delta1, tl.trans(delta1), PRECISION) * _mm(keys, tl.trans(keys), PRECISION)
+                    gram += _mm(delta2, tl.trans(delta2), PRECISION) * _mm(
+                        hidden_act, tl.trans(hidden_act), PRECISION
+                    )
+                    s0_dot_u = tl.sum(_mm(keys, tl.trans(s1), PRECISION) * delta1, axis=1)
+                    s0_dot_u += tl.sum(_mm(hidden_act, tl.trans(s2), PRECISION) * delta2, axis=1)
+                    s0_sq = tl.sum(tl.sum(s1 * s1, axis=1), axis=0) + tl.sum(tl.sum(s2 * s2, axis=1), axis=0)
+                else:
+                    gram = _mm(delta1, tl.trans(delta1), PRECISION) * _mm(keys, tl.trans(keys), PRECISION)
+                    s0_dot_u = tl.sum(_mm(keys, tl.trans(s1), PRECISION) * delta1, axis=1)
+                    s0_sq = tl.sum(tl.sum(s1 * s1, axis=1), axis=0)
+                momentum_sq = (
+                    eta_prefix * eta_prefix * s0_sq
+                    - 2.0 * eta_prefix * tl.sum(weighted * s0_dot_u[None, :], axis=1)
+                    + tl.sum(_mm(weighted, gram, PRECISION) * weighted, axis=1)
+                )
+                momentum_norm = tl.sqrt(tl.maximum(momentum_sq, tiny))
+
+            # ---- read: y_t = M0(q_t)
+            if DEPTH == 2:
+                zq = _mm(queries, tl.trans(w1), PRECISION)
+                read = _mm(zq * tl.sigmoid(zq), tl.trans(w2), PRECISION)
+            else:
+                read = _mm(queries, tl.trans(w1), PRECISION)
+            tl.store(o_base + pos[:, None] * head_dim + rd[None, :], read.to(o_ptr.dtype.element_ty), mask=tok_mask)
+            tl.store(gn_ptr + s_base + pos, grad_norm.to(gn_ptr.dtype.element_ty), mask=t_ok)
+            tl.store(mn_ptr + s_base + pos, momentum_norm.to(mn_ptr.dtype.element_ty), mask=t_ok)
+
+            # ---- chunk-end state: M_b = B M0 + c_S S0 - Σ w_i θ_i u_i,  S_b = E S0 - Σ E(i+1..b) θ_i u_i
+            log_temperature = tl.sum(log_keep, axis=0)
+            new_w1 = beta_total * w1 + momentum_carry * s1 - _mm(tl.trans(delta1 * memory_step[:, None]), keys, PRECISION)
+            new_s1 = eta_total * s1 - _mm(tl.trans(delta1 * momentum_step[:, None]), keys, PRECISION)
+            if DEPTH == 2:
+                new_w1 = _retain(new_w1, mask1, hidden * head_dim, log_temperature, rho1, q_exp, RETENTION)
+                new_w2 = beta_total * w2 + momentum_carry * s2 - _mm(
+                    tl.trans(delta2 * memory_step[:, None]), hidden_act, PRECISION
+                )
+                new_w2 = _retain(new_w2, mask2, head_dim * hidden, log_temperature, rho2, q_exp, RETENTION)
+                new_s2 = eta_total * s2 - _mm(tl.trans(delta2 * momentum_step[:, None]), hidden_act, PRECISION)
+                tl.store(w2_ptr + off2, new_w2, mask=mask2)
+                tl.store(s2_ptr + off2, new_s2, mask=mask2)
+            else:
+                new_w1 = _retain(new_w1, mask1, head_dim * head_dim, log_temperature, rho1, q_exp, RETENTION)
+            tl.store(w1_ptr + off1, new_w1, mask=mask1)
+            tl.store(s1_ptr + off1, new_s1, mask=mask1)
+            # The next chunk's loads read what other threads of this program just stored.
+            tl.debug_barrier()
+
+
+def _fused_forward(q, k, v, lr, momentum, decay, huber_delta, weights, momenta, config: MemoryConfig,
+                   precision: str | None, num_warps: int | None = None):
+    """Run the kernel on detached tensors; returns (output, grad_norm, momentum_norm, weights, momenta)."""
+    batch, heads, length, dim = k.shape
+    device = k.device
+    out_dtype = q.dtype
+    weight_dtype = weights[0].dtype
+    if precision is None:
+        precision = default_precision(q.dtype)
+    if precision not in ("ieee", "tf32", "bf16"):
+        raise ValueError(f"precision must be 'ieee', 'tf32' or 'bf16', got {precision!r}")
+    if device.type != "cuda" and precision == "tf32":
+        precision = "ieee"  # the interpreter computes fp32 products exactly
+
+    def unit_stride(t):
+        return t if t.stride(-1) == 1 else t.contiguous()
+
+    q, k, v = (unit_stride(t.detach()) for t in (q, k, v))
+    gates = [t.detach().to(torch.float32).contiguous() for t in (lr, momentum, decay)]
+    lr_c, eta_c, alpha_c = gates
+    delta_c = huber_delta.detach().to(torch.float32).contiguous() if huber_delta is not None else lr_c
+    # Working state, fp32, (B*H, out, in) contiguous; the kernel rewrites it chunk by chunk.
+    state = [w.detach().to(torch.float32).contiguous().clone() for w in (*weights, *momenta)]
+    depth = config.depth
+    w1, s1 = state[0], state[depth]
+    w2, s2 = (state[1], state[depth + 1]) if depth == 2 else (w1, s1)
+
+    output = torch.empty(batch, heads, length, dim, device=device, dtype=out_dtype)
+    grad_norm = torch.empty(batch, heads, length, device=device, dtype=out_dtype)
+    momentum_norm = torch.empty(batch, heads, length, device=device, dtype=out_dtype)
+    if length > 0 and batch * heads > 0:
+        hidden = config.hidden_dim if depth == 2 else dim
+        shapes = config.weight_shapes()
+        rho1 = retention_radius(config, shapes[0][1])
+        rho2 = retention_radius(config, shapes[-1][1])
+        block_t = _block(min(config.chunk_size, length))
+        if num_warps is None:
+            num_warps = 8 if depth == 2 and hidden * dim >= 8192 else 4
+        _memory_chunks_kernel[(batch * heads,)](
+            q, k, v, lr_c, eta_c, alpha_c, delta_c,
+            w1, w2, s1, s2,
+            output, grad_norm, momentum_norm,
+            q.stride(0), q.stride(1), q.stride(2),
+            k.stride(0), k.stride(1), k.stride(2),
+            v.stride(0), v.stride(1), v.stride(2),
+            lr_c.stride(0), lr_c.stride(1), lr_c.stride(2),
+            heads, length, config.chunk_size, dim, hidden,
+            float(config.max_grad_norm) if config.max_grad_norm != float("inf") else 1.0,
+            float(config.p), float(config.q), float(rho1), float(rho2),
+            BT=block_t, BD=_block(dim), BHID=_block(hidden),
+            DEPTH=depth, BIAS=_BIAS_CODES[config.attentional_bias],
+            RETENTION=_RETENTION_CODES[config.retention],
+            GD=config.algorithm == "gd", CLIP=config.max_grad_norm != float("inf"),
+            PRECISION=precision, num_warps=num_warps,
+        )
+    elif length == 0:
+        output = q.clone().to(out_dtype)
+    new_weights = tuple(s.to(weight_dtype) for s in state[:depth])
+    new_momenta = tuple(s.to(weight_dtype) for s in state[depth:])
+    return output, grad_norm, momentum_norm, new_weights, new_momenta
+
+
+class _FusedMemoryUpdate(torch.autograd.Function):
+    """Forward: the Triton kernel. Backward: recompute through torch_chunked and backpropagate
+    through it (the kernel itself has no backward)."""
+
+    @staticmethod
+    def forward(ctx, config, precision, q, k, v, lr, momentum, decay, huber_delta, *state):
+        depth = config.depth
+        weights, momenta = state[:depth], state[depth:]
+        ctx.config = config
+        ctx.save_for_backward(q, k, v, lr, momentum, decay, huber_delta, *state)
+        output, grad_norm, momentum_norm, new_weights, new_momenta = _fused_forward(
+            q, k, v, lr, momentum, decay, huber_delta, weights, momenta, config, precision
+        )
+        return (output, grad_norm, momentum_norm, *new_weights, *new_momenta)
+
+    @staticmethod
+    def backward(ctx, *grads):
+        from .torch_chunked import memory_update as chunked_update
+
+        config = ctx.config
+        saved = ctx.saved_tensors
+        inputs = [None if t is None else t.detach().requires_grad_(need)
+                  for t, need in zip(saved, ctx.needs_input_grad[2:])]
+        q, k, v, lr, momentum, decay, huber_delta, *state = inputs
+        depth = config.depth
+        with torch.enable_grad():
+            result = chunked_update(q, k, v, lr, momentum, decay, huber_delta,
+                                    tuple(state[:depth]), tuple(state[depth:]), config)
+            outputs = (result.output, result.grad_norm, result.momentum_norm, *result.weights, *result.momenta)
+            pairs = [(o, g) for o, g in zip(outputs, grads) if g is not None and o.requires_grad]
+            wanted = [t for t in inputs if t is not None and t.requires_grad]
+            found = torch.autograd.grad([o for o, _ in pairs], wanted, [g for _, g in pairs], allow_unused=True) if pairs and wanted else []
+        found = iter(found)
+        input_grads = [next(found) if (t is not None and t.requires_grad) else None for t in inputs]
+        return (None, None, *input_grads)
+
+
+def memory_update(q, k, v, lr, momentum, decay, huber_delta, weights, momenta, config: MemoryConfig,
+                  precision: str | None = None) -> MemoryResult:
+    """The memory update of torch_chunked, fused into one Triton launch (see the module docstring).
+
+    Falls back to torch_chunked where `fused_supported` says no.
+    """
+    check_inputs(q, k, v, lr, momentum, decay, huber_delta, weights, momenta, config)
+    supported, _ = fused_supported(config, k.device)
+    if not supported:
+        from .torch_chunked import memory_update as chunked_update
+
+        return chunked_update(q, k, v, lr, momentum, decay, huber_delta, weights, momenta, config)
+    tensors = (q, k, v, lr, momentum, decay, huber_delta, *weights, *momenta)
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
+        outputs = _FusedMemoryUpdate.apply(config, precision, *tensors)
+    else:
+        outputs = _fused_forward(q, k, v, lr, momentum, decay, huber_delta, weights, momenta, config, precision)
+        outputs = (*outputs[:3], *outputs[3], *outputs[4])
+    depth = config.depth
+    return MemoryResult(
+        output=outputs[0],
+        grad_norm=outputs[1],
+        momentum_norm=outputs[2],
+        weights=tuple(outputs[3 : 3 + depth]),
+        momenta=tuple(outputs[3 + depth : 3 + 2 * depth]),
+    )

@@ -1,0 +1,158 @@
+"""The fused Triton memory update equals torch_chunked (and the float64 reference).
+
+On a machine without CUDA the kernel runs under Triton's interpreter (TRITON_INTERPRET=1, set here
+before triton is imported); with CUDA the same tests run on the GPU. Sizes are tiny (d=16, h=32,
+chunks of 16, 40 tokens: two full chunks and a partial one) so the interpreter stays fast.
+"""
+
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+CUDA = torch.cuda.is_available()
+if not CUDA:
+    os.environ.setdefault("TRITON_INTERPRET", "1")  # must precede the first import of triton
+
+pytest.importorskip("triton", reason="triton is not installed (optional: pip install triton)")
+
+from titans_cli.memory import reference, torch_chunked  # noqa: E402
+from titans_cli.memory import triton_fused  # noqa: E402
+from titans_cli.memory.config import MemoryConfig  # noqa: E402
+from titans_cli.memory.mlp import initial_memory_weights  # noqa: E402
+
+DEVICE = torch.device("cuda" if CUDA else "cpu")
+# The interpreter evaluates both sides of tl.where with numpy (log of 0 in the unused branch).
+pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
+if not CUDA and os.environ.get("TRITON_INTERPRET") != "1":
+    pytest.skip("no CUDA and TRITON_INTERPRET is set to something other than 1", allow_module_level=True)
+
+
+def random_inputs(config: MemoryConfig, batch=1, length=40, seed=None, dtype=torch.float32):
+    generator = torch.Generator().manual_seed(seed if seed is not None else torch.seed() % 2**31)
+    heads, dim = config.num_heads, config.head_dim
+    shape = (batch, heads, length)
+
+    def rand(*size):
+        return torch.rand(*size, generator=generator)
+
+    def randn(*size):
+        return torch.randn(*size, generator=generator)
+
+    q = F.normalize(randn(*shape, dim), dim=-1)
+    k = F.normalize(randn(*shape, dim), dim=-1)
+    v = randn(*shape, dim)
+    lr = rand(*shape) * config.max_lr
+    momentum = 0.01 + 0.98 * rand(*shape)
+    decay = 0.2 * rand(*shape)
+    huber_delta = 0.1 + rand(*shape) if config.attentional_bias == "huber" else None
+    weights = tuple(
+        w.expand(batch, *w.shape).clone() + 0.1 * randn(batch, *w.shape)
+        for w in initial_memory_weights(config, generator)
+    )
+    momenta = tuple(0.05 * randn(*w.shape) for w in weights)
+    move = lambda t: None if t is None else t.to(DEVICE)  # noqa: E731
+    qkv = tuple(t.to(DEVICE, dtype) for t in (q, k, v))
+    return (*qkv, *map(move, (lr, momentum, decay, huber_delta))), tuple(map(move, weights)), tuple(map(move, momenta))
+
+
+def relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
+    assert got.shape == want.shape, f"shape {tuple(got.shape)} != {tuple(want.shape)}"
+    assert torch.isfinite(got).all(), "non-finite values (unwritten or NaN output)"
+    want = want.double()
+    return ((got.double() - want).norm() / want.norm().clamp_min(1e-30)).item()
+
+
+def assert_results_close(got, want, tolerance, label=""):
+    pairs = {"output": (got.output, want.output), "grad_norm": (got.grad_norm, want.grad_norm),
+             "momentum_norm": (got.momentum_norm, want.momentum_norm)}
+    for layer, (a, b) in enumerate(zip(got.weights, want.weights)):
+        pairs[f"weights[{layer}]"] = (a, b)
+    for layer, (a, b) in enumerate(zip(got.momenta, want.momenta)):
+        pairs[f"momenta[{layer}]"] = (a, b)
+    for name, (a, b) in pairs.items():
+        error = relative_error(a, b)
+        assert error < tolerance, f"{label} {name}: relative error {error:.2e} >= {tolerance:.0e}"
+
+
+CONFIGS = {
+    "titans (depth 2, l2, decay, momentum, clipped)": dict(),
+    "depth 1 (linear memory)": dict(depth=1),
+    "yaad-like (huber, gd)": dict(attentional_bias="huber", algorithm="gd"),
+    "moneta (lp p=3, lq q=4, gd)": dict(attentional_bias="lp", retention="lq", algorithm="gd"),
+    "memora (kl retention)": dict(retention="kl", algorithm="gd"),
+    "no retention, no clipping, chunk 10": dict(retention="none", max_grad_norm=float("inf"), chunk_size=10),
+}
+
+
+@pytest.mark.parametrize("changes", list(CONFIGS.values()), ids=list(CONFIGS))
+def test_fused_equals_torch_chunked_in_fp32(changes):
+    config = MemoryConfig(num_heads=2, head_dim=16, chunk_size=16, max_grad_norm=0.5).replace(**changes)
+    assert triton_fused.fused_supported(config, DEVICE)[0], "this config should run the fused kernel"
+    (q, k, v, lr, momentum, decay, delta), weights, momenta = random_inputs(config)
+    args = (q, k, v, lr, momentum, decay, delta, weights, momenta, config)
+    fused = triton_fused.memory_update(*args, precision="ieee")
+    chunked = torch_chunked.memory_update(*args)
+    assert_results_close(fused, chunked, 1e-4, "fused vs torch_chunked:")
+
+
+def test_fused_equals_float64_reference():
+    config = MemoryConfig(num_heads=2, head_dim=16, chunk_size=8, max_grad_norm=0.5)
+    (q, k, v, lr, momentum, decay, delta), weights, momenta = random_inputs(config, batch=1, length=20)
+    args = (q, k, v, lr, momentum, decay, delta, weights, momenta, config)
+    fused = triton_fused.memory_update(*args, precision="ieee")
+    exact = reference.memory_update(*(t.double() if torch.is_tensor(t) else t for t in args[:7]),
+                                    tuple(w.double() for w in weights), tuple(s.double() for s in momenta), config)
+    assert_results_close(fused, exact, 1e-5, "fused vs float64 reference:")
+
+
+def test_strided_inputs_as_the_layer_passes_them():
+    """q/k/v arrive as (B, T, H, d) transposed views and gates as permuted views in layer.py."""
+    config = MemoryConfig(num_heads=2, head_dim=16, chunk_size=16)
+    (q, k, v, lr, momentum, decay, delta), weights, momenta = random_inputs(config, batch=2)
+    strided = lambda t: t.transpose(1, 2).contiguous().transpose(1, 2)  # noqa: E731
+    gates = lambda t: t.permute(2, 0, 1).contiguous().permute(1, 2, 0)  # noqa: E731
+    args = (strided(q), strided(k), strided(v), gates(lr), gates(momentum), gates(decay), delta, weights, momenta, config)
+    assert not args[0].is_contiguous() and not args[3].is_contiguous()
+    fused = triton_fused.memory_update(*args, precision="ieee")
+    chunked = torch_chunked.memory_update(q, k, v, lr, momentum, decay, delta, weights, momenta, config)
+    assert_results_close(fused, chunked, 1e-4, "strided inputs:")
+
+
+def test_gradients_flow_and_equal_torch_chunked():
+    config = MemoryConfig(num_heads=2, head_dim=16, chunk_size=16)
+    (q, k, v, lr, momentum, decay, delta), weights, momenta = random_inputs(config, batch=1, length=24)
+    leaves = [t.clone().requires_grad_(True) for t in (q, k, v, lr, *weights)]
+
+    def loss(impl, **kwargs):
+        q_, k_, v_, lr_, *w_ = leaves
+        result = impl(q_, k_, v_, lr_, momentum, decay, delta, tuple(w_), momenta, config, **kwargs)
+        return (result.output.square().sum() + result.momentum_norm.sum() + result.grad_norm.sum()
+                + sum(w.square().sum() for w in result.weights))
+
+    fused_grads = torch.autograd.grad(loss(triton_fused.memory_update, precision="ieee"), leaves)
+    chunked_grads = torch.autograd.grad(loss(torch_chunked.memory_update), leaves)
+    for index, (a, b) in enumerate(zip(fused_grads, chunked_grads)):
+        error = relative_error(a, b)
+        assert error < 1e-4, f"gradient of input {index}: relative error {error:.2e}"
+
+
+def test_unsupported_config_falls_back_to_torch_chunked():
+    config = MemoryConfig(num_heads=2, head_dim=16, chunk_size=16, depth=3)
+    supported, reason = triton_fused.fused_supported(config, DEVICE)
+    assert not supported and "depth 3" in reason
+    (q, k, v, lr, momentum, decay, delta), weights, momenta = random_inputs(config, batch=1, length=20)
+    args = (q, k, v, lr, momentum, decay, delta, weights, momenta, config)
+    assert_results_close(triton_fused.memory_update(*args), torch_chunked.memory_update(*args), 1e-12, "fallback:")
+
+
+@pytest.mark.skipif(not CUDA, reason="tf32 and bf16 tensor-core products need a CUDA GPU")
+@pytest.mark.parametrize("precision, dtype, tolerance", [("tf32", torch.float32, 5e-3), ("bf16", torch.bfloat16, 3e-2)])
+def test_reduced_precision_on_cuda(precision, dtype, tolerance):
+    config = MemoryConfig(num_heads=2, head_dim=64, chunk_size=64)
+    (q, k, v, lr, momentum, decay, delta), weights, momenta = random_inputs(config, length=300)
+    exact = torch_chunked.memory_update(q, k, v, lr, momentum, decay, delta, weights, momenta, config)
+    low = tuple(t.to(dtype) for t in (q, k, v))
+    fused = triton_fused.memory_update(*low, lr, momentum, decay, delta, weights, momenta, config, precision=precision)
+    assert_results_close(fused, exact, tolerance, f"{precision} fused vs fp32 torch_chunked:")

@@ -23,6 +23,8 @@ HEAD_BYTES = 64 * 1024
 READ_BLOCK = 1 << 20
 
 GZIP_MAGIC = b"\x1f\x8b"
+# The empty block every BGZF file ends with (SAM spec section 4.1.2); its absence means truncation.
+BGZF_EOF = bytes.fromhex("1f8b08040000000000ff0600424302001b0003000000000000000000")
 
 # Formats users sometimes hand us by mistake, found by their first bytes (after any gzip layer).
 _FOREIGN_COMPRESSION = (
@@ -249,6 +251,23 @@ def binary_content_label(head: bytes) -> str | None:
     return None
 
 
+def _check_bgzf_eof(name: str, path: str) -> None:
+    """A BGZF file cut at a block boundary decompresses cleanly; only the EOF block tells."""
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            if handle.tell() < len(BGZF_EOF):
+                return
+            handle.seek(-len(BGZF_EOF), os.SEEK_END)
+            tail = handle.read()
+    except OSError:
+        return  # not seekable (a named pipe): the stream is checked while reading
+    if tail != BGZF_EOF:
+        raise TitansInputError(
+            f"{name}: truncated bgzf data: the BGZF EOF marker is missing (incomplete download or copy?)"
+        )
+
+
 def open_input(source: Source) -> InputFile:
     """Open a path, "-" or binary file object; gzip/BGZF are detected from the first bytes.
 
@@ -271,6 +290,8 @@ def _open_from_raw(name: str, path: str | None, raw, closers: list) -> InputFile
     prefixed = _PrefixedReader(magic, raw)
     if magic.startswith(GZIP_MAGIC):
         compression = "bgzf" if is_bgzf_header(magic) else "gzip"
+        if compression == "bgzf" and path is not None:
+            _check_bgzf_eof(name, path)
         decompressed = gzip.GzipFile(fileobj=io.BufferedReader(prefixed, READ_BLOCK), mode="rb")
         closers = [decompressed, *closers]
     else:

@@ -112,7 +112,10 @@ class SequenceRecord:
         """Yield the sequence in pieces of at most piece_size bytes (read once, in order)."""
         if self._state == "unread":
             self._state = "reading"
-            yield from self._source
+            # A plain loop, not `yield from`: if the caller drops this iterator early, closing
+            # it must not close the parser underneath (the reader drains it and goes on).
+            for piece in self._source:
+                yield piece
             self._state = "done"
         elif self._state == "kept":
             yield from self._kept

@@ -166,10 +166,10 @@ class TrackWriter:
         if np.any(ends <= starts):
             bad = int(np.argmax(ends <= starts))
             raise ValueError(f"{chrom}: empty or reversed interval [{starts[bad]}, {ends[bad]})")
-        if starts[0] < self._last_end or np.any(starts[1:] < ends[:-1]):
-            raise ValueError(f"{chrom}: intervals overlap or are out of order near {int(starts[0])}")
         if starts[0] < 0:
             raise ValueError(f"{chrom}: negative start {int(starts[0])}")
+        if starts[0] < self._last_end or np.any(starts[1:] < ends[:-1]):
+            raise ValueError(f"{chrom}: intervals overlap or are out of order near {int(starts[0])}")
         length = self.chrom_lengths.get(chrom)
         if length is not None and ends[-1] > length:
             raise ValueError(f"{chrom}: interval end {int(ends[-1])} beyond chrom length {length}")

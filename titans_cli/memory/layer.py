@@ -1,0 +1,270 @@
+"""NeuralMemory: the Titans long-term memory as an nn.Module, with an exact streaming state.
+
+Data flow (paper §3.1, "Architectural details"):
+
+    x (B, T, D) -> q, k, v projections -> depthwise causal conv -> SiLU -> L2-norm on q, k
+                -> per-token gates θ_t = max_lr·sigmoid, η_t = sigmoid, α_t = sigmoid
+                   (and δ_t = softplus for the Huber attentional bias), per head
+                -> memory_update (one of reference / torch_chunked / numba_cpu)
+                -> heads merged -> output projection -> y (B, T, D)
+
+Streaming: the state keeps the memory at the last chunk boundary and the pending (< chunk_size)
+tokens after it. A new piece is processed together with the pending tokens, starting from the
+boundary state, and the outputs of the pending tokens (already returned earlier) are discarded.
+So chunk boundaries always fall at multiples of chunk_size from the stream start, and feeding a
+sequence in any pieces gives exactly the outputs of feeding it whole.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .config import MemoryConfig
+from .mlp import MemoryResult, initial_memory_weights
+
+BACKENDS = ("torch", "numba", "reference")
+
+# Gate biases at initialisation: θ = max_lr/2, η ≈ 0.88 (momentum), α ≈ 0.0025 (slow forgetting:
+# about 15% per 64-token chunk), Huber δ ≈ 1.
+_ETA_BIAS, _ALPHA_BIAS, _HUBER_BIAS = 2.0, -6.0, 0.5413
+
+
+def memory_op(backend: str):
+    """The memory_update of a backend (numba is imported lazily: its import costs ~1 s)."""
+    if backend == "torch":
+        from .torch_chunked import memory_update
+    elif backend == "numba":
+        from .numba_cpu import memory_update
+    elif backend == "reference":
+        from .reference import memory_update
+    else:
+        raise ValueError(f"unknown memory backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    return memory_update
+
+
+@dataclass
+class MemoryStreamState:
+    """Everything a NeuralMemory needs to continue a stream (size independent of its length).
+
+    weights, momenta: memory M and momentum S at the last chunk boundary, layer i (B, H, out, in).
+    current_weights: M after every token fed so far (the pending partial chunk applied): the memory's
+        "fingerprint" at the end of a stream.
+    pending_*: keys, values and gates of the tokens after the boundary, (B, H, P, .) with P < chunk.
+    conv_tail: the last conv_size - 1 projected (pre-conv) q/k/v rows, (B, conv_size - 1, 3 H d).
+    initial_weights: the layer's learned initial memory (H, out, in), used by reset_lanes.
+    position: number of tokens fed.
+    """
+
+    weights: tuple
+    momenta: tuple
+    current_weights: tuple
+    pending_k: torch.Tensor
+    pending_v: torch.Tensor
+    pending_lr: torch.Tensor
+    pending_momentum: torch.Tensor
+    pending_decay: torch.Tensor
+    pending_huber_delta: torch.Tensor | None
+    conv_tail: torch.Tensor
+    initial_weights: tuple
+    position: int = 0
+
+    @property
+    def batch_size(self) -> int:
+        return self.weights[0].shape[0]
+
+    @property
+    def pending_tokens(self) -> int:
+        return self.pending_k.shape[2]
+
+    def _map(self, fn) -> "MemoryStreamState":
+        return replace(
+            self,
+            weights=tuple(fn(w) for w in self.weights),
+            momenta=tuple(fn(s) for s in self.momenta),
+            current_weights=tuple(fn(w) for w in self.current_weights),
+            pending_k=fn(self.pending_k),
+            pending_v=fn(self.pending_v),
+            pending_lr=fn(self.pending_lr),
+            pending_momentum=fn(self.pending_momentum),
+            pending_decay=fn(self.pending_decay),
+            pending_huber_delta=None if self.pending_huber_delta is None else fn(self.pending_huber_delta),
+            conv_tail=fn(self.conv_tail),
+        )
+
+    def detach(self) -> "MemoryStreamState":
+        """Cut the autograd graph (truncated backprop through time); the learned initial weights
+        stay attached so reset lanes keep training them."""
+        return self._map(lambda t: t.detach())
+
+    def to(self, device) -> "MemoryStreamState":
+        moved = self._map(lambda t: t.to(device))
+        return replace(moved, initial_weights=tuple(w.to(device) for w in self.initial_weights))
+
+    def reset_lanes(self, mask: torch.Tensor) -> "MemoryStreamState":
+        """Batch rows where mask is True start afresh (a new record): initial memory, zero momentum,
+        zero conv tail. Their pending tokens (of the previous record) are neutralised with θ = 0 and
+        α = 0, so they neither write to nor decay the fresh memory. A reset at a chunk boundary
+        (position % chunk_size == 0) is exactly a fresh stream; elsewhere the new record's first chunk
+        is the rest of the current one (chunk boundaries stay shared by the batch)."""
+        mask = torch.as_tensor(mask, dtype=torch.bool, device=self.pending_k.device)
+        if mask.shape != (self.batch_size,):
+            raise ValueError(f"reset_lanes mask must have shape ({self.batch_size},), got {tuple(mask.shape)}")
+        lane = mask.view(-1, 1, 1, 1)
+
+        def fresh(weights):
+            return tuple(torch.where(lane, init.to(w.dtype).unsqueeze(0), w) for w, init in zip(weights, self.initial_weights))
+
+        gate_lane = mask.view(-1, 1, 1)
+        return replace(
+            self,
+            weights=fresh(self.weights),
+            current_weights=fresh(self.current_weights),
+            momenta=tuple(torch.where(lane, torch.zeros_like(s), s) for s in self.momenta),
+            pending_lr=torch.where(gate_lane, torch.zeros_like(self.pending_lr), self.pending_lr),
+            pending_decay=torch.where(gate_lane, torch.zeros_like(self.pending_decay), self.pending_decay),
+            conv_tail=torch.where(mask.view(-1, 1, 1), torch.zeros_like(self.conv_tail), self.conv_tail),
+        )
+
+
+class NeuralMemory(nn.Module):
+    def __init__(self, d_model: int, config: MemoryConfig):
+        super().__init__()
+        self.d_model = d_model
+        self.config = config
+        inner = config.inner_dim
+        heads = config.num_heads
+        self.to_qkv = nn.Linear(d_model, 3 * inner, bias=False)
+        # Depthwise causal convolution after the projections (paper §3.1; weight (3HD, 1, conv_size)).
+        self.conv = nn.Conv1d(3 * inner, 3 * inner, config.conv_size, groups=3 * inner, bias=True)
+        self.uses_huber = config.attentional_bias == "huber"
+        self.to_gates = nn.Linear(d_model, (4 if self.uses_huber else 3) * heads)
+        with torch.no_grad():
+            self.to_gates.weight.mul_(0.1)
+            bias = self.to_gates.bias.view(-1, heads)
+            bias[0].zero_()  # θ
+            bias[1].fill_(_ETA_BIAS)  # η
+            bias[2].fill_(_ALPHA_BIAS)  # α
+            if self.uses_huber:
+                bias[3].fill_(_HUBER_BIAS)  # δ
+        self.initial_weights = nn.ParameterList(nn.Parameter(w) for w in initial_memory_weights(config))
+        self.to_out = nn.Linear(inner, d_model, bias=False)
+
+    def initial_state(self, batch_size: int, device=None) -> MemoryStreamState:
+        config = self.config
+        device = device if device is not None else self.to_qkv.weight.device
+        dtype = self.initial_weights[0].dtype
+        init = tuple(w.to(device) for w in self.initial_weights)
+        weights = tuple(w.unsqueeze(0).expand(batch_size, *w.shape) for w in init)
+        shape = (batch_size, config.num_heads, 0)
+        empty_gate = torch.zeros(shape, device=device, dtype=dtype)
+        empty_vec = torch.zeros(*shape, config.head_dim, device=device, dtype=dtype)
+        return MemoryStreamState(
+            weights=weights,
+            momenta=tuple(torch.zeros_like(w) for w in weights),
+            current_weights=weights,
+            pending_k=empty_vec,
+            pending_v=empty_vec,
+            pending_lr=empty_gate,
+            pending_momentum=empty_gate,
+            pending_decay=empty_gate,
+            pending_huber_delta=empty_gate if self.uses_huber else None,
+            conv_tail=torch.zeros(batch_size, config.conv_size - 1, 3 * config.inner_dim, device=device, dtype=dtype),
+            initial_weights=init,
+            position=0,
+        )
+
+    def _split_heads(self, t: torch.Tensor) -> torch.Tensor:
+        batch, length, _ = t.shape
+        return t.view(batch, length, self.config.num_heads, -1).transpose(1, 2)
+
+    def forward(self, x: torch.Tensor, state: MemoryStreamState | None = None, backend: str = "torch"):
+        """x (B, T, D) -> (y (B, T, D), state, {"grad": (B, T), "momentum": (B, T)})."""
+        config = self.config
+        op = memory_op(backend)
+        batch, length, _ = x.shape
+        if state is None:
+            state = self.initial_state(batch, x.device)
+        elif state.batch_size != batch:
+            raise ValueError(f"state holds {state.batch_size} batch rows, input has {batch}")
+
+        projected = self.to_qkv(x)
+        with_tail = torch.cat([state.conv_tail.to(projected.dtype), projected], dim=1)
+        convolved = F.conv1d(with_tail.transpose(1, 2), self.conv.weight, self.conv.bias, groups=self.conv.groups)
+        q, k, v = F.silu(convolved.transpose(1, 2)).chunk(3, dim=-1)
+        q = F.normalize(self._split_heads(q), dim=-1)
+        k = F.normalize(self._split_heads(k), dim=-1)
+        v = self._split_heads(v)
+        conv_tail = with_tail[:, with_tail.shape[1] - (config.conv_size - 1) :]
+
+        gates = self.to_gates(x).view(batch, length, -1, config.num_heads).permute(2, 0, 3, 1)  # (G, B, H, T)
+        lr = torch.sigmoid(gates[0]) * config.max_lr
+        momentum = torch.sigmoid(gates[1])
+        decay = torch.sigmoid(gates[2])
+        huber_delta = F.softplus(gates[3]) if self.uses_huber else None
+
+        # Re-run the pending tokens of the current chunk from the boundary state (outputs discarded).
+        pending = state.pending_tokens
+        cat = lambda old, new: torch.cat([old.to(new.dtype), new], dim=2)  # noqa: E731
+        all_k, all_v = cat(state.pending_k, k), cat(state.pending_v, v)
+        all_q = cat(state.pending_k, q)  # the pending reads are discarded; any finite value will do
+        all_lr, all_momentum, all_decay = cat(state.pending_lr, lr), cat(state.pending_momentum, momentum), cat(state.pending_decay, decay)
+        all_delta = cat(state.pending_huber_delta, huber_delta) if self.uses_huber else None
+        total = pending + length
+        boundary = (total // config.chunk_size) * config.chunk_size
+
+        def run(span: slice, weights, momenta) -> MemoryResult:
+            return op(
+                all_q[:, :, span],
+                all_k[:, :, span],
+                all_v[:, :, span],
+                all_lr[:, :, span],
+                all_momentum[:, :, span],
+                all_decay[:, :, span],
+                None if all_delta is None else all_delta[:, :, span],
+                weights,
+                momenta,
+                config,
+            )
+
+        weights, momenta = state.weights, state.momenta
+        outputs, grad_norms, momentum_norms = [], [], []
+        if boundary > 0:
+            full = run(slice(0, boundary), weights, momenta)
+            weights, momenta = full.weights, full.momenta
+            outputs.append(full.output), grad_norms.append(full.grad_norm), momentum_norms.append(full.momentum_norm)
+        current_weights = weights
+        if total > boundary:
+            partial = run(slice(boundary, total), weights, momenta)
+            current_weights = partial.weights
+            outputs.append(partial.output), grad_norms.append(partial.grad_norm), momentum_norms.append(partial.momentum_norm)
+
+        if outputs:
+            read = torch.cat(outputs, dim=2)[:, :, pending:]
+            grad_norm = torch.cat(grad_norms, dim=2)[:, :, pending:]
+            momentum_norm = torch.cat(momentum_norms, dim=2)[:, :, pending:]
+        else:
+            read = q
+            grad_norm = momentum_norm = lr
+        y = self.to_out(read.to(x.dtype).transpose(1, 2).reshape(batch, length, config.inner_dim))
+
+        keep = slice(boundary, total)
+        new_state = replace(
+            state,
+            weights=tuple(weights),
+            momenta=tuple(momenta),
+            current_weights=tuple(current_weights),
+            pending_k=all_k[:, :, keep],
+            pending_v=all_v[:, :, keep],
+            pending_lr=all_lr[:, :, keep],
+            pending_momentum=all_momentum[:, :, keep],
+            pending_decay=all_decay[:, :, keep],
+            pending_huber_delta=None if all_delta is None else all_delta[:, :, keep],
+            conv_tail=conv_tail,
+            position=state.position + length,
+        )
+        signals = {"grad": grad_norm.mean(dim=1), "momentum": momentum_norm.mean(dim=1)}
+        return y, new_state, signals

@@ -93,6 +93,12 @@ if TRITON_AVAILABLE:
         """a @ b with fp32 accumulation; operands rounded to bf16 in "bf16" mode."""
         if PRECISION == "bf16":
             return tl.dot(a.to(tl.bfloat16), b.to(tl.bfloat16))
+        elif PRECISION == "bf16-emulated":
+            # Triton's interpreter multiplies bf16 tiles as raw integers; round through bf16 and
+            # multiply in fp32 instead (the same products, exactly representable in fp32).
+            a16 = a.to(tl.bfloat16).to(tl.float32)
+            b16 = b.to(tl.bfloat16).to(tl.float32)
+            return tl.dot(a16, b16, input_precision="ieee")
         else:
             return tl.dot(a, b, input_precision=PRECISION)
 
@@ -315,8 +321,9 @@ def _fused_forward(q, k, v, lr, momentum, decay, huber_delta, weights, momenta, 
         precision = default_precision(q.dtype)
     if precision not in ("ieee", "tf32", "bf16"):
         raise ValueError(f"precision must be 'ieee', 'tf32' or 'bf16', got {precision!r}")
-    if device.type != "cuda" and precision == "tf32":
-        precision = "ieee"  # the interpreter computes fp32 products exactly
+    kernel_precision = precision
+    if device.type != "cuda":  # Triton's interpreter (tests)
+        kernel_precision = {"tf32": "ieee", "bf16": "bf16-emulated"}.get(precision, precision)
 
     def unit_stride(t):
         return t if t.stride(-1) == 1 else t.contiguous()
@@ -341,7 +348,7 @@ def _fused_forward(q, k, v, lr, momentum, decay, huber_delta, weights, momenta, 
         rho2 = retention_radius(config, shapes[-1][1])
         block_t = _block(min(config.chunk_size, length))
         if num_warps is None:
-            num_warps = 8 if depth == 2 and hidden * dim >= 8192 else 4
+            num_warps = 8 if depth == 2 and hidden * dim >= 4096 else 4
         _memory_chunks_kernel[(batch * heads,)](
             q, k, v, lr_c, eta_c, alpha_c, delta_c,
             w1, w2, s1, s2,
@@ -357,7 +364,10 @@ def _fused_forward(q, k, v, lr, momentum, decay, huber_delta, weights, momenta, 
             DEPTH=depth, BIAS=_BIAS_CODES[config.attentional_bias],
             RETENTION=_RETENTION_CODES[config.retention],
             GD=config.algorithm == "gd", CLIP=config.max_grad_norm != float("inf"),
-            PRECISION=precision, num_warps=num_warps,
+            PRECISION=kernel_precision, num_warps=num_warps,
+            # No software pipelining: a prefetch of the next chunk's state would read it before
+            # this chunk's stores (the state address does not change from chunk to chunk).
+            num_stages=1,
         )
     elif length == 0:
         output = q.clone().to(out_dtype)

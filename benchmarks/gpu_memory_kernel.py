@@ -217,6 +217,22 @@ def install_triton_backend() -> None:
     memory_layer.memory_op = memory_op
 
 
+def compiled_kernels() -> list[str]:
+    """Registers, spills and shared memory of each compiled variant of the fused kernel."""
+    lines = []
+    try:
+        for per_device in triton_fused._memory_chunks_kernel.device_caches.values():
+            cache = per_device[0] if isinstance(per_device, tuple) else per_device
+            for kernel in cache.values():
+                meta = kernel.metadata
+                consts = {k: v for k, v in getattr(meta, "constants", {}).items() if isinstance(v, (int, str, bool))} if hasattr(meta, "constants") else {}
+                lines.append(f"warps={meta.num_warps} stages={meta.num_stages} regs={kernel.n_regs} "
+                             f"spills={kernel.n_spills} shared={meta.shared} {consts}")
+    except Exception as error:  # noqa: BLE001 - triton internals differ between versions
+        lines.append(f"(could not read the compiled kernels: {type(error).__name__}: {error})")
+    return lines
+
+
 def titans_pytorch_layer():
     from titans_pytorch import NeuralMemory
 
@@ -336,6 +352,9 @@ def main() -> int:
     for name in layers:
         measure(f"layer {name} fwd+bwd", forward_backward(name), repeats=3 if "titans_cli" in name else 5)
     record["timings"] = timings
+    record["compiled"] = compiled_kernels()
+    for line in record["compiled"]:
+        log(f"compiled: {line}")
 
     # ---- roofline of the fused op
     flops = op_flops_per_chunk(64, 64, 128) * batch * config.num_heads * math.ceil(length / 64)

@@ -1,0 +1,517 @@
+"""The streaming engine: records -> token pieces -> model state carried across pieces -> per-token
+outputs, in a footprint that does not depend on how long a record is.
+
+How a record is fed. The model reads `[BOS, t_0, ..., t_{n-1}]`. Token t_j is scored twice over:
+its bits come from the logits at the input before it (`-log2 p(t_j | BOS, t_<j)`), its memory
+signals (grad, momentum) and hidden state from the step that reads t_j itself. The engine aligns
+both onto the token, so a task sees one row per base or BPE token.
+
+Batching. Short records (reads, contigs, documents, windows) are gathered into a buffer, sorted by
+length and run as *waves* of up to `lanes` records side by side, every lane starting from the
+initial state. A record longer than `lane_tokens` streams alone in a wave of one, read from its
+source piece by piece, and its results are handed on while it is read. A wave's step shrinks to end
+exactly on the last token of the active lane closest to its end; so a record's outputs and its final
+memory state depend only on the record, never on which records share its wave (the property
+torchrun sharding relies on), and padding never reaches a memory that is still wanted.
+
+Tasks consume the engine through *reducers*: for each record the task makes a reducer, the engine
+calls `reducer.add(TokenOutputs)` for consecutive stretches of tokens and `reducer.finish(end)` once,
+and yields `(record, items)` in input order, where items are whatever the reducer returned.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Iterator, Protocol, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from titans_cli.device import Runtime
+
+LN2 = math.log(2.0)
+
+
+@dataclass
+class RecordInput:
+    """One record to stream: its token ids come from `pieces` (arrays, in order, no BOS)."""
+
+    index: int  # position in the input, across every input file
+    id: str
+    pieces: Iterable[np.ndarray]
+    length: int | None = None  # number of tokens, when known in advance
+    meta: dict = field(default_factory=dict)  # task-specific (source file, window start, text...)
+
+
+@dataclass
+class TokenOutputs:
+    """Per-token outputs for tokens [start, start + n) of one record."""
+
+    start: int
+    tokens: np.ndarray  # (n,) int64
+    bits: np.ndarray  # (n,) float32: -log2 p(t_j | t_<j)
+    grad: np.ndarray  # (n,) float32: ||u_t|| of the memory, mean over heads and layers
+    momentum: np.ndarray  # (n,) float32: ||S_t||
+    hidden: np.ndarray | None  # (n, D) float32, only when the engine was asked for it
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+
+@dataclass
+class RecordEnd:
+    length: int  # tokens read
+    memory_fingerprint: np.ndarray | None  # fixed-size sketch of the memory's change, if asked
+
+
+class Reducer(Protocol):
+    def add(self, outputs: TokenOutputs) -> Iterable[Any]: ...
+
+    def finish(self, end: RecordEnd) -> Iterable[Any]: ...
+
+
+class Throughput:
+    """Tokens read so far and the rate, for progress bars and the closing summary."""
+
+    def __init__(self, callback: Callable[[int], None] | None = None):
+        self.tokens = 0
+        self.started = time.perf_counter()
+        self.callback = callback
+
+    def add(self, n: int) -> None:
+        self.tokens += n
+        if self.callback is not None:
+            self.callback(n)
+
+    @property
+    def seconds(self) -> float:
+        return time.perf_counter() - self.started
+
+    @property
+    def rate(self) -> float:
+        return self.tokens / max(self.seconds, 1e-9)
+
+
+# -----------------------------------------------------------------------------
+# Memory fingerprints
+
+
+class MemorySketch:
+    """A fixed random projection of the change of the memory weights while reading a record.
+
+    For a weight matrix W (out x in) of one layer and head, the sketch is R_out^T (W_end - W_0) R_in
+    with fixed Gaussian R of width `rank`: a Kronecker-structured random projection, so the whole
+    fingerprint has layers x heads x matrices x rank^2 values whatever the record's length, without
+    materialising a dense projection of the ~10^5 memory weights."""
+
+    def __init__(self, rank: int = 4, seed: int = 20240611):
+        self.rank, self.seed = rank, seed
+        self._projections: dict[tuple[int, int, str], tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def _pair(self, out_dim: int, in_dim: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+        key = (out_dim, in_dim, str(device))
+        if key not in self._projections:
+            generator = torch.Generator().manual_seed(self.seed + 7919 * out_dim + in_dim)
+            left = torch.randn(out_dim, self.rank, generator=generator) / math.sqrt(out_dim)
+            right = torch.randn(in_dim, self.rank, generator=generator) / math.sqrt(in_dim)
+            self._projections[key] = (left.to(device), right.to(device))
+        return self._projections[key]
+
+    def __call__(self, deltas: Sequence[torch.Tensor]) -> torch.Tensor:
+        """deltas: weight changes, each (B, H, out, in) -> (B, features)."""
+        parts = []
+        for delta in deltas:
+            left, right = self._pair(delta.shape[-2], delta.shape[-1], delta.device)
+            sketch = left.T @ delta.float() @ right  # (B, H, rank, rank)
+            parts.append(sketch.flatten(1))
+        return torch.cat(parts, dim=1)
+
+
+# -----------------------------------------------------------------------------
+# The engine
+
+
+@dataclass
+class _Lane:
+    record: RecordInput
+    reducer: Reducer
+    source: Iterator[np.ndarray]
+    buffer: np.ndarray  # inputs not yet fed (BOS first at the start)
+    exhausted: bool = False
+    fed: int = 0  # inputs fed so far (BOS included)
+    length: int = 0  # tokens seen so far in the source
+    done: bool = False
+    carry_bits: float | None = None  # bits of the token before this step's first input
+    items: list = field(default_factory=list)
+
+    def fill(self, need: int) -> None:
+        """Read from the source until `need` inputs are buffered or the source ends."""
+        while not self.exhausted and len(self.buffer) < need:
+            try:
+                piece = next(self.source)
+            except StopIteration:
+                self.exhausted = True
+                break
+            piece = np.asarray(piece, dtype=np.int64)
+            if piece.size:
+                self.length += piece.size
+                self.buffer = np.concatenate([self.buffer, piece])
+
+    @property
+    def remaining(self) -> int:
+        """Inputs still to feed, known only once the source is exhausted (else a lower bound)."""
+        return len(self.buffer)
+
+
+class StreamEngine:
+    """Runs records through a model. One engine per process; reuse it across inputs."""
+
+    def __init__(
+        self,
+        model,
+        runtime: Runtime,
+        piece_tokens: int = 4096,
+        lanes: int = 16,
+        lane_tokens: int = 1 << 16,
+        buffer_records: int = 256,
+        want_hidden: bool = False,
+        want_memory: bool = False,
+        progress: Callable[[int], None] | None = None,
+    ):
+        self.model = model
+        self.runtime = runtime
+        config = model.config
+        self.chunk = int(config.memory.chunk_size)
+        self.piece_tokens = max(self.chunk, (piece_tokens // self.chunk) * self.chunk)
+        self.lanes = max(1, lanes)
+        self.lane_tokens = max(1, lane_tokens)
+        self.buffer_records = max(self.lanes, buffer_records)
+        self.bos_id, self.pad_id = int(config.bos_id), int(config.pad_id)
+        self.want_hidden, self.want_memory = want_hidden, want_memory
+        self.sketch = MemorySketch()
+        # Builds the state a wave starts from (default: the model's initial state); novelty uses
+        # it to start from a host-adapted memory.
+        self.state_factory: Callable[[int], Any] | None = None
+        # Called after every step as after_step(state, rows, fed): rows of the lanes that read
+        # tokens in the step and how many inputs each read (novelty averages the memory with it).
+        self.after_step: Callable[[Any, list[int], list[int]], None] | None = None
+        self.throughput = Throughput(progress)
+
+    # -- public ---------------------------------------------------------------------------------
+
+    def run(
+        self, records: Iterable[RecordInput], make_reducer: Callable[[RecordInput], Reducer]
+    ) -> Iterator[tuple[RecordInput, Iterator[Any]]]:
+        """Yield `(record, items)` in input order. For a long record `items` is live: consume it
+        before asking for the next record (as with itertools.groupby)."""
+        buffered: list[tuple[RecordInput, np.ndarray]] = []
+        buffered_tokens = 0
+        for record in records:
+            head, rest, complete = _take(record.pieces, self.lane_tokens + 1)
+            if complete and len(head) <= self.lane_tokens:
+                buffered.append((record, head))
+                buffered_tokens += len(head)
+                if len(buffered) >= self.buffer_records or buffered_tokens >= self.lanes * self.lane_tokens:
+                    yield from self._run_buffer(buffered, make_reducer)
+                    buffered, buffered_tokens = [], 0
+                continue
+            yield from self._run_buffer(buffered, make_reducer)
+            buffered, buffered_tokens = [], 0
+            source = _chain([head], rest)
+            lane = self._new_lane(record, make_reducer(record), source)
+            yield record, self._run_wave_live(lane)
+        yield from self._run_buffer(buffered, make_reducer)
+
+    # -- waves ----------------------------------------------------------------------------------
+
+    def _new_lane(self, record: RecordInput, reducer: Reducer, source: Iterator[np.ndarray]) -> _Lane:
+        return _Lane(record, reducer, iter(source), np.array([self.bos_id], dtype=np.int64))
+
+    def _run_buffer(self, buffered, make_reducer):
+        if not buffered:
+            return
+        order = sorted(range(len(buffered)), key=lambda i: -len(buffered[i][1]))
+        results: dict[int, list] = {}
+        for first in range(0, len(order), self.lanes):
+            wave = [order[i] for i in range(first, min(first + self.lanes, len(order)))]
+            lanes = [self._new_lane(buffered[i][0], make_reducer(buffered[i][0]), iter([buffered[i][1]])) for i in wave]
+            for _ in self._run_wave(lanes):
+                pass
+            for i, lane in zip(wave, lanes):
+                results[i] = lane.items
+        for i, (record, _) in enumerate(buffered):
+            yield record, iter(results.pop(i))
+
+    def stream_lanes(self, lanes: Sequence[tuple[RecordInput, Reducer, Iterable[np.ndarray]]]) -> Iterator[list]:
+        """Run given records side by side in one wave (novelty's paired passes); yields, after each
+        step, the items each lane's reducer produced in that step."""
+        wave = [self._new_lane(record, reducer, iter(source)) for record, reducer, source in lanes]
+        for _ in self._run_wave(wave):
+            produced = []
+            for lane in wave:
+                produced.append(lane.items)
+                lane.items = []
+            yield produced
+
+    def _run_wave_live(self, lane: _Lane) -> Iterator[Any]:
+        for _ in self._run_wave([lane]):
+            items, lane.items = lane.items, []
+            yield from items
+        yield from lane.items
+
+    def _run_wave(self, lanes: list[_Lane]) -> Iterator[None]:
+        """Feed every lane to its end; yields after each step (items accumulate on the lanes)."""
+        model, device = self.model, self.runtime.device
+        state = self.state_factory(len(lanes)) if self.state_factory else model.init_state(len(lanes), device)
+        with torch.inference_mode():
+            while not all(lane.done for lane in lanes):
+                for lane in lanes:
+                    if not lane.done:
+                        lane.fill(self.piece_tokens + 1)
+                step = self._step_length(lanes)
+                inputs = np.full((len(lanes), step), self.pad_id, dtype=np.int64)
+                targets = np.full((len(lanes), step), self.pad_id, dtype=np.int64)
+                for row, lane in enumerate(lanes):
+                    if lane.done:
+                        continue
+                    fed = lane.buffer[:step]
+                    inputs[row, : len(fed)] = fed
+                    following = lane.buffer[1 : step + 1]
+                    targets[row, : len(following)] = following
+                tokens = torch.from_numpy(inputs).to(device)
+                output, state = model.step(tokens, state, backend=self.runtime.backend)
+                log_probs = F.log_softmax(output.logits.float(), dim=-1)
+                target_tensor = torch.from_numpy(targets).to(device)
+                bits = (-log_probs.gather(-1, target_tensor.unsqueeze(-1)).squeeze(-1) / LN2).cpu().numpy()
+                grad = output.grad.float().cpu().numpy()
+                momentum = output.momentum.float().cpu().numpy()
+                hidden = output.hidden.float().cpu().numpy() if self.want_hidden else None
+                finished, fed_rows, fed_counts = [], [], []
+                for row, lane in enumerate(lanes):
+                    if lane.done:
+                        continue
+                    n_fed = min(step, len(lane.buffer))
+                    fed_rows.append(row)
+                    fed_counts.append(n_fed)
+                    self._emit(lane, n_fed, bits[row], grad[row], momentum[row], None if hidden is None else hidden[row])
+                    lane.buffer = lane.buffer[n_fed:]
+                    lane.fed += n_fed
+                    if lane.exhausted and len(lane.buffer) == 0:
+                        lane.done = True
+                        finished.append(row)
+                if self.after_step is not None:
+                    self.after_step(state, fed_rows, fed_counts)
+                if finished:
+                    fingerprints = self._fingerprints(state, finished)
+                    for position, row in enumerate(finished):
+                        lane = lanes[row]
+                        end = RecordEnd(lane.length, None if fingerprints is None else fingerprints[position])
+                        lane.items.extend(lane.reducer.finish(end))
+                yield
+
+    def _step_length(self, lanes: list[_Lane]) -> int:
+        """At most piece_tokens; a step ends exactly on the last input of the active lane closest
+        to its end (when that end is known), so the memory state after the step is that record's
+        own final state, untouched by padding. Steps need not be whole chunks: the memory keeps a
+        partial chunk pending, and every lane of a wave started at position 0 together."""
+        step = self.piece_tokens
+        for lane in lanes:
+            if not lane.done and lane.exhausted:
+                step = min(step, max(1, len(lane.buffer)))
+        return step
+
+    def _emit(self, lane: _Lane, n_fed: int, bits, grad, momentum, hidden) -> None:
+        """Hand the reducer the tokens this step completed.
+
+        Inputs fed this step are positions [a, a + n_fed) of [BOS, t_0, ...]; row r holds the
+        signals of input a + r (= token a + r - 1) and the bits of token a + r (predicted there)."""
+        a = lane.fed
+        n_tokens_total = lane.length if lane.exhausted else None
+        # tokens whose signals arrived this step: j = a + r - 1 for r in [0, n_fed), j >= 0
+        first_row = 1 if a == 0 else 0
+        rows = np.arange(first_row, n_fed)
+        if rows.size == 0:
+            lane.carry_bits = float(bits[n_fed - 1]) if n_fed else lane.carry_bits
+            return
+        j_start = a + first_row - 1
+        token_bits = np.empty(rows.size, dtype=np.float32)
+        # bits of token j were computed at input j = row j - a: the previous row, or the carry
+        token_bits[1:] = bits[rows[:-1]]
+        token_bits[0] = lane.carry_bits if first_row == 0 else bits[0]
+        tokens = lane.buffer[rows]
+        if n_tokens_total is not None:
+            keep = j_start + np.arange(rows.size) < n_tokens_total
+            rows, token_bits, tokens = rows[keep], token_bits[keep], tokens[keep]
+        lane.carry_bits = float(bits[n_fed - 1])
+        if rows.size == 0:
+            return
+        outputs = TokenOutputs(
+            start=j_start,
+            tokens=tokens,
+            bits=token_bits,
+            grad=np.ascontiguousarray(grad[rows]),
+            momentum=np.ascontiguousarray(momentum[rows]),
+            hidden=None if hidden is None else np.ascontiguousarray(hidden[rows]),
+        )
+        self.throughput.add(len(tokens))
+        lane.items.extend(lane.reducer.add(outputs))
+
+    def _fingerprints(self, state, rows: list[int]):
+        if not self.want_memory:
+            return None
+        deltas = []
+        for block in state.blocks:
+            memory = block.memory
+            if memory is None:
+                continue
+            for current, initial in zip(memory.current_weights, memory.initial_weights):
+                deltas.append(current[rows] - initial.unsqueeze(0).to(current.dtype))
+        return self.sketch(deltas).cpu().numpy()
+
+
+# -----------------------------------------------------------------------------
+# Helpers
+
+
+def _round_up(n: int, multiple: int) -> int:
+    return ((n + multiple - 1) // multiple) * multiple
+
+
+def _take(pieces: Iterable[np.ndarray], limit: int) -> tuple[np.ndarray, Iterator[np.ndarray], bool]:
+    """Read pieces until more than `limit` tokens are held or the source ends.
+    Returns (tokens read, the rest of the source, whether the source ended)."""
+    iterator = iter(pieces)
+    held: list[np.ndarray] = []
+    total = 0
+    while total <= limit:
+        try:
+            piece = np.asarray(next(iterator), dtype=np.int64)
+        except StopIteration:
+            return _concat(held), iter(()), True
+        held.append(piece)
+        total += piece.size
+    return _concat(held), iterator, False
+
+
+def _concat(pieces: list[np.ndarray]) -> np.ndarray:
+    if not pieces:
+        return np.zeros(0, dtype=np.int64)
+    return pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
+
+
+def _chain(first: list[np.ndarray], rest: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
+    yield from first
+    yield from rest
+
+
+# -----------------------------------------------------------------------------
+# Inputs: io records -> RecordInput
+
+
+def sequence_records(
+    sources: Sequence[str],
+    tokenizer,
+    region: str | None = None,
+    on_invalid: str = "error",
+    first_index: int = 0,
+) -> Iterator[RecordInput]:
+    """Every FASTA/FASTQ record of every source, tokenised piece by piece (nothing held whole).
+
+    `meta` carries the io record: its `offset` (non-zero for --region) and `full_length`."""
+    from titans_cli.io.sequences import iter_records
+
+    index = first_index
+    for source in sources:
+        for record in iter_records(source, region=region, on_invalid=on_invalid):
+            pieces = (tokenizer.encode(piece) for piece in record.pieces())
+            yield RecordInput(index, record.id, pieces, record.length, {"record": record, "source": source})
+            index += 1
+
+
+class TextDocument:
+    """Token character offsets and sentences of one document, produced while it is tokenised.
+
+    The text is cut into blocks at paragraph breaks (hard sentence boundaries, so the sentences
+    equal those of the whole text), each block tokenised on its own; consumers fetch the offsets
+    of the tokens they are handed, in order, and the memory held is a few blocks."""
+
+    BLOCK_CHARS = 1 << 16
+
+    def __init__(self, source, tokenizer, encoding: str = "utf-8", keep_text: bool = False):
+        self.source, self.tokenizer, self.encoding = source, tokenizer, encoding
+        self.keep_text = keep_text
+        self.sentences: deque = deque()  # Sentence objects not yet consumed, in order
+        self._offsets: list[tuple[int, np.ndarray]] = []  # (first token index, (n, 2) offsets)
+        self.tokens = 0
+        self.chars = 0
+        self.utf8_bytes = 0
+        self.text_parts: list[str] = []
+
+    def pieces(self) -> Iterator[np.ndarray]:
+        from titans_cli.io.text import iter_text_pieces, split_sentences
+
+        buffer, buffer_start = "", 0
+        for piece in iter_text_pieces(self.source, self.encoding):
+            buffer += piece.text
+            while len(buffer) >= self.BLOCK_CHARS:
+                cut = _block_cut(buffer, self.BLOCK_CHARS)
+                yield self._block(buffer[:cut], buffer_start, split_sentences)
+                buffer, buffer_start = buffer[cut:], buffer_start + cut
+        if buffer:
+            yield self._block(buffer, buffer_start, split_sentences)
+
+    def _block(self, text: str, start: int, split_sentences) -> np.ndarray:
+        ids, offsets = self.tokenizer.encode_with_offsets(text)
+        self._offsets.append((self.tokens, offsets.astype(np.int64) + start))
+        self.sentences.extend(split_sentences(text, start))
+        self.tokens += len(ids)
+        self.chars += len(text)
+        self.utf8_bytes += len(text.encode("utf-8"))
+        if self.keep_text:
+            self.text_parts.append(text)
+        return ids
+
+    def offsets(self, start: int, n: int) -> np.ndarray:
+        """(n, 2) character offsets of tokens [start, start + n); blocks before them are freed."""
+        parts, position = [], start
+        while self._offsets and self._offsets[0][0] + len(self._offsets[0][1]) <= start:
+            self._offsets.pop(0)
+        for first, offsets in self._offsets:
+            if position >= start + n:
+                break
+            lo = position - first
+            if lo >= len(offsets):
+                continue
+            take = offsets[lo : lo + (start + n - position)]
+            parts.append(take)
+            position += len(take)
+        return np.concatenate(parts) if parts else np.zeros((0, 2), dtype=np.int64)
+
+    @property
+    def text(self) -> str:
+        return "".join(self.text_parts)
+
+
+def _block_cut(buffer: str, size: int) -> int:
+    """Where to end a block: after the last paragraph break in the first `size` characters
+    (else the last whitespace, else `size`)."""
+    cut = buffer.rfind("\n\n", 0, size)
+    if cut > 0:
+        return cut + 2
+    cut = max(buffer.rfind(" ", 0, size), buffer.rfind("\n", 0, size))
+    return cut + 1 if cut > 0 else size
+
+
+def text_records(sources: Sequence[str], tokenizer, encoding: str = "utf-8", keep_text: bool = False,
+                 first_index: int = 0) -> Iterator[RecordInput]:
+    """One record per text input (a document); `meta["document"]` is its TextDocument."""
+    from titans_cli.io.inputs import display_name
+
+    for index, source in enumerate(sources, start=first_index):
+        document = TextDocument(source, tokenizer, encoding, keep_text)
+        name = display_name(source)
+        yield RecordInput(index, name, document.pieces(), None, {"document": document, "source": source})

@@ -174,3 +174,10 @@ def test_streaming_from_a_file_with_offsets(tmp_path):
     sentences = list(iter_sentences(iter_text_pieces(path, piece_bytes=5)))
     assert texts(sentences) == ["Première phrase.", "Deuxième phrase!", "Troisième?"]
     assert all(normalised[s.start : s.end] == s.text for s in sentences)
+
+
+def test_utf16_without_byte_order_mark_is_an_input_error(tmp_path):
+    # Found by benchmarks/fuzz_parsers.py: the UTF-16 codec raises UnicodeError, not a decode error.
+    path = write(tmp_path, "u16.txt", b"h\x00i\x00")
+    with pytest.raises(TitansInputError, match="not valid utf-16"):
+        read_text(path, encoding="utf-16")

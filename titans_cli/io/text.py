@@ -88,6 +88,11 @@ def iter_text_pieces(source: Source, encoding: str = "utf-8",
                     f"{name}: not valid {encoding} text: byte 0x{bad.hex() or '??'} at byte offset "
                     f"{position}{suffix} ({error.reason}); give the right encoding, e.g. latin-1"
                 ) from None
+            except UnicodeError as error:  # e.g. UTF-16 without a byte-order mark
+                raise TitansInputError(
+                    f"{name}: not valid {encoding} text near byte offset {byte_offset}{suffix} "
+                    f"({' '.join(str(error).split())})"
+                ) from None
             byte_offset += len(block)
             decoded = carried_cr + decoded
             carried_cr = ""

@@ -441,3 +441,13 @@ def test_region_when_index_cannot_be_written_beside_the_file(tmp_path):
     (record,) = list(iter_records(str(tmp_path / "lambda.fa"), region=f"{LAMBDA_ID}:1-5"))
     assert record.read() == b"GGGCG"
     assert sorted(os.listdir(tmp_path)) == ["lambda.fa", "lambda.fa.fai"]
+
+
+def test_progress_reports_compressed_bytes_read():
+    with inputs.open_input(str(ECOLI)) as opened:
+        start, size = opened.progress()
+        assert size == os.path.getsize(ECOLI) and 0 < start < size
+        for record in iter_records(opened):
+            for _ in record.pieces():
+                pass
+        assert opened.progress() == (size, size)

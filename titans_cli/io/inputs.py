@@ -77,6 +77,17 @@ class InputFile:
     head: bytes
     stream: io.BufferedReader
     _closers: tuple = ()
+    _raw_file: object = None
+
+    def progress(self) -> tuple[int, int | None]:
+        """(bytes of the file read so far, file size) for progress bars; sizes are on-disk
+        (compressed) bytes. Stdin and streams report (0, None)."""
+        if self._raw_file is None or self.path is None:
+            return 0, None
+        try:
+            return self._raw_file.tell(), os.fstat(self._raw_file.fileno()).st_size
+        except (OSError, ValueError):
+            return 0, None
 
     def close(self) -> None:
         for closer in self._closers:
@@ -302,7 +313,7 @@ def _open_from_raw(name: str, path: str | None, raw, closers: list) -> InputFile
     if compression != "none":
         _refuse_foreign_compression(name, head)
     stream = io.BufferedReader(_PrefixedReader(head, checked), READ_BLOCK)
-    return InputFile(name, path, compression, head, stream, tuple(closers))
+    return InputFile(name, path, compression, head, stream, tuple(closers), raw if path else None)
 
 
 def peek_stdin_head() -> tuple[str, bytes]:

@@ -15,6 +15,7 @@ from titans_cli.io.tracks import (
     open_track_writer,
     window_bounds,
     write_bed6,
+    write_track,
 )
 
 
@@ -254,3 +255,10 @@ def test_bed6_rejects_invalid_regions_and_keeps_previous_file(tmp_path, region, 
 
 def test_bed_score_scaling():
     assert [bed_score(v, 2.0, 6.0) for v in (0.0, 2.0, 4.0, 6.0, 9.0, float("nan"))] == [0, 0, 500, 1000, 1000, 0]
+
+
+def test_write_track_from_interval_stream(tmp_path):
+    path = str(tmp_path / "s.bedgraph")
+    intervals = [("chr1", 0, 5, 0.5), ("chr1", 5, 9, 0.5), ("chr1", 12, 20, 2.0), ("chr2", 0, 3, 1.0)]
+    write_track(path, "bedgraph", iter(intervals))
+    assert read_bedgraph(path) == [("chr1", 0, 9, 0.5), ("chr1", 12, 20, 2.0), ("chr2", 0, 3, 1.0)]

@@ -337,6 +337,14 @@ def open_track_writer(destination: str, format: str, *, value_name: str = "value
     raise TitansInputError(f"unknown track format {format!r}; choose one of {', '.join(TRACK_FORMATS)}")
 
 
+def write_track(destination: str, format: str, intervals: Iterable[tuple[str, int, int, float]],
+                **options) -> None:
+    """Write a stream of (chrom, start, end, value) intervals; options as for open_track_writer."""
+    with open_track_writer(destination, format, **options) as writer:
+        for chrom, start, end, value in intervals:
+            writer.add_interval(chrom, start, end, value)
+
+
 # --------------------------------------------------------------------------------------------
 # Generic rows (text results: sentence offsets and scores) and BED6 regions
 

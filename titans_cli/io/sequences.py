@@ -166,6 +166,7 @@ class _LineFragments:
     """Reads a binary stream as line fragments of bounded size, keeping line and column."""
 
     def __init__(self, stream, fragment_size: int):
+        self._stream = stream
         self._readline = stream.readline
         self._fragment_size = fragment_size
         self.line = 0  # 1-based number of the line the last fragment belongs to
@@ -189,6 +190,30 @@ class _LineFragments:
         self.ended_line = self._at_line_start or len(fragment) < self._fragment_size
         self._next_column += len(fragment)
         return fragment, starts_line
+
+    def whole_lines(self) -> bytes | None:
+        """Several complete lines at once (up to the fragment size), stopping before a line
+        that starts with '>'; None when that is not possible here (a header is next, a line is
+        longer than what is buffered, end of input): then read line by line with next().
+
+        Sequence bodies are mostly short lines (60-80 columns); handling a megabyte of them
+        with one translate() instead of one call per line makes reading ~10x faster.
+        """
+        if not self._at_line_start:
+            return None
+        buffered = self._stream.peek(self._fragment_size)[: self._fragment_size]
+        if not buffered or buffered[:1] == b">":
+            return None
+        header = buffered.find(b"\n>")
+        end = header + 1 if header >= 0 else buffered.rfind(b"\n") + 1
+        if end <= 0:
+            return None
+        block = self._stream.read(end)
+        self.first_line_of_block = self.line + 1
+        self.line += block.count(b"\n")
+        self.column = self._next_column = 0
+        self.ended_line = True
+        return block
 
     def rest_of_line(self, first: bytes, limit: int, what: str, name: str) -> bytes:
         """Join `first` with the remaining fragments of its line (at most `limit` bytes)."""
@@ -315,6 +340,19 @@ class _RecordParser:
             "(only IUPAC nucleotide codes ACGTUN RYKMSWBDHV are accepted, in either case)"
         )
 
+    def _invalid_in_block(self, record: SequenceRecord, block: bytes) -> TitansInputError:
+        for index, byte in enumerate(block):
+            if self.table[byte] == _INVALID and byte not in _LINE_WHITESPACE:
+                break
+        line = self.lines.first_line_of_block + block.count(b"\n", 0, index)
+        column = index - (block.rfind(b"\n", 0, index) + 1) + 1
+        shown = chr(byte) if 32 < byte < 127 else f"\\x{byte:02x}"
+        return TitansInputError(
+            f"{self.name}: record {record.id!r}, line {line}, column {column}: invalid character "
+            f"'{shown}' in sequence (only IUPAC nucleotide codes ACGTUN RYKMSWBDHV are accepted, "
+            "in either case)"
+        )
+
     def _clean(self, record: SequenceRecord, fragment: bytes) -> bytes:
         bases = fragment.translate(self.table, _LINE_WHITESPACE)
         if self.table is _STRICT_TABLE and bases.count(_INVALID):
@@ -324,6 +362,13 @@ class _RecordParser:
     def _fasta_sequence(self, record: SequenceRecord) -> Iterator[bytes]:
         pieces = _PieceBuffer(self.piece_size)
         while True:
+            block = self.lines.whole_lines()
+            if block is not None:
+                bases = block.translate(self.table, _LINE_WHITESPACE)
+                if self.table is _STRICT_TABLE and bases.count(_INVALID):
+                    raise self._invalid_in_block(record, block)
+                yield from pieces.add(bases)
+                continue
             item = self.lines.next()
             if item is None:
                 break

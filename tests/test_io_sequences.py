@@ -316,6 +316,8 @@ def test_stdin_equals_file_through_a_real_pipe():
         (b"\n\n>chr1 x\n\nacgtn\n", "sequence"),
         (b"@r1\nACGT\n+\nIIII\n", "sequence"),
         (b"> a quoted line in Markdown\n\nSome prose here.\n", "text"),
+        (b"> chr1 with a space\nACGT\n", "sequence"),
+        (b">sp|P69905|HBA_HUMAN Hemoglobin\nMVLSPADKTNVKAAWGKVGAHAGEYGAEALERMFLSF\n", "sequence"),
         (b"@author: someone\nHello\nWorld\n", "text"),
         (b"Call me Ishmael.\n", "text"),
     ],

@@ -746,8 +746,9 @@ def _looks_like_sequence_line(line: bytes) -> bool:
 def sniff_kind(source: Source) -> str:
     """"sequence" for FASTA/FASTQ (after any decompression), "text" for anything else readable.
 
-    A '>' first line counts as FASTA when the next non-blank line is nucleotide codes (a Markdown
-    quote is text); an '@' first line counts as FASTQ when its third line starts with '+'.
+    A '>' first line is FASTA unless it looks like a Markdown quote ("> words" followed by a
+    line that is not nucleotide codes); an '@' first line is FASTQ when its third line starts
+    with '+' (else text, e.g. "@author ...").
     Stdin stays readable afterwards. Empty or binary inputs raise TitansInputError.
     """
     name, _compression, head = input_head(source)
@@ -761,7 +762,9 @@ def sniff_kind(source: Source) -> str:
     first = text[:1]
     if first == b">":
         following = [line for line in lines[1:] if line.strip()]
-        if len(lines) == 1 or not following:  # header only (or longer than the head): FASTA
+        if lines[0][1:2] not in (b" ", b"\t") or not following:
+            # Any '>name' file is FASTA: a protein or damaged FASTA then gets the reader's
+            # precise error instead of being read as prose by the text model.
             return "sequence"
         return "sequence" if _looks_like_sequence_line(following[0]) else "text"
     if first == b"@":

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
+import functools
 import json
 import math
 import statistics
@@ -166,12 +167,16 @@ def correctness() -> list[list]:
             else:
                 exact = chunked
             for precision in ("ieee", "tf32", "bf16") if label.startswith("titans") else ("ieee",):
-                if precision == "bf16":
-                    low = tuple(t.to(torch.bfloat16) for t in (q, k, v))
-                    fused = triton_fused.memory_update(*low, *args[3:], config, precision="bf16")
-                else:
-                    fused = triton_fused.memory_update(*args, config, precision=precision)
-                torch.cuda.synchronize()
+                try:
+                    if precision == "bf16":
+                        low = tuple(t.to(torch.bfloat16) for t in (q, k, v))
+                        fused = triton_fused.memory_update(*low, *args[3:], config, precision="bf16")
+                    else:
+                        fused = triton_fused.memory_update(*args, config, precision=precision)
+                    torch.cuda.synchronize()
+                except Exception as error:  # noqa: BLE001 - one failed variant must not hide the others
+                    rows.append([label, f"triton_fused {precision}", f"{type(error).__name__}: {error}"[:120], "FAIL"])
+                    continue
                 target = "float64 reference" if exact is not chunked else "torch_chunked fp32"
                 error = max_result_error(fused, exact)
                 rows.append([label, f"triton_fused {precision} vs {target}", f"{error:.2e}",
@@ -212,7 +217,10 @@ def install_triton_backend() -> None:
     original = memory_layer.memory_op
 
     def memory_op(backend: str):
-        return triton_fused.memory_update if backend == "triton" else original(backend)
+        if backend.startswith("triton"):  # "triton", "triton-tf32", "triton-bf16"
+            precision = backend.partition("-")[2] or None
+            return functools.partial(triton_fused.memory_update, precision=precision)
+        return original(backend)
 
     memory_layer.memory_op = memory_op
 
@@ -299,10 +307,13 @@ def main() -> int:
     bf16_args = tuple(t.to(torch.bfloat16) for t in fp32_args[:3]) + fp32_args[3:]
     with torch.no_grad():
         measure("op torch_chunked fp32", lambda: torch_chunked.memory_update(*fp32_args, config), repeats=3)
-        for precision, warps in (("ieee", 8), ("tf32", 8), ("tf32", 16), ("bf16", 8), ("bf16", 16)):
+        variants = [("ieee", 8, 64), ("tf32", 8, 64), ("tf32", 8, 32), ("bf16", 8, 64), ("bf16", 4, 64),
+                    ("bf16", 8, 32), ("bf16", 4, 32), ("bf16", 8, 128)]
+        for precision, warps, block in variants:
             op_args = bf16_args if precision == "bf16" else fp32_args
-            measure(f"op triton_fused {precision} w{warps}",
-                    lambda: triton_fused._fused_forward(*op_args[:7], op_args[7], op_args[8], config, precision, warps))
+            measure(f"op triton_fused {precision} w{warps} hb{block}",
+                    lambda: triton_fused._fused_forward(*op_args[:7], op_args[7], op_args[8], config, precision,
+                                                        warps, block))
     del fp32_args, bf16_args
     torch.cuda.empty_cache()
 
@@ -313,6 +324,8 @@ def main() -> int:
     torch.manual_seed(0)
     layers["titans_cli torch"] = (memory_layer.NeuralMemory(256, config).cuda(), "torch")
     layers["titans_cli triton"] = (layers["titans_cli torch"][0], "triton")
+    layers["titans_cli triton-tf32"] = (layers["titans_cli torch"][0], "triton-tf32")
+    layers["titans_cli triton-bf16"] = (layers["titans_cli torch"][0], "triton-bf16")
     try:
         layers["titans-pytorch"] = (titans_pytorch_layer(), None)
         import titans_pytorch
@@ -350,6 +363,8 @@ def main() -> int:
             timings[f"layer {name} fwd"]["note"] = "autograd enabled (no_grad failed)"
     log("layers, forward + backward")
     for name in layers:
+        if name.startswith("titans_cli triton-"):
+            continue  # same backward (torch_chunked recompute) as "titans_cli triton"
         measure(f"layer {name} fwd+bwd", forward_backward(name), repeats=3 if "titans_cli" in name else 5)
     record["timings"] = timings
     record["compiled"] = compiled_kernels()
@@ -419,8 +434,9 @@ def main() -> int:
         common.md_table(["layer", "fwd M tok/s", "vs titans-pytorch", "fwd peak GiB",
                          "fwd+bwd M tok/s", "vs titans-pytorch", "fwd+bwd peak GiB"], layer_rows),
         "",
-        "titans_cli triton: forward = the fused kernel; backward = recompute through torch_chunked "
-        "(triton_fused has no backward kernel).",
+        "titans_cli triton: forward = the fused kernel with fp32 products (ieee); -tf32 / -bf16: tf32 or "
+        "bf16-rounded operands on the tensor cores (fp32 accumulation and state); backward = recompute "
+        "through torch_chunked (triton_fused has no backward kernel).",
         "",
         "### Memory op alone, forward (no autograd)",
         "",

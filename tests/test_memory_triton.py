@@ -97,6 +97,18 @@ def test_fused_equals_torch_chunked_in_fp32(changes):
     assert_results_close(fused, chunked, 1e-4, "fused vs torch_chunked:")
 
 
+def test_hidden_units_in_several_blocks_equal_one_block():
+    """Depth 2 walks the hidden units in blocks; 4 blocks of 16 must give torch_chunked's result."""
+    config = MemoryConfig(num_heads=2, head_dim=16, expansion=4, chunk_size=16, max_grad_norm=0.5)
+    (q, k, v, lr, momentum, decay, delta), weights, momenta = random_inputs(config)
+    output, grad_norm, momentum_norm, new_weights, new_momenta = triton_fused._fused_forward(
+        q, k, v, lr, momentum, decay, delta, weights, momenta, config, "ieee", num_warps=4, block_hidden=16
+    )
+    fused = triton_fused.MemoryResult(output, grad_norm, momentum_norm, new_weights, new_momenta)
+    chunked = torch_chunked.memory_update(q, k, v, lr, momentum, decay, delta, weights, momenta, config)
+    assert_results_close(fused, chunked, 1e-4, "4 hidden blocks of 16:")
+
+
 def test_fused_equals_float64_reference():
     config = MemoryConfig(num_heads=2, head_dim=16, chunk_size=8, max_grad_norm=0.5)
     (q, k, v, lr, momentum, decay, delta), weights, momenta = random_inputs(config, batch=1, length=20)

@@ -45,15 +45,23 @@ try:  # optional dependency: never required on CPU installs
     import triton
     import triton.language as tl
 
+    try:
+        from triton.runtime.errors import OutOfResources
+    except ImportError:  # pragma: no cover - older triton
+        OutOfResources = RuntimeError
     TRITON_AVAILABLE = True
 except ImportError:  # pragma: no cover - depends on the install
     triton = None
     tl = None
+    OutOfResources = RuntimeError
     TRITON_AVAILABLE = False
 
 _BIAS_CODES = {"l2": 0, "lp": 1, "huber": 2}
 _RETENTION_CODES = {"decay": 0, "lq": 1, "kl": 2, "none": 3}
 _MAX_HEAD_DIM, _MAX_HIDDEN = 128, 256
+# Hidden units per block of the depth-2 passes and warps per program (chosen by measurement,
+# docs/KERNEL_NOTES.md).
+_DEFAULT_BLOCK_HIDDEN, _DEFAULT_NUM_WARPS = 64, 8
 
 
 def _interpreting() -> bool:
@@ -137,6 +145,34 @@ if TRITON_AVAILABLE:
             return weight
 
     @triton.jit
+    def _chunk_gates(log_eta, log_beta, step, t_ok, causal):
+        """η/β products of one chunk from in-chunk cumulative log sums (torch_chunked._chunk_step)."""
+        cum_log_eta = tl.cumsum(log_eta, axis=0)
+        cum_log_beta = tl.cumsum(log_beta, axis=0)
+        log_eta_total = tl.sum(log_eta, axis=0)
+        log_beta_total = tl.sum(log_beta, axis=0)
+        eta_products = tl.exp(tl.where(causal, cum_log_eta[:, None] - cum_log_eta[None, :], float("-inf")))
+        eta_prefix = tl.exp(cum_log_eta)  # E(1..t)
+        beta_suffix = tl.where(t_ok, tl.exp(log_beta_total - cum_log_beta), 0.0)  # B(t+1..b), real t only
+        memory_coeff = tl.sum(eta_products * beta_suffix[:, None], axis=0)  # w_i
+        momentum_carry = tl.sum(beta_suffix * eta_prefix, axis=0)  # c_S
+        momentum_coeff = tl.exp(log_eta_total - cum_log_eta)  # E(i+1..b)
+        return (eta_products, eta_prefix, memory_coeff * step, momentum_coeff * step, momentum_carry,
+                tl.exp(log_eta_total), tl.exp(log_beta_total))
+
+    @triton.jit
+    def _momentum_norm(eta_products, eta_prefix, step, gram, s0_dot_u, s0_sq, PRECISION: tl.constexpr):
+        """||S_t|| = sqrt(E(1..t)²||S0||² - 2 E(1..t) Σ_i Λ_ti <S0,u_i> + Σ_ij Λ_ti Λ_tj <u_i,u_j>)."""
+        weighted = eta_products * step[None, :]  # Λ[t, i] = E(i+1..t) θ_i clip_i
+        momentum_sq = (
+            eta_prefix * eta_prefix * s0_sq
+            - 2.0 * eta_prefix * tl.sum(weighted * s0_dot_u[None, :], axis=1)
+            + tl.sum(_mm(weighted, gram, PRECISION) * weighted, axis=1)
+        )
+        return tl.sqrt(tl.maximum(momentum_sq, 1.1754943508222875e-38))
+
+    # `length` is not specialised: one compiled kernel serves every sequence length.
+    @triton.jit(do_not_specialize=["length"])
     def _memory_chunks_kernel(
         q_ptr, k_ptr, v_ptr, lr_ptr, eta_ptr, alpha_ptr, hd_ptr,
         w1_ptr, w2_ptr, s1_ptr, s2_ptr,
@@ -145,12 +181,15 @@ if TRITON_AVAILABLE:
         g_sb, g_sh, g_st,
         num_heads, length, chunk, head_dim, hidden,
         max_grad_norm, p_exp, q_exp, rho1, rho2,
-        BT: tl.constexpr, BD: tl.constexpr, BHID: tl.constexpr,
+        BT: tl.constexpr, BD: tl.constexpr, BHID: tl.constexpr, HB: tl.constexpr,
         DEPTH: tl.constexpr, BIAS: tl.constexpr, RETENTION: tl.constexpr,
         GD: tl.constexpr, CLIP: tl.constexpr, PRECISION: tl.constexpr,
     ):
         # One program = one (batch row, head); it owns its state buffers, so the chunk loop needs
-        # only a CTA barrier between writing the state and reading it back.
+        # only CTA barriers between writing the state and reading it back. Depth 2 walks the hidden
+        # units in blocks of HB (three passes: read + keys forward, δ1 and the norms, the update),
+        # so only (BT, HB) tiles are live at a time; the recomputed key products cost ~20% more
+        # arithmetic than holding (BT, hidden) tiles, which spilled.
         pid = tl.program_id(0)
         row = pid // num_heads
         head = pid % num_heads
@@ -165,27 +204,14 @@ if TRITON_AVAILABLE:
         g_off = row * g_sb + head * g_sh
         o_base = o_ptr + pid * length * head_dim
         s_base = pid * length
-
-        if DEPTH == 2:
-            rh = tl.arange(0, BHID)
-            h_ok = rh < hidden
-            # W1, S1: (hidden, head_dim); W2, S2: (head_dim, hidden), row-major per (row, head).
-            off1 = pid * hidden * head_dim + rh[:, None] * head_dim + rd[None, :]
-            mask1 = h_ok[:, None] & d_ok[None, :]
-            off2 = pid * head_dim * hidden + rd[:, None] * hidden + rh[None, :]
-            mask2 = d_ok[:, None] & h_ok[None, :]
-        else:
-            off1 = pid * head_dim * head_dim + rd[:, None] * head_dim + rd[None, :]
-            mask1 = d_ok[:, None] & d_ok[None, :]
-
         causal = rt[:, None] >= rt[None, :]  # [t, i]: i <= t
+
         n_chunks = tl.cdiv(length, chunk)
         for c in range(0, n_chunks):
             pos = c * chunk + rt
             t_ok = (rt < chunk) & (pos < length)
             tok_mask = t_ok[:, None] & d_ok[None, :]
             keys = tl.load(k_base + pos[:, None] * k_st + rd[None, :], mask=tok_mask, other=0.0).to(tl.float32)
-            values = tl.load(v_base + pos[:, None] * v_st + rd[None, :], mask=tok_mask, other=0.0).to(tl.float32)
             queries = tl.load(q_base + pos[:, None] * q_st + rd[None, :], mask=tok_mask, other=0.0).to(tl.float32)
             theta = tl.load(lr_ptr + g_off + pos * g_st, mask=t_ok, other=0.0).to(tl.float32)
             alpha = tl.load(alpha_ptr + g_off + pos * g_st, mask=t_ok, other=0.0).to(tl.float32)
@@ -202,30 +228,89 @@ if TRITON_AVAILABLE:
                 log_beta = log_keep
             else:
                 log_beta = tl.zeros_like(log_keep)
+            log_temperature = tl.sum(log_keep, axis=0)
             if BIAS == 2:
                 delta_t = tl.load(hd_ptr + g_off + pos * g_st, mask=t_ok, other=1.0).to(tl.float32)
             else:
                 delta_t = theta
+            key_sq = tl.sum(keys * keys, axis=1)
 
-            # ---- keys forward through M0 and the δ's back (MEMORY_MATH.md "One token")
-            w1 = tl.load(w1_ptr + off1, mask=mask1, other=0.0)
             if DEPTH == 2:
-                w2 = tl.load(w2_ptr + off2, mask=mask2, other=0.0)
-                z = _mm(keys, tl.trans(w1), PRECISION)  # (BT, BHID)
-                sig = tl.sigmoid(z)
-                hidden_act = z * sig
-                pred = _mm(hidden_act, tl.trans(w2), PRECISION)  # (BT, BD)
+                rb = tl.arange(0, HB)
+                # ---- pass 1: the read y_t = M0(q_t) and the keys forward (y = W2 σ(W1 k))
+                read = tl.zeros((BT, BD), tl.float32)
+                pred = tl.zeros((BT, BD), tl.float32)
+                hidden_sq = tl.zeros((BT,), tl.float32)
+                hidden_gram = tl.zeros((BT, BT), tl.float32)  # A Aᵀ
+                hidden_s2 = tl.zeros((BT, BD), tl.float32)  # A S2ᵀ, for <S0, u>
+                s0_sq = 0.0
+                for j in range(0, BHID // HB):
+                    hid = j * HB + rb
+                    h_ok = hid < hidden
+                    off1 = pid * hidden * head_dim + hid[:, None] * head_dim + rd[None, :]
+                    mask1 = h_ok[:, None] & d_ok[None, :]
+                    off2 = pid * head_dim * hidden + rd[:, None] * hidden + hid[None, :]
+                    mask2 = d_ok[:, None] & h_ok[None, :]
+                    w1 = tl.load(w1_ptr + off1, mask=mask1, other=0.0)
+                    w2 = tl.load(w2_ptr + off2, mask=mask2, other=0.0)
+                    zq = _mm(queries, tl.trans(w1), PRECISION)
+                    read += _mm(zq * tl.sigmoid(zq), tl.trans(w2), PRECISION)
+                    z = _mm(keys, tl.trans(w1), PRECISION)
+                    act = z * tl.sigmoid(z)
+                    pred += _mm(act, tl.trans(w2), PRECISION)
+                    hidden_sq += tl.sum(act * act, axis=1)
+                    if not GD:
+                        s2 = tl.load(s2_ptr + off2, mask=mask2, other=0.0)
+                        hidden_gram += _mm(act, tl.trans(act), PRECISION)
+                        hidden_s2 += _mm(act, tl.trans(s2), PRECISION)
+                        s0_sq += tl.sum(tl.sum(s2 * s2, axis=1), axis=0)
+                tl.store(o_base + pos[:, None] * head_dim + rd[None, :], read.to(o_ptr.dtype.element_ty), mask=tok_mask)
+                values = tl.load(v_base + pos[:, None] * v_st + rd[None, :], mask=tok_mask, other=0.0).to(tl.float32)
                 delta2 = _bias_derivative(pred - values, delta_t, p_exp, BIAS)
                 delta2 = tl.where(tok_mask, delta2, 0.0)
-                delta1 = _mm(delta2, w2, PRECISION) * (sig * (1.0 + z * (1.0 - sig)))  # (BT, BHID)
-                grad_sq = tl.sum(delta1 * delta1, axis=1) * tl.sum(keys * keys, axis=1) + tl.sum(
-                    delta2 * delta2, axis=1
-                ) * tl.sum(hidden_act * hidden_act, axis=1)
+
+                # ---- pass 2: δ1 = (δ2 W2) ⊙ σ'(z), its norms and Gram
+                delta1_sq = tl.zeros((BT,), tl.float32)
+                delta1_gram = tl.zeros((BT, BT), tl.float32)
+                if GD:
+                    s0_dot_u = tl.zeros((BT,), tl.float32)
+                else:
+                    s0_dot_u = tl.sum(hidden_s2 * delta2, axis=1)
+                for j in range(0, BHID // HB):
+                    hid = j * HB + rb
+                    h_ok = hid < hidden
+                    off1 = pid * hidden * head_dim + hid[:, None] * head_dim + rd[None, :]
+                    mask1 = h_ok[:, None] & d_ok[None, :]
+                    off2 = pid * head_dim * hidden + rd[:, None] * hidden + hid[None, :]
+                    mask2 = d_ok[:, None] & h_ok[None, :]
+                    w1 = tl.load(w1_ptr + off1, mask=mask1, other=0.0)
+                    w2 = tl.load(w2_ptr + off2, mask=mask2, other=0.0)
+                    z = _mm(keys, tl.trans(w1), PRECISION)
+                    sig = tl.sigmoid(z)
+                    delta1 = _mm(delta2, w2, PRECISION) * (sig * (1.0 + z * (1.0 - sig)))
+                    delta1_sq += tl.sum(delta1 * delta1, axis=1)
+                    if not GD:
+                        s1 = tl.load(s1_ptr + off1, mask=mask1, other=0.0)
+                        delta1_gram += _mm(delta1, tl.trans(delta1), PRECISION)
+                        s0_dot_u += tl.sum(_mm(keys, tl.trans(s1), PRECISION) * delta1, axis=1)
+                        s0_sq += tl.sum(tl.sum(s1 * s1, axis=1), axis=0)
+                grad_sq = delta1_sq * key_sq + tl.sum(delta2 * delta2, axis=1) * hidden_sq
             else:
+                rd2 = tl.arange(0, BD)
+                off1 = pid * head_dim * head_dim + rd2[:, None] * head_dim + rd[None, :]
+                mask1 = d_ok[:, None] & d_ok[None, :]
+                w1 = tl.load(w1_ptr + off1, mask=mask1, other=0.0)
+                s1 = tl.load(s1_ptr + off1, mask=mask1, other=0.0)
+                read = _mm(queries, tl.trans(w1), PRECISION)
+                tl.store(o_base + pos[:, None] * head_dim + rd[None, :], read.to(o_ptr.dtype.element_ty), mask=tok_mask)
+                values = tl.load(v_base + pos[:, None] * v_st + rd[None, :], mask=tok_mask, other=0.0).to(tl.float32)
                 pred = _mm(keys, tl.trans(w1), PRECISION)
                 delta1 = _bias_derivative(pred - values, delta_t, p_exp, BIAS)
                 delta1 = tl.where(tok_mask, delta1, 0.0)
-                grad_sq = tl.sum(delta1 * delta1, axis=1) * tl.sum(keys * keys, axis=1)
+                grad_sq = tl.sum(delta1 * delta1, axis=1) * key_sq
+                if not GD:
+                    s0_dot_u = tl.sum(_mm(keys, tl.trans(s1), PRECISION) * delta1, axis=1)
+                    s0_sq = tl.sum(tl.sum(s1 * s1, axis=1), axis=0)
 
             # ---- ||u_i|| and its clip (folded into θ_i, as torch_chunked does)
             grad_norm = tl.sqrt(tl.maximum(grad_sq, tiny))
@@ -235,83 +320,67 @@ if TRITON_AVAILABLE:
                 clip = tl.full((BT,), 1.0, tl.float32)
             grad_norm = grad_norm * clip
             step = tl.where(t_ok, theta * clip, 0.0)
+            eta_products, eta_prefix, memory_step, momentum_step, momentum_carry, eta_total, beta_total = _chunk_gates(
+                log_eta, log_beta, step, t_ok, causal
+            )
 
-            # ---- η, β products of the chunk from in-chunk cumulative log sums
-            cum_log_eta = tl.cumsum(log_eta, axis=0)
-            cum_log_beta = tl.cumsum(log_beta, axis=0)
-            log_eta_total = tl.sum(log_eta, axis=0)
-            log_beta_total = tl.sum(log_beta, axis=0)
-            eta_products = tl.exp(tl.where(causal, cum_log_eta[:, None] - cum_log_eta[None, :], float("-inf")))
-            eta_prefix = tl.exp(cum_log_eta)  # E(1..t)
-            beta_suffix = tl.where(t_ok, tl.exp(log_beta_total - cum_log_beta), 0.0)  # B(t+1..b), real t only
-            memory_coeff = tl.sum(eta_products * beta_suffix[:, None], axis=0)  # w_i
-            momentum_carry = tl.sum(beta_suffix * eta_prefix, axis=0)  # c_S
-            eta_total = tl.exp(log_eta_total)
-            beta_total = tl.exp(log_beta_total)
-            momentum_coeff = tl.exp(log_eta_total - cum_log_eta)  # E(i+1..b)
-            memory_step = memory_coeff * step
-            momentum_step = momentum_coeff * step
-
-            # ---- ||S_t||: E(1..t)²||S0||² - 2 E(1..t) Σ_i Λ_ti <S0,u_i> + Σ_ij Λ_ti Λ_tj <u_i,u_j>
-            s1 = tl.load(s1_ptr + off1, mask=mask1, other=0.0)
-            if DEPTH == 2:
-                s2 = tl.load(s2_ptr + off2, mask=mask2, other=0.0)
+            # ---- ||S_t|| through b×b Grams: <u_i, u_j> = Σ_l <δ_l,i, δ_l,j> <x_l,i, x_l,j>
             if GD:
-                momentum_norm = theta * grad_norm
+                momentum_norm = theta * grad_norm  # S_t = -θ_t u_t exactly
             else:
-                weighted = eta_products * step[None, :]
+                key_gram = _mm(keys, tl.trans(keys), PRECISION)
                 if DEPTH == 2:
-                    gram = _mm(delta1, tl.trans(delta1), PRECISION) * _mm(keys, tl.trans(keys), PRECISION)
-                    gram += _mm(delta2, tl.trans(delta2), PRECISION) * _mm(
-                        hidden_act, tl.trans(hidden_act), PRECISION
-                    )
-                    s0_dot_u = tl.sum(_mm(keys, tl.trans(s1), PRECISION) * delta1, axis=1)
-                    s0_dot_u += tl.sum(_mm(hidden_act, tl.trans(s2), PRECISION) * delta2, axis=1)
-                    s0_sq = tl.sum(tl.sum(s1 * s1, axis=1), axis=0) + tl.sum(tl.sum(s2 * s2, axis=1), axis=0)
+                    gram = delta1_gram * key_gram + _mm(delta2, tl.trans(delta2), PRECISION) * hidden_gram
                 else:
-                    gram = _mm(delta1, tl.trans(delta1), PRECISION) * _mm(keys, tl.trans(keys), PRECISION)
-                    s0_dot_u = tl.sum(_mm(keys, tl.trans(s1), PRECISION) * delta1, axis=1)
-                    s0_sq = tl.sum(tl.sum(s1 * s1, axis=1), axis=0)
-                momentum_sq = (
-                    eta_prefix * eta_prefix * s0_sq
-                    - 2.0 * eta_prefix * tl.sum(weighted * s0_dot_u[None, :], axis=1)
-                    + tl.sum(_mm(weighted, gram, PRECISION) * weighted, axis=1)
-                )
-                momentum_norm = tl.sqrt(tl.maximum(momentum_sq, tiny))
-
-            # ---- read: y_t = M0(q_t)
-            if DEPTH == 2:
-                zq = _mm(queries, tl.trans(w1), PRECISION)
-                read = _mm(zq * tl.sigmoid(zq), tl.trans(w2), PRECISION)
-            else:
-                read = _mm(queries, tl.trans(w1), PRECISION)
-            tl.store(o_base + pos[:, None] * head_dim + rd[None, :], read.to(o_ptr.dtype.element_ty), mask=tok_mask)
+                    gram = _mm(delta1, tl.trans(delta1), PRECISION) * key_gram
+                momentum_norm = _momentum_norm(eta_products, eta_prefix, step, gram, s0_dot_u, s0_sq, PRECISION)
             tl.store(gn_ptr + s_base + pos, grad_norm.to(gn_ptr.dtype.element_ty), mask=t_ok)
             tl.store(mn_ptr + s_base + pos, momentum_norm.to(mn_ptr.dtype.element_ty), mask=t_ok)
 
             # ---- chunk-end state: M_b = B M0 + c_S S0 - Σ w_i θ_i u_i,  S_b = E S0 - Σ E(i+1..b) θ_i u_i
-            log_temperature = tl.sum(log_keep, axis=0)
-            new_w1 = beta_total * w1 + momentum_carry * s1 - _mm(tl.trans(delta1 * memory_step[:, None]), keys, PRECISION)
-            new_s1 = eta_total * s1 - _mm(tl.trans(delta1 * momentum_step[:, None]), keys, PRECISION)
             if DEPTH == 2:
-                new_w1 = _retain(new_w1, mask1, hidden * head_dim, log_temperature, rho1, q_exp, RETENTION)
-                new_w2 = beta_total * w2 + momentum_carry * s2 - _mm(
-                    tl.trans(delta2 * memory_step[:, None]), hidden_act, PRECISION
-                )
-                new_w2 = _retain(new_w2, mask2, head_dim * hidden, log_temperature, rho2, q_exp, RETENTION)
-                new_s2 = eta_total * s2 - _mm(tl.trans(delta2 * momentum_step[:, None]), hidden_act, PRECISION)
-                tl.store(w2_ptr + off2, new_w2, mask=mask2)
-                tl.store(s2_ptr + off2, new_s2, mask=mask2)
+                for j in range(0, BHID // HB):  # pass 3 (δ1 recomputed per block)
+                    hid = j * HB + rb
+                    h_ok = hid < hidden
+                    off1 = pid * hidden * head_dim + hid[:, None] * head_dim + rd[None, :]
+                    mask1 = h_ok[:, None] & d_ok[None, :]
+                    off2 = pid * head_dim * hidden + rd[:, None] * hidden + hid[None, :]
+                    mask2 = d_ok[:, None] & h_ok[None, :]
+                    w1 = tl.load(w1_ptr + off1, mask=mask1, other=0.0)
+                    w2 = tl.load(w2_ptr + off2, mask=mask2, other=0.0)
+                    s1 = tl.load(s1_ptr + off1, mask=mask1, other=0.0)
+                    s2 = tl.load(s2_ptr + off2, mask=mask2, other=0.0)
+                    z = _mm(keys, tl.trans(w1), PRECISION)
+                    sig = tl.sigmoid(z)
+                    act = z * sig
+                    delta1 = _mm(delta2, w2, PRECISION) * (sig * (1.0 + z * (1.0 - sig)))
+                    new_w1 = beta_total * w1 + momentum_carry * s1 - _mm(
+                        tl.trans(delta1 * memory_step[:, None]), keys, PRECISION)
+                    new_s1 = eta_total * s1 - _mm(tl.trans(delta1 * momentum_step[:, None]), keys, PRECISION)
+                    new_w2 = beta_total * w2 + momentum_carry * s2 - _mm(
+                        tl.trans(delta2 * memory_step[:, None]), act, PRECISION)
+                    new_s2 = eta_total * s2 - _mm(tl.trans(delta2 * momentum_step[:, None]), act, PRECISION)
+                    # lq / kl need whole matrices: the wrapper runs them with HB = BHID (one block).
+                    new_w1 = _retain(new_w1, mask1, hidden * head_dim, log_temperature, rho1, q_exp, RETENTION)
+                    new_w2 = _retain(new_w2, mask2, head_dim * hidden, log_temperature, rho2, q_exp, RETENTION)
+                    tl.debug_barrier()  # every thread has read this block before any overwrites it
+                    tl.store(w1_ptr + off1, new_w1, mask=mask1)
+                    tl.store(s1_ptr + off1, new_s1, mask=mask1)
+                    tl.store(w2_ptr + off2, new_w2, mask=mask2)
+                    tl.store(s2_ptr + off2, new_s2, mask=mask2)
             else:
+                new_w1 = beta_total * w1 + momentum_carry * s1 - _mm(tl.trans(delta1 * memory_step[:, None]), keys, PRECISION)
+                new_s1 = eta_total * s1 - _mm(tl.trans(delta1 * momentum_step[:, None]), keys, PRECISION)
                 new_w1 = _retain(new_w1, mask1, head_dim * head_dim, log_temperature, rho1, q_exp, RETENTION)
-            tl.store(w1_ptr + off1, new_w1, mask=mask1)
-            tl.store(s1_ptr + off1, new_s1, mask=mask1)
+                tl.debug_barrier()
+                tl.store(w1_ptr + off1, new_w1, mask=mask1)
+                tl.store(s1_ptr + off1, new_s1, mask=mask1)
             # The next chunk's loads read what other threads of this program just stored.
             tl.debug_barrier()
 
 
 def _fused_forward(q, k, v, lr, momentum, decay, huber_delta, weights, momenta, config: MemoryConfig,
-                   precision: str | None, num_warps: int | None = None):
+                   precision: str | None, num_warps: int | None = None, block_hidden: int | None = None):
     """Run the kernel on detached tensors; returns (output, grad_norm, momentum_norm, weights, momenta)."""
     batch, heads, length, dim = k.shape
     device = k.device
@@ -343,37 +412,57 @@ def _fused_forward(q, k, v, lr, momentum, decay, huber_delta, weights, momenta, 
     momentum_norm = torch.empty(batch, heads, length, device=device, dtype=out_dtype)
     if length > 0 and batch * heads > 0:
         hidden = config.hidden_dim if depth == 2 else dim
-        shapes = config.weight_shapes()
-        rho1 = retention_radius(config, shapes[0][1])
-        rho2 = retention_radius(config, shapes[-1][1])
         block_t = _block(min(config.chunk_size, length))
+        block_h = _block(hidden)
+        if depth == 2 and config.retention not in ("lq", "kl"):  # those need whole matrices at chunk end
+            block_h = min(block_h, _block(block_hidden or _DEFAULT_BLOCK_HIDDEN))
         if num_warps is None:
-            num_warps = 8 if depth == 2 and hidden * dim >= 4096 else 4
-        _memory_chunks_kernel[(batch * heads,)](
-            q, k, v, lr_c, eta_c, alpha_c, delta_c,
-            w1, w2, s1, s2,
-            output, grad_norm, momentum_norm,
-            q.stride(0), q.stride(1), q.stride(2),
-            k.stride(0), k.stride(1), k.stride(2),
-            v.stride(0), v.stride(1), v.stride(2),
-            lr_c.stride(0), lr_c.stride(1), lr_c.stride(2),
-            heads, length, config.chunk_size, dim, hidden,
-            float(config.max_grad_norm) if config.max_grad_norm != float("inf") else 1.0,
-            float(config.p), float(config.q), float(rho1), float(rho2),
-            BT=block_t, BD=_block(dim), BHID=_block(hidden),
-            DEPTH=depth, BIAS=_BIAS_CODES[config.attentional_bias],
-            RETENTION=_RETENTION_CODES[config.retention],
-            GD=config.algorithm == "gd", CLIP=config.max_grad_norm != float("inf"),
-            PRECISION=kernel_precision, num_warps=num_warps,
-            # No software pipelining: a prefetch of the next chunk's state would read it before
-            # this chunk's stores (the state address does not change from chunk to chunk).
-            num_stages=1,
-        )
+            num_warps = _DEFAULT_NUM_WARPS if depth == 2 and hidden * dim >= 4096 else 4
+        while True:
+            try:
+                _launch(q, k, v, lr_c, eta_c, alpha_c, delta_c, w1, w2, s1, s2, output, grad_norm, momentum_norm,
+                        config, heads, length, dim, hidden, block_t, block_h, kernel_precision, num_warps)
+                break
+            except OutOfResources:
+                # Shared memory of the tile products grows with the hidden block (fp32 operands of
+                # tf32 products are the largest): halve it and compile again.
+                if block_h <= 16 or config.retention in ("lq", "kl"):
+                    raise
+                block_h //= 2
     elif length == 0:
         output = q.clone().to(out_dtype)
     new_weights = tuple(s.to(weight_dtype) for s in state[:depth])
     new_momenta = tuple(s.to(weight_dtype) for s in state[depth:])
     return output, grad_norm, momentum_norm, new_weights, new_momenta
+
+
+def _launch(q, k, v, lr_c, eta_c, alpha_c, delta_c, w1, w2, s1, s2, output, grad_norm, momentum_norm,
+            config, heads, length, dim, hidden, block_t, block_h, kernel_precision, num_warps):
+    depth = config.depth
+    shapes = config.weight_shapes()
+    rho1 = retention_radius(config, shapes[0][1])
+    rho2 = retention_radius(config, shapes[-1][1])
+    batch = q.shape[0]
+    _memory_chunks_kernel[(batch * heads,)](
+        q, k, v, lr_c, eta_c, alpha_c, delta_c,
+        w1, w2, s1, s2,
+        output, grad_norm, momentum_norm,
+        q.stride(0), q.stride(1), q.stride(2),
+        k.stride(0), k.stride(1), k.stride(2),
+        v.stride(0), v.stride(1), v.stride(2),
+        lr_c.stride(0), lr_c.stride(1), lr_c.stride(2),
+        heads, length, config.chunk_size, dim, hidden,
+        float(config.max_grad_norm) if config.max_grad_norm != float("inf") else 1.0,
+        float(config.p), float(config.q), float(rho1), float(rho2),
+        BT=block_t, BD=_block(dim), BHID=_block(hidden), HB=block_h,
+        DEPTH=depth, BIAS=_BIAS_CODES[config.attentional_bias],
+        RETENTION=_RETENTION_CODES[config.retention],
+        GD=config.algorithm == "gd", CLIP=config.max_grad_norm != float("inf"),
+        PRECISION=kernel_precision, num_warps=num_warps,
+        # No software pipelining: a prefetch of the next chunk's state would read it before
+        # this chunk's stores (the state address does not change from chunk to chunk).
+        num_stages=1,
+    )
 
 
 class _FusedMemoryUpdate(torch.autograd.Function):

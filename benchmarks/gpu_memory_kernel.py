@@ -234,8 +234,8 @@ def compiled_kernels() -> list[str]:
             for kernel in cache.values():
                 meta = kernel.metadata
                 consts = {k: v for k, v in getattr(meta, "constants", {}).items() if isinstance(v, (int, str, bool))} if hasattr(meta, "constants") else {}
-                lines.append(f"warps={meta.num_warps} stages={meta.num_stages} regs={kernel.n_regs} "
-                             f"spills={kernel.n_spills} shared={meta.shared} {consts}")
+                lines.append(f"warps={meta.num_warps} stages={meta.num_stages} regs={getattr(kernel, 'n_regs', '?')} "
+                             f"spills={getattr(kernel, 'n_spills', '?')} shared={meta.shared} {consts}")
     except Exception as error:  # noqa: BLE001 - triton internals differ between versions
         lines.append(f"(could not read the compiled kernels: {type(error).__name__}: {error})")
     return lines

@@ -130,7 +130,7 @@ _BEFORE_NUMBER = frozenset(
 _OPENERS = "\"'“‘«([{—"
 _CLOSERS = "\"'”’»)]}"
 
-_CANDIDATE = re.compile(r"(?:[.!?]+|…)[\"'”’»)\]}]*\s+")
+_CANDIDATE = re.compile(r"((?:[.!?]+|…)[\"'”’»)\]}]*)\s+")
 _PARAGRAPH_BREAK = re.compile(r"\n[ \t\f\v]*\n\s*")
 _NUMBER_WORDS = (
     r"one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|"
@@ -202,10 +202,7 @@ def _heading_spans(text: str) -> Iterator[tuple[int, int]]:
 def _boundaries(text: str) -> list[int]:
     cuts = set()
     for match in _CANDIDATE.finditer(text):
-        punct_start = match.start()
-        punct_end = punct_start
-        while punct_end < match.end() and not text[punct_end].isspace():
-            punct_end += 1
+        punct_start, punct_end = match.span(1)
         if _ends_sentence(text, punct_start, punct_end, match.end()):
             cuts.add(punct_end)
     for match in _PARAGRAPH_BREAK.finditer(text):
@@ -250,10 +247,12 @@ def iter_sentences(pieces: Iterable[TextPiece | str], max_buffer_chars: int = 1 
             piece = TextPiece(position, piece)
         if not buffer:
             buffer_start = piece.start
+        # Breaks before the old buffer's last newline were already cut away: search from there.
+        search_from = max(0, buffer.rfind("\n"))
         buffer += piece.text
         position = piece.start + len(piece.text)
         last_break = None
-        for last_break in _PARAGRAPH_BREAK.finditer(buffer):
+        for last_break in _PARAGRAPH_BREAK.finditer(buffer, search_from):
             pass
         if last_break is not None:
             # Keep the blank line in the emitted part; the rest starts a fresh paragraph.

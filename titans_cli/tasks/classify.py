@@ -23,6 +23,7 @@ class Prediction:
     end: int
     label: str
     probabilities: np.ndarray  # one per head class, summing to 1
+    record_index: int = 0  # input record it belongs to (for sharded runs)
 
 
 def head_embedding_settings(head: Head) -> dict:
@@ -44,7 +45,8 @@ def run_classify(engine: StreamEngine, head: Head, records: Iterable[RecordInput
     def flush():
         probabilities = head.probabilities(np.stack([e.vector for e in pending]))
         for embedding, p in zip(pending, probabilities):
-            yield Prediction(embedding.id, embedding.start, embedding.end, head.classes[int(p.argmax())], p)
+            yield Prediction(embedding.id, embedding.start, embedding.end, head.classes[int(p.argmax())], p,
+                             int(embedding.meta.get("record_index", 0)))
         pending.clear()
 
     for embedding in run_embed(engine, records, kind, **settings):

@@ -56,8 +56,10 @@ class PoolReducer:
         meta = self.record.meta
         start = int(meta.get("span", (0, 0))[0]) if "span" in meta else _record_offset(self.record)
         stop = int(meta["span"][1]) if "span" in meta else start + _record_units(self.record, end)
+        extra = {k: v for k, v in meta.items() if k in ("label", "row")}
+        extra["record_index"] = meta.get("record_index", self.record.index)
         return [Embedding(meta.get("parent_id", self.record.id), start, stop, np.asarray(vector, np.float32),
-                          str(meta.get("source", "")), {k: v for k, v in meta.items() if k in ("label", "row")})]
+                          str(meta.get("source", "")), extra)]
 
 
 def _record_offset(record: RecordInput) -> int:
@@ -111,7 +113,7 @@ def _window_record(record, tokens, start, index, max_n_fraction):
         if np.mean(tokens == n_id) > max_n_fraction:
             return
     meta = dict(record.meta)
-    meta.update(parent_id=record.id, span=(start, start + len(tokens)))
+    meta.update(parent_id=record.id, span=(start, start + len(tokens)), record_index=record.index)
     yield RecordInput(index, f"{record.id}:{start + 1}-{start + len(tokens)}", [tokens], len(tokens), meta)
 
 
@@ -126,7 +128,7 @@ def text_windows(records: Iterable[RecordInput], window: int, step: int) -> Iter
             part = tokens[start : start + window]
             span = (int(offsets[start, 0]), int(offsets[start + len(part) - 1, 1]))
             meta = dict(record.meta)
-            meta.update(parent_id=record.id, span=span)
+            meta.update(parent_id=record.id, span=span, record_index=record.index)
             yield RecordInput(index, f"{record.id}:{span[0]}-{span[1]}", [part], len(part), meta)
             index += 1
 

@@ -1,0 +1,51 @@
+"""`titans train CORPUS...`: pretrain or fine-tune a model (wraps tasks/train.py; torchrun-ready)."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from typing import List, Optional
+
+import typer
+
+from titans_cli.errors import TitansInputError
+
+HELP = "Pretrain or fine-tune a Titans model on FASTA or text files (one GPU, or several with torchrun)."
+
+
+def command(
+    corpus: List[str] = typer.Argument(..., help="Training FASTA/FASTQ or text files (never evaluation data)."),
+    output: str = typer.Option(..., "-o", "--output", help="Run directory: checkpoint/, model/, train.log, metrics.jsonl."),
+    preset: Optional[str] = typer.Option(None, "--preset", help="Model preset for a new model (dna-small, text-small)."),
+    init_from: Optional[str] = typer.Option(None, "--init-from", help="Model (name or directory) to fine-tune."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Budget: optimizer steps."),
+    tokens: Optional[int] = typer.Option(None, "--tokens", help="Budget: training tokens (all ranks)."),
+    minutes: Optional[float] = typer.Option(None, "--minutes", help="Budget: minutes of training."),
+    batch_size: int = typer.Option(8, "--batch-size", help="Crops per rank per step."),
+    crop_len: int = typer.Option(4096, "--crop-len", help="Tokens per crop."),
+    lr: float = typer.Option(1e-3, "--lr", help="Peak learning rate."),
+    seed: int = typer.Option(0, "--seed", help="Random seed."),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
+    no_resume: bool = typer.Option(False, "--no-resume", help="Start afresh even if OUTPUT/checkpoint exists."),
+) -> None:
+    from titans_cli.tasks.train import train
+
+    if preset is None and init_from is None:
+        raise TitansInputError("give --preset NAME for a new model or --init-from MODEL to fine-tune")
+    config = preset
+    if init_from is not None:
+        from titans_cli.model import resolve_model
+
+        init_from = str(resolve_model(init_from))
+        config = None
+    options = {"batch_size": batch_size, "crop_len": crop_len, "lr": lr, "seed": seed}
+    for name, value in (("max_steps", steps), ("max_tokens", tokens), ("minutes", minutes)):
+        if value is not None:
+            options[name] = value
+    command_line = "titans " + " ".join(shlex.quote(arg) for arg in sys.argv[1:])
+    result = train(config, corpus, output, init_from=init_from, device=device, resume=not no_resume,
+                   command=command_line, **options)
+    if int(__import__("os").environ.get("RANK", "0")) == 0:
+        typer.echo(f"model -> {result.model_dir} ({result.steps} steps, {result.tokens_seen:,} tokens, "
+                   f"validation {result.val_bits_per_token if result.val_bits_per_token is not None else float('nan'):.4f} bits/token)",
+                   err=True)

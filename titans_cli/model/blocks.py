@@ -1,0 +1,325 @@
+"""Titans blocks: sliding-window attention with persistent memory, FFN, and the MAG/MAL/LMM/MAC blocks.
+
+Read top to bottom in data-flow order: rotary positions -> sliding-window attention (one banded,
+blockwise kernel used both for training and for streaming) -> SwiGLU FFN -> the four blocks.
+
+Every block maps `(x (B,P,D), BlockState) -> (x, BlockState, signals)` and can be fed a sequence in
+any pieces: the attention keeps a bounded cache of the last `window` keys/values, the memory keeps
+its own MemoryStreamState (titans_cli.memory). Neither grows with the length of the stream.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from titans_cli.memory.layer import NeuralMemory
+
+# -----------------------------------------------------------------------------
+# Rotary position embedding
+
+
+def rotary_angles(positions: torch.Tensor, head_dim: int, base: float = 10000.0):
+    """cos/sin of RoPE angles for integer positions (any shape) -> (*positions.shape, head_dim/2).
+
+    Angles are formed in float64: a stream of 250 Mbp has positions ~2.5e8, where float32 would
+    lose the fractional part of position * frequency and break the relative-position property."""
+    inv_freq = base ** (-torch.arange(0, head_dim, 2, dtype=torch.float64, device=positions.device) / head_dim)
+    angles = positions.to(torch.float64).unsqueeze(-1) * inv_freq
+    return torch.cos(angles), torch.sin(angles)
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate channel pairs (first half, second half) of x (B,H,T,dh) by angles (B,1,T,dh/2)."""
+    half = x.shape[-1] // 2
+    x1, x2 = x[..., :half], x[..., half:]
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+
+
+# -----------------------------------------------------------------------------
+# Sliding-window attention with persistent-memory tokens
+
+
+@dataclass
+class AttentionCache:
+    """The last `window` keys/values of each lane (already rotated), whether each slot holds a real
+    token, and each lane's next position. Fixed size: (B, H, window, streams, head_dim)."""
+
+    keys: torch.Tensor
+    values: torch.Tensor
+    valid: torch.Tensor  # (B, window) bool
+    position: torch.Tensor  # (B,) int64
+
+    def reset_lanes(self, mask: torch.Tensor) -> "AttentionCache":
+        """A copy where the selected lanes (bool (B,)) start afresh: empty window, position 0."""
+        mask = torch.as_tensor(mask, dtype=torch.bool, device=self.valid.device)
+        lane = mask.view(-1, 1, 1, 1, 1)
+        return AttentionCache(
+            keys=torch.where(lane, torch.zeros_like(self.keys), self.keys),
+            values=torch.where(lane, torch.zeros_like(self.values), self.values),
+            valid=self.valid & ~mask.unsqueeze(1),
+            position=torch.where(mask, torch.zeros_like(self.position), self.position),
+        )
+
+    def detach(self) -> "AttentionCache":
+        return AttentionCache(self.keys.detach(), self.values.detach(), self.valid, self.position)
+
+    def to(self, device) -> "AttentionCache":
+        return AttentionCache(*(t.to(device) for t in (self.keys, self.values, self.valid, self.position)))
+
+
+class SlidingWindowAttention(nn.Module):
+    """Causal multi-head attention over the last `window` tokens (the query's own included), plus
+    `n_persistent` learnable tokens (Titans' persistent memory) that every query attends to.
+
+    Queries are processed in blocks of `window`; block j attends to the keys of blocks j-1 and j
+    under a band mask, so the cost is O(T * window), never O(T^2). The keys of the previous call
+    come from the cache, so streaming and whole-sequence passes run the same computation.
+    `n_streams` > 1 adds further key/value streams at the same positions (MAC's memory tokens)."""
+
+    def __init__(self, config, n_streams: int = 1):
+        super().__init__()
+        assert config.d_model % config.n_heads == 0
+        self.n_heads, self.head_dim = config.n_heads, config.d_model // config.n_heads
+        self.window, self.n_streams = config.window, n_streams
+        # Queries per block: each block scores window + query_block keys, so smaller blocks waste
+        # less of the band; too small and the batched matmuls get inefficient.
+        self.query_block = min(config.window, 64)
+        self.query = nn.Linear(config.d_model, config.d_model, bias=False)
+        self.key_value = nn.Linear(config.d_model, 2 * config.d_model, bias=False)
+        self.out = nn.Linear(config.d_model, config.d_model, bias=False)
+        self.persistent = nn.Parameter(torch.randn(config.n_persistent, config.d_model))
+
+    def init_cache(self, batch: int, device=None, dtype=torch.float32) -> AttentionCache:
+        shape = (batch, self.n_heads, self.window, self.n_streams, self.head_dim)
+        return AttentionCache(
+            keys=torch.zeros(shape, device=device, dtype=dtype),
+            values=torch.zeros(shape, device=device, dtype=dtype),
+            valid=torch.zeros(batch, self.window, dtype=torch.bool, device=device),
+            position=torch.zeros(batch, dtype=torch.long, device=device),
+        )
+
+    def _heads(self, x):  # (B, T, D) -> (B, H, T, dh)
+        return x.view(x.shape[0], x.shape[1], self.n_heads, self.head_dim).transpose(1, 2)
+
+    def forward(self, x: torch.Tensor, cache: AttentionCache, context: list[torch.Tensor] = ()):
+        """x: (B,P,D) new tokens; context: n_streams-1 tensors (B,P,D) of extra tokens at the same
+        positions (keys/values only). Returns (y (B,P,D), updated cache)."""
+        B, P, D = x.shape
+        W, H, dh = self.window, self.n_heads, self.head_dim
+        positions = cache.position.unsqueeze(1) + torch.arange(P, device=x.device)  # (B, P)
+        cos, sin = (t.unsqueeze(1) for t in rotary_angles(positions, dh))  # (B, 1, P, dh/2)
+
+        q = apply_rotary(self._heads(self.query(x)), cos, sin)
+        keys, values = [], []
+        for tokens in (x, *context):
+            k, v = self.key_value(tokens).chunk(2, dim=-1)
+            keys.append(apply_rotary(self._heads(k), cos, sin))
+            values.append(self._heads(v))
+        new_k, new_v = torch.stack(keys, dim=3), torch.stack(values, dim=3)  # (B, H, P, S, dh)
+
+        # Cached window + new tokens; query i sits at key index W + i and sees indices i+1 .. W+i.
+        all_k = torch.cat([cache.keys.to(new_k.dtype), new_k], dim=2)
+        all_v = torch.cat([cache.values.to(new_v.dtype), new_v], dim=2)
+        all_valid = torch.cat([cache.valid, cache.valid.new_ones(B, P)], dim=1)
+        # Copies, not views: a view would keep the whole piece's keys alive in the cache.
+        new_cache = AttentionCache(
+            all_k[:, :, -W:].clone(), all_v[:, :, -W:].clone(), all_valid[:, -W:].clone(), cache.position + P
+        )
+
+        # Query blocks of `block` tokens; block j (queries jb .. jb+b-1, key indices W+jb ..) needs
+        # key indices jb+1 .. jb+b-1+W: the span jb .. jb+W+b-1, all blocks sharing one band mask.
+        b = self.query_block
+        n_blocks = -(-P // b)
+        pad = n_blocks * b - P
+        q = F.pad(q, (0, 0, 0, pad)).view(B, H, n_blocks, b, dh)
+        all_k = F.pad(all_k, (0, 0, 0, 0, 0, pad))
+        all_v = F.pad(all_v, (0, 0, 0, 0, 0, pad))
+        all_valid = F.pad(all_valid, (0, pad), value=True)  # padded keys are only seen by padded queries
+
+        S, span = self.n_streams, W + b
+        block_k = all_k.unfold(2, span, b).permute(0, 1, 2, 5, 3, 4).reshape(B, H, n_blocks, span * S, dh)
+        block_v = all_v.unfold(2, span, b).permute(0, 1, 2, 5, 3, 4).reshape(B, H, n_blocks, span * S, dh)
+        block_valid = all_valid.unfold(1, span, b).repeat_interleave(S, dim=-1)  # (B, nb, span*S)
+
+        offset = torch.arange(span, device=x.device) - torch.arange(b, device=x.device).unsqueeze(1)
+        band = ((offset >= 1) & (offset <= W)).repeat_interleave(S, dim=-1)  # (b, span*S)
+        mask = band & block_valid.unsqueeze(1).unsqueeze(3)  # (B, 1, nb, b, span*S)
+
+        n_persistent = self.persistent.shape[0]
+        if n_persistent:
+            pk, pv = self.key_value(self.persistent.to(x.dtype)).chunk(2, dim=-1)
+            pk = pk.view(n_persistent, H, dh).transpose(0, 1)[None, :, None].expand(B, H, n_blocks, n_persistent, dh)
+            pv = pv.view(n_persistent, H, dh).transpose(0, 1)[None, :, None].expand(B, H, n_blocks, n_persistent, dh)
+            block_k, block_v = torch.cat([pk, block_k], dim=3), torch.cat([pv, block_v], dim=3)
+            mask = torch.cat([mask.new_ones(B, 1, n_blocks, b, n_persistent), mask], dim=-1)
+
+        y = F.scaled_dot_product_attention(q, block_k, block_v, attn_mask=mask)  # (B, H, nb, b, dh)
+        y = y.reshape(B, H, n_blocks * b, dh)[:, :, :P].transpose(1, 2).reshape(B, P, D)
+        return self.out(y), new_cache
+
+
+# -----------------------------------------------------------------------------
+# Feed-forward
+
+
+class SwiGLU(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        hidden = 16 * round(config.ffn_mult * config.d_model / 16)
+        self.gate_up = nn.Linear(config.d_model, 2 * hidden, bias=False)
+        self.down = nn.Linear(hidden, config.d_model, bias=False)
+
+    def forward(self, x):
+        gate, up = self.gate_up(x).chunk(2, dim=-1)
+        return self.down(F.silu(gate) * up)
+
+
+# -----------------------------------------------------------------------------
+# Blocks
+
+
+@dataclass
+class BlockState:
+    """One block's streaming state: the neural memory's state and the attention cache (either may
+    be None: LMM has no attention; the memory state is created by the memory on first use)."""
+
+    memory: object | None
+    attention: AttentionCache | None
+
+    def reset_lanes(self, mask: torch.Tensor) -> "BlockState":
+        return BlockState(
+            self.memory.reset_lanes(mask) if self.memory is not None else None,
+            self.attention.reset_lanes(mask) if self.attention is not None else None,
+        )
+
+    def detach(self) -> "BlockState":
+        return BlockState(
+            self.memory.detach() if self.memory is not None else None,
+            self.attention.detach() if self.attention is not None else None,
+        )
+
+    def to(self, device) -> "BlockState":
+        return BlockState(
+            self.memory.to(device) if self.memory is not None else None,
+            self.attention.to(device) if self.attention is not None else None,
+        )
+
+
+class TitansBlock(nn.Module):
+    """Shared parts: pre-norm residual layout, the neural memory, the FFN."""
+
+    has_attention = True
+    attention_streams = 1
+
+    def __init__(self, config):
+        super().__init__()
+        self.norm = nn.RMSNorm(config.d_model, eps=1e-6)
+        self.memory = NeuralMemory(config.d_model, config.memory)
+        if self.has_attention:
+            self.attention = SlidingWindowAttention(config, n_streams=self.attention_streams)
+        self.ffn_norm = nn.RMSNorm(config.d_model, eps=1e-6)
+        self.ffn = SwiGLU(config)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def init_state(self, batch: int, device=None, dtype=torch.float32) -> BlockState:
+        cache = self.attention.init_cache(batch, device, dtype) if self.has_attention else None
+        return BlockState(memory=None, attention=cache)
+
+    def feed_forward(self, x):
+        return x + self.dropout(self.ffn(self.ffn_norm(x)))
+
+    def read_write_memory(self, h, state: BlockState, backend: str, frozen: bool):
+        if not frozen:
+            return self.memory(h, state=state.memory, backend=backend)
+        heads = self.memory.config.num_heads
+        handle = self.memory.to_gates.register_forward_hook(lambda module, inputs, gates: _without_writes(gates, heads))
+        try:
+            return self.memory(h, state=state.memory, backend=backend)
+        finally:
+            handle.remove()
+
+
+def _without_writes(gates: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """Frozen memory, as a forward hook on NeuralMemory.to_gates: theta_t = 0 (no write) and
+    alpha_t = 0 (no forgetting), so the memory keeps its initial weights while it is still read
+    and still reports its surprise. Gate layout (..., gate, head) with gates ordered theta, eta,
+    alpha[, huber delta] as in memory/layer.py; sigmoid(-1e4) is exactly 0."""
+    frozen = gates.view(*gates.shape[:-1], -1, num_heads).clone()
+    frozen[..., 0, :] = -1e4  # theta: learning rate 0
+    frozen[..., 2, :] = -1e4  # alpha: decay 0
+    return frozen.view_as(gates)
+
+
+class MAGBlock(TitansBlock):
+    """Memory as a gate (Titans §4.2): attention and memory branches read the same normed input;
+    their normalised outputs are mixed by a per-channel sigmoid gate computed from the input."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.attention_out_norm = nn.RMSNorm(config.d_model, eps=1e-6)
+        self.memory_out_norm = nn.RMSNorm(config.d_model, eps=1e-6)
+        self.gate = nn.Linear(config.d_model, config.d_model)
+
+    def forward(self, x, state: BlockState, backend="torch", frozen=False):
+        h = self.norm(x)
+        attended, cache = self.attention(h, state.attention)
+        remembered, memory_state, signals = self.read_write_memory(h, state, backend, frozen)
+        gate = torch.sigmoid(self.gate(h))
+        mixed = gate * self.attention_out_norm(attended) + (1 - gate) * self.memory_out_norm(remembered)
+        x = self.feed_forward(x + self.dropout(mixed))
+        return x, BlockState(memory_state, cache), signals
+
+
+class MALBlock(TitansBlock):
+    """Memory as a layer (Titans §4.3): the memory layer, then sliding-window attention."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.attention_norm = nn.RMSNorm(config.d_model, eps=1e-6)
+
+    def forward(self, x, state: BlockState, backend="torch", frozen=False):
+        remembered, memory_state, signals = self.read_write_memory(self.norm(x), state, backend, frozen)
+        x = x + self.dropout(remembered)
+        attended, cache = self.attention(self.attention_norm(x), state.attention)
+        x = self.feed_forward(x + self.dropout(attended))
+        return x, BlockState(memory_state, cache), signals
+
+
+class LMMBlock(TitansBlock):
+    """The long-term memory alone (Titans' LMM variant): memory layer + FFN, no attention."""
+
+    has_attention = False
+
+    def forward(self, x, state: BlockState, backend="torch", frozen=False):
+        remembered, memory_state, signals = self.read_write_memory(self.norm(x), state, backend, frozen)
+        x = self.feed_forward(x + self.dropout(remembered))
+        return x, BlockState(memory_state, None), signals
+
+
+class MACBlock(TitansBlock):
+    """Memory as context (Titans §4.1), simplified so that it streams exactly: each token's memory
+    retrieval (the memory as left by the previous chunks, read with this token's query) becomes an
+    extra key/value token at the same position, so every query attends to the persistent tokens,
+    the tokens of its window and the memory's retrievals for that window. The memory writes from
+    the block input (not from the attention output, as the paper does) to stay causal per chunk."""
+
+    attention_streams = 2
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.context_norm = nn.RMSNorm(config.d_model, eps=1e-6)
+
+    def forward(self, x, state: BlockState, backend="torch", frozen=False):
+        h = self.norm(x)
+        remembered, memory_state, signals = self.read_write_memory(h, state, backend, frozen)
+        attended, cache = self.attention(h, state.attention, context=[self.context_norm(remembered)])
+        x = self.feed_forward(x + self.dropout(attended))
+        return x, BlockState(memory_state, cache), signals
+
+
+BLOCKS = {"mag": MAGBlock, "mal": MALBlock, "lmm": LMMBlock, "mac": MACBlock}

@@ -1,0 +1,150 @@
+"""TitansLM: token embedding -> Titans blocks -> final RMSNorm -> LM head (tied to the embedding).
+
+`forward(tokens)` is the training pass over whole sequences (torch memory backend, differentiable).
+`step(tokens, state)` is the streaming pass: it carries each block's memory state and attention
+cache, so feeding a sequence in any pieces gives the logits and signals of one whole pass, in a
+footprint that does not depend on how much has been read.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Iterable, Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from titans_cli.model.blocks import BLOCKS, BlockState
+from titans_cli.model.config import ModelConfig
+
+
+@dataclass
+class StepOutput:
+    logits: torch.Tensor  # (B, P, V): logits[:, t] predicts token t + 1
+    hidden: torch.Tensor  # (B, P, D): final-norm hidden state
+    grad: torch.Tensor  # (B, P): ||u_t||, the memory's momentary surprise, mean over heads and layers
+    momentum: torch.Tensor  # (B, P): ||S_t||, mean over heads and layers
+
+
+@dataclass
+class ModelState:
+    """Streaming state of the whole model: one BlockState per layer."""
+
+    blocks: list[BlockState]
+
+    def reset_lanes(self, mask) -> "ModelState":
+        """Return the selected batch lanes (bool mask (B,)) to the start-of-stream state, in place
+        (the state is also returned). For the memory this is exact when the lanes' position is a
+        multiple of memory.chunk_size (chunk boundaries are shared by the batch)."""
+        mask = torch.as_tensor(mask, dtype=torch.bool)
+        self.blocks = [block.reset_lanes(mask) for block in self.blocks]
+        return self
+
+    def detach(self) -> "ModelState":
+        return ModelState([block.detach() for block in self.blocks])
+
+    def to(self, device) -> "ModelState":
+        return ModelState([block.to(device) for block in self.blocks])
+
+    def nbytes(self) -> int:
+        """Bytes of tensor storage the state keeps alive (each storage counted once, whole: a
+        small view of a large buffer holds the large buffer)."""
+        storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in _tensors_in(self.blocks)}
+        return sum(storages.values())
+
+
+def _tensors_in(obj, seen=None) -> Iterator[torch.Tensor]:
+    seen = set() if seen is None else seen
+    if id(obj) in seen:
+        return
+    seen.add(id(obj))
+    if isinstance(obj, torch.Tensor):
+        yield obj
+    elif isinstance(obj, (list, tuple)):
+        for item in obj:
+            yield from _tensors_in(item, seen)
+    elif isinstance(obj, dict):
+        for item in obj.values():
+            yield from _tensors_in(item, seen)
+    elif hasattr(obj, "__dict__"):
+        for item in vars(obj).values():
+            yield from _tensors_in(item, seen)
+
+
+class TitansLM(nn.Module):
+    def __init__(self, config: ModelConfig, frozen_memory: bool = False):
+        super().__init__()
+        self.config = config
+        # Frozen memory reads but never writes (learning rate 0, no decay): the same network
+        # without test-time memorisation, to measure what the memorisation is worth.
+        self.frozen_memory = frozen_memory
+        self.embed = nn.Embedding(config.vocab_size, config.d_model)
+        self.blocks = nn.ModuleList(BLOCKS[config.block](config) for _ in range(config.n_layers))
+        self.norm = nn.RMSNorm(config.d_model, eps=1e-6)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        """GPT-2 style init for our dense layers; the neural memory keeps its own initialisation."""
+        nn.init.normal_(self.embed.weight, std=0.02)
+        residual_std = 0.02 / math.sqrt(2 * self.config.n_layers)
+        for name, module in self.blocks.named_modules():
+            if ".memory" in f".{name}" or not isinstance(module, nn.Linear):
+                continue
+            is_residual_out = name.endswith("attention.out") or name.endswith("ffn.down")
+            nn.init.normal_(module.weight, std=residual_std if is_residual_out else 0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def init_state(self, batch: int, device=None) -> ModelState:
+        device = device if device is not None else self.embed.weight.device
+        dtype = self.embed.weight.dtype
+        return ModelState([block.init_state(batch, device, dtype) for block in self.blocks])
+
+    def _run(self, tokens: torch.Tensor, state: ModelState, backend: str):
+        x = self.embed(tokens)
+        grad, momentum, new_blocks = 0.0, 0.0, []
+        for block, block_state in zip(self.blocks, state.blocks):
+            x, block_state, signals = block(x, block_state, backend=backend, frozen=self.frozen_memory)
+            new_blocks.append(block_state)
+            grad = grad + signals["grad"]
+            momentum = momentum + signals["momentum"]
+        hidden = self.norm(x)
+        logits = F.linear(hidden, self.embed.weight)
+        n = len(self.blocks)
+        return StepOutput(logits, hidden, grad / n, momentum / n), ModelState(new_blocks)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Training pass: tokens (B, T), tokens[:, 0] = BOS -> logits (B, T, V)."""
+        output, _ = self._run(tokens, self.init_state(tokens.shape[0]), backend="torch")
+        return output.logits
+
+    def step(self, tokens: torch.Tensor, state: ModelState | None = None, backend: str = "torch"):
+        """Feed the next piece (B, P) of each lane's stream -> (StepOutput, new state)."""
+        if state is None:
+            state = self.init_state(tokens.shape[0], tokens.device)
+        return self._run(tokens, state, backend)
+
+    @torch.no_grad()
+    def stream(self, pieces: Iterable, state: ModelState | None = None, backend: str = "torch"):
+        """Yield (StepOutput, state) for each piece: (B, P) tensors, or 1-D arrays for one lane."""
+        device = self.embed.weight.device
+        for piece in pieces:
+            tokens = torch.as_tensor(np.asarray(piece) if not isinstance(piece, torch.Tensor) else piece)
+            tokens = tokens.to(device=device, dtype=torch.long)
+            if tokens.dim() == 1:
+                tokens = tokens.unsqueeze(0)
+            output, state = self.step(tokens, state, backend)
+            yield output, state
+
+
+def bits_per_token(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """-log2 p(tokens[:, t+1] | logits[:, t]) -> (B, T-1): the bits of every token after the first."""
+    log_probs = F.log_softmax(logits[:, :-1].float(), dim=-1)
+    nats = -log_probs.gather(-1, tokens[:, 1:].unsqueeze(-1)).squeeze(-1)
+    return nats / math.log(2)

@@ -453,3 +453,14 @@ def test_progress_reports_compressed_bytes_read():
             for _ in record.pieces():
                 pass
         assert opened.progress() == (size, size)
+
+
+def test_long_unread_record_is_skipped_with_a_clear_error(tmp_path, monkeypatch):
+    from titans_cli.io import sequences
+
+    monkeypatch.setattr(sequences, "KEEP_UNREAD_BYTES", 100)
+    path = write(tmp_path, "x.fa", b">big\n" + b"A" * 500 + b"\n>small\nCC\n")
+    big, small = list(iter_records(path, piece_size=64))
+    assert small.read() == b"CC" and big.length == 500
+    with pytest.raises(RuntimeError, match="record 'big' was skipped"):
+        big.read()

@@ -195,14 +195,17 @@ def split_validation(corpus: TokenCorpus, fraction: float, seed: int = 0) -> tup
         if len(indices) < 2:
             train_parts.extend((i, *_span(corpus, i)) for i in indices)
             return
-        order = rng.permutation(indices)
+        order = [int(i) for i in rng.permutation(indices)]
         target = fraction * lengths[indices].sum()
         held, held_size = set(), 0
-        for i in order[:-1]:
+        for i in order:  # skip records that would overshoot (a whole chromosome of a genome file)
             if held_size >= target:
                 break
-            held.add(int(i))
-            held_size += lengths[i]
+            if held_size + lengths[i] <= 2 * target and len(held) < len(indices) - 1:
+                held.add(i)
+                held_size += lengths[i]
+        if not held:
+            held.add(min(indices, key=lambda i: lengths[i]))
         for i in indices:
             (val_parts if i in held else train_parts).append((i, *_span(corpus, i)))
 

@@ -66,6 +66,8 @@ class TrainOptions:
     minutes: float | None = None  # training time over all invocations; defines the schedule
     stop_after_minutes: float | None = None  # end this invocation (checkpoint, model dir) after this
     stop_after_steps: int | None = None  # likewise, after this many steps of this invocation
+    stop_at_time: float | None = None  # likewise, at this Unix time (a job's wall-clock limit); alone,
+    # it is also the budget: the schedule then spans the time from the first step to this moment
     batch_size: int = 8  # crops per rank per step
     crop_len: int = 4096
     lr: float = 1e-3
@@ -87,8 +89,8 @@ class TrainOptions:
     cuda_graph: bool = True  # on one CUDA device: replay forward+backward as a CUDA graph (falls back to eager)
 
     def check(self) -> None:
-        if self.max_steps is None and self.max_tokens is None and self.minutes is None:
-            raise TitansInputError("train: give a budget (steps, tokens or minutes)")
+        if self.max_steps is None and self.max_tokens is None and self.minutes is None and self.stop_at_time is None:
+            raise TitansInputError("train: give a budget (steps, tokens, minutes or a stop time)")
         for name in ("max_steps", "max_tokens", "stop_after_steps", "batch_size", "crop_len", "val_crops", "eval_every", "log_every"):
             value = getattr(self, name)
             if value is not None and value < 1:
@@ -230,18 +232,23 @@ def _train(config, corpus_paths, out_dir, tokenizer, init_from, device_name, res
 
     invocation_start = time.perf_counter()
     first_step = step
+    if opts.max_steps is None and opts.max_tokens is None and opts.minutes is None:
+        # Only a stop time: the schedule runs from here to it (on top of earlier invocations).
+        opts.minutes = (trained_seconds + max(0.0, opts.stop_at_time - time.time())) / 60
+        log.info("schedule: %.2f minutes of training in all, ending at the stop time", opts.minutes)
     last_checkpoint_time = invocation_start
     last_checkpoint_step = step
     window_start, window_tokens, window_loss, window_steps = time.perf_counter(), 0, 0.0, 0
     val_bits = None
     metrics_path = out_dir / "metrics.jsonl"
     finished = False
+    skipped = 0
 
     while True:
         # One clock for every rank: rank 0's, so all ranks stop and schedule alike.
         now = time.perf_counter()
-        clock = _broadcast_floats([trained_seconds + (now - invocation_start), now - invocation_start], device)
-        elapsed_total, elapsed_here = clock
+        clock = _broadcast_floats([trained_seconds + (now - invocation_start), now - invocation_start, time.time()], device)
+        elapsed_total, elapsed_here, wall_time = clock
         progress = _progress(opts, step, tokens_seen, elapsed_total)
         if progress >= 1.0:
             finished = True
@@ -249,6 +256,8 @@ def _train(config, corpus_paths, out_dir, tokenizer, init_from, device_name, res
         if opts.stop_after_minutes is not None and elapsed_here >= opts.stop_after_minutes * 60:
             break
         if opts.stop_after_steps is not None and step - first_step >= opts.stop_after_steps:
+            break
+        if opts.stop_at_time is not None and wall_time >= opts.stop_at_time:
             break
 
         lr = _learning_rate(opts, step, progress)
@@ -262,7 +271,13 @@ def _train(config, corpus_paths, out_dir, tokenizer, init_from, device_name, res
         loss = loss_of(inputs, targets)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), opts.grad_clip)
-        optimizer.step()
+        if not torch.isfinite(grad_norm):  # a bf16 overflow: skip this update rather than poison the weights
+            skipped += 1
+            log.warning("step %d: non-finite gradient norm, update skipped (%d so far)", step + 1, skipped)
+            if skipped > 20:
+                raise RuntimeError("training diverged: more than 20 updates with non-finite gradients")
+        else:
+            optimizer.step()
 
         step += 1
         tokens_seen += tokens_per_step
@@ -434,14 +449,15 @@ def _learning_rate(opts: TrainOptions, step: int, progress: float) -> float:
 
 
 @torch.no_grad()
-def _validate(model, crops: list[np.ndarray], bos_id: int, device, autocast) -> float:
+def _validate(model, crops: list[np.ndarray], bos_id: int, device, autocast, batch_size: int = 8) -> float:
     """Mean bits per target token over the fixed validation crops (shared out over ranks)."""
     rank, world = _rank_world()
     model.eval()
     total_bits = torch.zeros((), dtype=torch.float64, device=device)
     total_tokens = torch.zeros((), dtype=torch.float64, device=device)
-    for index in range(rank, len(crops), world):
-        batch = torch.from_numpy(crops[index][None]).to(device)
+    mine = crops[rank::world]
+    for start in range(0, len(mine), batch_size):
+        batch = torch.from_numpy(np.stack(mine[start : start + batch_size])).to(device)
         inputs, targets = targets_from(batch, bos_id)
         with autocast:
             logits = model(inputs)

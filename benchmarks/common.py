@@ -200,39 +200,67 @@ def kmer_profile(seq_or_codes, ks=(4, 5, 6), canonical: bool = True) -> np.ndarr
 
 @dataclass(frozen=True)
 class CallerConfig:
-    """The plain robust z-score caller applied to every windowed score track (baselines and titans
-    alike): windows of `window` bp every `step` bp (the smoothing), robust z over all windows of the
-    record, windows with z >= threshold called, called windows merged when they overlap or lie
-    within `merge_gap` bp of each other."""
-    window: int
-    step: int
+    """The plain robust z-score region caller, with the semantics of `titans surprise --regions`:
+    a centred moving average of the binned track over `smooth_bases`, robust z over the record,
+    bins with z >= threshold, runs joined across gaps <= merge_gap, runs shorter than min_length
+    dropped."""
+    smooth_bases: int
     threshold: float = 3.0
-    merge_gap: int = 0
+    min_length: int = 1000
+    merge_gap: int = 1000
 
 
 def robust_z(x: np.ndarray) -> np.ndarray:
-    med = np.median(x)
-    mad = np.median(np.abs(x - med))
-    scale = 1.4826 * mad
-    if scale == 0:
-        scale = np.std(x) or 1.0
+    """(x - median) / (1.4826 MAD) over the finite values; NaN stays NaN."""
+    x = np.asarray(x, dtype=np.float64)
+    fin = x[np.isfinite(x)]
+    med = np.median(fin)
+    scale = 1.4826 * np.median(np.abs(fin - med))
+    if not scale > 0:
+        scale = fin.std() or 1.0
     return (x - med) / scale
 
 
-def call_regions(starts: np.ndarray, ends: np.ndarray, scores: np.ndarray,
-                 cfg: CallerConfig) -> list[tuple[int, int]]:
-    """Merge the windows whose robust z-score reaches the threshold into regions (0-based,
-    half-open)."""
-    z = robust_z(scores)
-    hits = np.flatnonzero(z >= cfg.threshold)
+def _own_call_regions(starts, ends, values, cfg: CallerConfig) -> list[tuple[int, int]]:
+    """Independent implementation of the same caller, used only when titans_cli's is absent."""
+    width = max(1, int(np.median(ends - starts)))
+    bins = max(1, int(round(cfg.smooth_bases / width)))
+    fin = np.isfinite(values)
+    kernel = np.ones(bins)
+    sums = np.convolve(np.where(fin, values, 0.0), kernel, mode="same")
+    counts = np.convolve(fin.astype(float), kernel, mode="same")
+    smoothed = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
+    z = robust_z(smoothed)
+    hits = np.flatnonzero(np.nan_to_num(z, nan=-np.inf) >= cfg.threshold)
     regions: list[list[int]] = []
     for i in hits:
         s, e = int(starts[i]), int(ends[i])
-        if regions and s <= regions[-1][1] + cfg.merge_gap:
+        if regions and s - regions[-1][1] <= cfg.merge_gap:
             regions[-1][1] = max(regions[-1][1], e)
         else:
             regions.append([s, e])
-    return [(s, e) for s, e in regions]
+    return [(s, e) for s, e in regions if e - s >= cfg.min_length]
+
+
+def caller_source() -> str:
+    try:
+        from titans_cli.tasks.regions import call_regions as _  # noqa: F401
+        return "`titans_cli.tasks.regions.call_regions` (the caller behind `titans surprise --regions`)"
+    except Exception:  # noqa: BLE001
+        return "`benchmarks/common.py` (`titans_cli.tasks.regions` not importable at this commit)"
+
+
+def call_regions(starts: np.ndarray, ends: np.ndarray, values: np.ndarray,
+                 cfg: CallerConfig) -> list[tuple[int, int]]:
+    """Regions (0-based half-open) called on one record's binned track [starts, ends)."""
+    try:
+        from titans_cli.tasks.regions import call_regions as titans_call
+    except Exception:  # noqa: BLE001 - not there yet: same semantics, own code
+        return _own_call_regions(starts, ends, values, cfg)
+    regions, _ = titans_call("record", np.asarray(starts), np.asarray(ends), np.asarray(values, float),
+                             threshold=cfg.threshold, smooth_bases=cfg.smooth_bases,
+                             min_length=cfg.min_length, merge_gap=cfg.merge_gap)
+    return [(r.start, r.end) for r in regions]
 
 
 def mask_from_intervals(length: int, intervals) -> np.ndarray:

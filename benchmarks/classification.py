@@ -1,0 +1,288 @@
+"""Classification: k-mer / TF-IDF baselines vs linear probes on titans embeddings, same splits.
+
+Usage: python benchmarks/classification.py [--quick] [--no-titans]
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "2")
+
+import argparse  # noqa: E402
+import csv  # noqa: E402
+import gzip  # noqa: E402
+import json  # noqa: E402
+import sys  # noqa: E402
+import warnings  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+from sklearn.exceptions import ConvergenceWarning  # noqa: E402
+from sklearn.feature_extraction.text import TfidfVectorizer  # noqa: E402
+from sklearn.linear_model import LogisticRegression  # noqa: E402
+from sklearn.metrics import accuracy_score, f1_score  # noqa: E402
+from sklearn.model_selection import GridSearchCV, KFold  # noqa: E402
+from sklearn.pipeline import make_pipeline  # noqa: E402
+from sklearn.preprocessing import StandardScaler  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+
+NAME = "classification"
+SEED = 20240611
+KS = (4, 5, 6)
+DOMAIN_WINDOW = 2000
+MAX_N_FRACTION = 0.01
+
+TRAIN_COLLECTIONS = {   # file in dna/train -> domain label
+    "helicobacter_pylori.fa.gz": "bacterium",
+    "klebsiella_pneumoniae.fa.gz": "bacterium",
+    "escherichia_phages_guelin.fa.gz": "phage",
+    "mycobacteriophages_train.fa.gz": "phage",
+    "saccharomyces_cerevisiae_s288c.fa.gz": "fungus",
+    "ustilago_maydis.fa.gz": "fungus",
+    "plasmodium_falciparum.fa.gz": "protist",
+    "drosophila_melanogaster_upstream2000.fa.gz": "insect",
+    "homo_sapiens_chrX_0-50Mb.fa.gz": "human",
+}
+EVAL_COLLECTIONS = {    # file in dna/eval -> domain label
+    "escherichia_coli_k12_mg1655.fa.gz": "bacterium",
+    "vibrio_cholerae_n16961.fa.gz": "bacterium",
+    "staphylococcus_aureus_n315.fa.gz": "bacterium",
+    "staphylococcus_aureus_usa300_fpr3757.fa.gz": "bacterium",
+    "staphylococcus_aureus_jh1.fa.gz": "bacterium",
+    "mycobacteriophages_eval.fa.gz": "phage",
+    "homo_sapiens_chrX_60-65Mb.fa.gz": "human",
+}
+
+METHOD = f"""\
+All probes and baselines are the same learner: standardised features -> multinomial logistic
+regression, its C chosen by 5-fold cross-validation **on the training items only** from
+{{0.01, 0.1, 1, 10}} (TF-IDF: {{1, 10, 100}}, no scaling). Eval files are used for measuring only.
+Macro-F1 is sklearn's (classes present in the truth or the predictions).
+
+* **Mycobacteriophage clusters**: one item per genome, labels = `cluster` of `phage_clusters.tsv`
+  (genomes with cluster NA dropped); train = `mycobacteriophages_train`, eval =
+  `mycobacteriophages_eval`; also reported on the eval genomes whose `kmer31_containment_in_train`
+  < 0.5 (the novel-ish ones). k-mer baseline: canonical k-mer frequencies, k = {", ".join(map(str, KS))}
+  concatenated (2,728 features).
+* **DNA domain of origin**: non-overlapping {DOMAIN_WINDOW // 1000} kb windows (< {MAX_N_FRACTION:.0%} N) of
+  `dna/train` labelled by collection (bacterium: H. pylori, K. pneumoniae; phage: E. coli phages,
+  mycobacteriophages; fungus: S. cerevisiae, U. maydis; protist: P. falciparum; insect: D.
+  melanogaster upstream regions; human: chrX 0-50 Mb), a fixed random sample per collection; eval =
+  windows of the eval genomes (bacterium: E. coli, V. cholerae, S. aureus N315/USA300/JH1; phage:
+  mycobacteriophages_eval; human: chrX 60-65 Mb, windows with N excluded), a fixed random sample
+  per class. 2 kb because the D. melanogaster collection consists of 2 kb upstream regions. The
+  model predicts among all 6 domains; eval truth has 3.
+* **Brown genres**: the fixed `split` of `brown_genres.jsonl.gz` (400 train / 100 test, 15 genres);
+  baseline TF-IDF of word 1-2 grams (sublinear tf, min_df 2).
+* **titans rows**: the same learner on `titans embed --pool mean` and `--pool memory` embeddings of
+  exactly the same items (one record / document per item)."""
+
+
+# ----------------------------------------------------------------------------- learner
+
+
+def fit_probe(X_train, y_train, scale=True, Cs=(0.01, 0.1, 1.0, 10.0)):
+    steps = [StandardScaler()] if scale else []
+    pipe = make_pipeline(*steps, LogisticRegression(max_iter=3000))
+    search = GridSearchCV(pipe, {"logisticregression__C": list(Cs)},
+                          cv=KFold(5, shuffle=True, random_state=SEED), n_jobs=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", category=ConvergenceWarning)
+        warnings.simplefilter("ignore", category=UserWarning)
+        search.fit(X_train, y_train)
+    return search
+
+
+def scores(y_true, y_pred) -> tuple[float, float]:
+    return accuracy_score(y_true, y_pred), f1_score(y_true, y_pred, average="macro", zero_division=0)
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def phage_items():
+    table = {}
+    with open(common.DNA_EVAL / "phage_clusters.tsv") as fh:
+        for row in csv.DictReader(fh, delimiter="\t"):
+            table[row["fasta_id"]] = row
+    items = {"train": [], "eval": []}
+    for split, path in (("train", common.DNA_TRAIN / "mycobacteriophages_train.fa.gz"),
+                        ("eval", common.DNA_EVAL / "mycobacteriophages_eval.fa.gz")):
+        for rid, seq in common.read_fasta(path):
+            row = table.get(rid)
+            if row is None or row["cluster"] in ("", "NA"):
+                continue
+            contain = float(row["kmer31_containment_in_train"]) if split == "eval" else float("nan")
+            items[split].append((rid, seq, row["cluster"], contain))
+    return items
+
+
+def tile_windows(records, window, max_n):
+    for rid, seq in records:
+        for start in range(0, len(seq) - window + 1, window):
+            w = seq[start:start + window]
+            if w.count("N") <= max_n * window:
+                yield f"{rid}:{start}-{start + window}", w
+
+
+def domain_items(n_train_per_collection: int, n_eval_per_class: int):
+    rng = np.random.default_rng(SEED)
+    train = []
+    for fname, label in TRAIN_COLLECTIONS.items():
+        wins = list(tile_windows(common.read_fasta(common.DNA_TRAIN / fname), DOMAIN_WINDOW,
+                                 MAX_N_FRACTION))
+        pick = rng.choice(len(wins), size=min(n_train_per_collection, len(wins)), replace=False)
+        train += [(wins[i][0], wins[i][1], label) for i in sorted(pick)]
+        common.log(f"domain train {fname}: {len(wins)} windows, {len(pick)} sampled")
+    by_class: dict[str, list] = {}
+    for fname, label in EVAL_COLLECTIONS.items():
+        max_n = 0.0 if label == "human" else MAX_N_FRACTION
+        wins = list(tile_windows(common.read_fasta(common.DNA_EVAL / fname), DOMAIN_WINDOW, max_n))
+        by_class.setdefault(label, []).extend(wins)
+    evaluation = []
+    for label in sorted(by_class):
+        wins = by_class[label]
+        pick = rng.choice(len(wins), size=min(n_eval_per_class, len(wins)), replace=False)
+        evaluation += [(wins[i][0], wins[i][1], label) for i in sorted(pick)]
+        common.log(f"domain eval {label}: {len(wins)} windows, {len(pick)} sampled")
+    return train, evaluation
+
+
+def brown_items():
+    items = {"train": [], "test": []}
+    with gzip.open(common.TEXT / "labeled" / "brown_genres.jsonl.gz", "rt") as fh:
+        for line in fh:
+            d = json.loads(line)
+            items[d["split"]].append((d["id"], d["text"], d["genre"]))
+    return items
+
+
+# ----------------------------------------------------------------------------- titans
+
+
+def titans_embedder():
+    """Function (kind, items [(id, sequence_or_text)], pool) -> embedding matrix in item order,
+    or None while the titans CLI / API cannot embed yet."""
+    import titans_bridge
+    return titans_bridge.embedder()
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true",
+                    help="fewer domain windows (train 150 per collection, eval 100 per class)")
+    ap.add_argument("--no-titans", action="store_true")
+    args = ap.parse_args(argv)
+    timer = common.Timer()
+    embed = None if args.no_titans else titans_embedder()
+    titans_status = ("not run (--no-titans)" if args.no_titans else
+                     "pending (`titans embed` does not run at this commit)")
+
+    tables = []
+
+    def titans_rows(task, kind, train_items, eval_items, y_train, y_eval, extra, n_extra):
+        """Linear-probe rows for both pools; `extra(pred)` gives the task's extra columns."""
+        out = []
+        for pool in ("mean", "memory"):
+            label = f"titans embed --pool {pool} + LR"
+            if embed is None:
+                out.append([task, label, titans_status, "", ""] + [""] * n_extra)
+                continue
+            try:
+                Xtr = embed(kind, train_items, pool)
+                Xev = embed(kind, eval_items, pool)
+                model = fit_probe(Xtr, y_train)
+                pred = model.predict(Xev)
+                out.append([task, label, *map(common.fmt, scores(y_eval, pred)),
+                            f"C={model.best_params_['logisticregression__C']:g}", *extra(pred)])
+            except Exception as exc:  # noqa: BLE001 - a failing titans run is reported, not hidden
+                common.log(f"titans {task} pool={pool} failed: {exc}")
+                out.append([task, label, f"failed: {str(exc)[:160]}", "", ""] + [""] * n_extra)
+        return out
+
+    # (a) phage clusters
+    ph = phage_items()
+    y_tr = [c for _, _, c, _ in ph["train"]]
+    y_ev = [c for _, _, c, _ in ph["eval"]]
+    novel = np.array([c < 0.5 for *_, c in ph["eval"]])
+    Xtr = np.stack([common.kmer_profile(s, KS) for _, s, _, _ in ph["train"]])
+    Xev = np.stack([common.kmer_profile(s, KS) for _, s, _, _ in ph["eval"]])
+    model = fit_probe(Xtr, y_tr)
+    pred = model.predict(Xev)
+
+    def phage_extra(pred, _y=np.asarray(y_ev), _m=novel):
+        return list(map(common.fmt, scores(_y[_m], pred[_m])))
+    rows = [["phage clusters", "k-mer (4-6) + LR", *map(common.fmt, scores(y_ev, pred)),
+             f"C={model.best_params_['logisticregression__C']:g}", *phage_extra(pred)]]
+    rows += titans_rows("phage clusters", "dna", [(i, s) for i, s, _, _ in ph["train"]],
+                        [(i, s) for i, s, _, _ in ph["eval"]], y_tr, y_ev, phage_extra, 2)
+    n_clusters = len(set(y_tr) | set(y_ev))
+    tables.append((f"**Mycobacteriophage clusters** ({len(y_tr)} train / {len(y_ev)} eval genomes, "
+                   f"{n_clusters} clusters; {int(novel.sum())} eval genomes with "
+                   f"kmer31_containment_in_train < 0.5):\n",
+                   ["task", "method", "accuracy", "macro-F1", "chosen C",
+                    f"accuracy, containment < 0.5 (n={int(novel.sum())})", "macro-F1, containment < 0.5"],
+                   rows))
+    common.log(f"phage clusters done at {timer.elapsed:.0f} s")
+
+    # (b) domain of origin
+    n_tr, n_ev = (150, 100) if args.quick else (1000, 600)
+    dtrain, deval = domain_items(n_tr, n_ev)
+    y_tr = [lab for *_, lab in dtrain]
+    y_ev = [lab for *_, lab in deval]
+    Xtr = np.stack([common.kmer_profile(s, KS) for _, s, _ in dtrain])
+    Xev = np.stack([common.kmer_profile(s, KS) for _, s, _ in deval])
+    model = fit_probe(Xtr, y_tr)
+    pred = model.predict(Xev)
+    per_class = {lab: np.array([y == lab for y in y_ev]) for lab in sorted(set(y_ev))}
+
+    def domain_extra(pred):
+        return [common.fmt(float((pred[m] == lab).mean())) for lab, m in per_class.items()]
+    rows = [["domain of origin", "k-mer (4-6) + LR", *map(common.fmt, scores(y_ev, pred)),
+             f"C={model.best_params_['logisticregression__C']:g}", *domain_extra(pred)]]
+    rows += titans_rows("domain of origin", "dna", [(i, s) for i, s, _ in dtrain],
+                        [(i, s) for i, s, _ in deval], y_tr, y_ev, domain_extra, len(per_class))
+    tables.append((f"**DNA domain of origin** ({DOMAIN_WINDOW // 1000} kb windows; {len(dtrain)} train "
+                   f"windows ({n_tr} per collection), {len(deval)} eval windows ({n_ev} per class)):\n",
+                   ["task", "method", "accuracy", "macro-F1", "chosen C"]
+                   + [f"recall {lab}" for lab in per_class], rows))
+    common.log(f"domain done at {timer.elapsed:.0f} s")
+
+    # (c) Brown genres
+    br = brown_items()
+    y_tr = [g for *_, g in br["train"]]
+    y_ev = [g for *_, g in br["test"]]
+    vec = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=2)
+    Xtr = vec.fit_transform([t for _, t, _ in br["train"]])
+    Xev = vec.transform([t for _, t, _ in br["test"]])
+    model = fit_probe(Xtr, y_tr, scale=False, Cs=(1.0, 10.0, 100.0))
+    pred = model.predict(Xev)
+    rows = [["Brown genres", "TF-IDF word 1-2 grams + LR", *map(common.fmt, scores(y_ev, pred)),
+             f"C={model.best_params_['logisticregression__C']:g}"]]
+    rows += titans_rows("Brown genres", "text", [(i, t) for i, t, _ in br["train"]],
+                        [(i, t) for i, t, _ in br["test"]], y_tr, y_ev, lambda pred: [], 0)
+    tables.append((f"**Brown genres** ({len(y_tr)} train / {len(y_ev)} test documents, 15 genres; "
+                   "the data README's 5-fold CV of all 500 gave accuracy 0.48, macro-F1 0.34):\n",
+                   ["task", "method", "accuracy", "macro-F1", "chosen C"], rows))
+    common.log(f"brown done at {timer.elapsed:.0f} s")
+
+    body = [METHOD, ""]
+    for caption, headers, rows in tables:
+        body += [caption, common.md_table(headers, rows, "ll" + "r" * (len(headers) - 2)), ""]
+    if args.quick:
+        body.append("Quick mode: the domain task uses 150 train windows per collection and 100 eval "
+                    "windows per class (full mode: 1,000 and 600).")
+    common.write_section(NAME, "Classification: k-mer / TF-IDF baselines vs titans embeddings",
+                         "\n".join(body), args.quick, timer.elapsed)
+    common.log(f"wrote {common.RESULTS_DIR / (NAME + '.md')} in {timer.elapsed:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

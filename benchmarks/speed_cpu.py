@@ -1,0 +1,115 @@
+"""CPU speed and memory of the titans CLI at growing input sizes, measured with /usr/bin/time -v.
+
+Usage: python benchmarks/speed_cpu.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+
+NAME = "speed_cpu"
+SOURCE = "escherichia_coli_k12_mg1655.fa.gz"
+SIZES = (100_000, 1_000_000, 5_000_000)
+QUICK_SIZES = (100_000, 1_000_000)
+
+METHOD = f"""\
+Inputs: one FASTA record of N bases made by repeating the E. coli K-12 MG1655 genome
+(`dna/eval/{SOURCE}`, 4.64 Mbp) and cutting at N, written to a local uncompressed file. Each row is
+one fresh process of the installed CLI under `/usr/bin/time -v` (wall clock and maximum resident set
+size as reported by it; so model loading and JIT compilation are included), default model and
+device (CPU), `--quiet`. Commands: `titans surprise IN.fa --metric bits -o OUT.bedgraph` (default
+window) and `titans embed IN.fa --per window --pool mean -o OUT.npy` (default window / step).
+A last row runs `titans surprise --metric novelty --regions --plot` on the real E. coli genome."""
+
+
+def make_input(n: int) -> Path:
+    out = common.CACHE_DIR / "speed_inputs" / f"ecoli_repeat_{n}.fa"
+    if out.exists():
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    genome = common.read_fasta(common.DNA_EVAL / SOURCE)[0][1]
+    seq = (genome * (n // len(genome) + 1))[:n]
+    tmp = out.with_suffix(".tmp")
+    with open(tmp, "w") as fh:
+        fh.write(f">ecoli_repeat_{n} E. coli K-12 MG1655 repeated to {n} bp\n")
+        for i in range(0, n, 80):
+            fh.write(seq[i:i + 80] + "\n")
+    tmp.replace(out)
+    return out
+
+
+def time_v(argv: list[str], timeout: float) -> dict:
+    """Run argv under /usr/bin/time -v; wall seconds and peak RSS in MiB."""
+    r = subprocess.run(["/usr/bin/time", "-v"] + argv, capture_output=True, text=True,
+                       timeout=timeout, cwd=common.REPO)
+    if r.returncode != 0:
+        raise RuntimeError(f"exit {r.returncode}: {r.stderr.strip()[-600:]}")
+    wall = re.search(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): (\S+)", r.stderr).group(1)
+    parts = [float(p) for p in wall.split(":")]
+    seconds = sum(p * 60 ** i for i, p in enumerate(reversed(parts)))
+    rss_kib = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", r.stderr).group(1))
+    return {"wall_s": seconds, "rss_mib": rss_kib / 1024}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="0.1 and 1 Mbp only")
+    args = ap.parse_args(argv)
+    timer = common.Timer()
+    cmd = common.titans_cmd()
+    sizes = QUICK_SIZES if args.quick else SIZES
+    out_dir = common.CACHE_DIR / "speed_outputs"
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    rows = []
+    jobs = []
+    for n in sizes:
+        inp = make_input(n)
+        jobs.append(("surprise --metric bits", n, lambda i=inp, n=n: cmd + [
+            "surprise", str(i), "--metric", "bits", "--quiet", "-o", str(out_dir / f"bits_{n}.bedgraph")]))
+    for n in sizes:
+        inp = make_input(n)
+        jobs.append(("embed --per window --pool mean", n, lambda i=inp, n=n: cmd + [
+            "embed", str(i), "--per", "window", "--pool", "mean", "--quiet",
+            "-o", str(out_dir / f"embed_{n}.npy")]))
+    if not args.quick:
+        ecoli = common.DNA_EVAL / SOURCE
+        jobs.append(("surprise --metric novelty --regions --plot (real E. coli)", 4_639_675,
+                     lambda: cmd + ["surprise", str(ecoli), "--metric", "novelty", "--quiet",
+                                    "--regions", str(out_dir / "ecoli_novel.bed"),
+                                    "--plot", str(out_dir / "ecoli_novelty.png"),
+                                    "-o", str(out_dir / "ecoli_novelty.bedgraph")]))
+    for label, n, make_argv in jobs:
+        if cmd is None:
+            rows.append([f"`titans {label}`", f"{n / 1e6:g}", common.PENDING, "", ""])
+            continue
+        try:
+            common.log(f"timing titans {label} on {n:,} bp")
+            m = time_v(make_argv(), timeout=1800)
+            rows.append([f"`titans {label}`", f"{n / 1e6:g}", f"{m['wall_s']:.1f}",
+                         f"{n / m['wall_s']:,.0f}", f"{m['rss_mib']:,.0f}"])
+        except Exception as exc:  # noqa: BLE001 - reported in the table
+            common.log(f"{label} {n} failed: {exc}")
+            rows.append([f"`titans {label}`", f"{n / 1e6:g}", f"failed: {str(exc)[:160]}", "", ""])
+
+    body = [METHOD, "",
+            common.md_table(["command", "Mbp", "wall s", "bases/s", "peak RSS MiB"], rows, "lrrrr"), ""]
+    if cmd is None:
+        body.append("All rows **pending**: the titans CLI does not run at this commit.")
+    if args.quick:
+        body.append("Quick mode: 0.1 and 1 Mbp only (full mode adds 5 Mbp and the novelty run).")
+    common.write_section(NAME, "Speed and memory on CPU (titans CLI)", "\n".join(body), args.quick,
+                         timer.elapsed)
+    common.log(f"wrote {common.RESULTS_DIR / (NAME + '.md')} in {timer.elapsed:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,270 @@
+"""Extractive summarisation of long documents: ROUGE of Lead, LexRank, TextRank, LSA and titans.
+
+Usage: python benchmarks/summarization.py [--quick] [--jobs N]
+"""
+
+from __future__ import annotations
+
+import os
+
+# One BLAS thread per worker process: OpenBLAS's own default on this VM made sumy's LSA SVD ~8x slower.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import argparse  # noqa: E402
+import gzip
+import json
+import multiprocessing as mp
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+import text_units  # noqa: E402
+
+NAME = "summarization"
+SUMM_DIR = common.TEXT / "eval" / "summarization"
+METRICS = ("rouge1", "rouge2", "rougeL")
+BASELINES = ("Lead", "LexRank", "TextRank", "LSA")
+
+
+@dataclass(frozen=True)
+class SummSet:
+    label: str
+    file: str
+    style: str            # sentence splitting, see text_units.split_sentences
+    reference: str        # field name
+    quick_docs: int
+    note: str = ""
+
+
+SETS = [
+    SummSet("SQuALITY", "squality.jsonl.gz", "prose", "references", 8,
+            "max over the 4 human references (per metric)"),
+    SummSet("GovReport", "govreport.jsonl.gz", "prose", "reference", 4),
+    SummSet("Multi-News", "multinews.jsonl.gz", "prose", "reference", 4),
+    SummSet("ScisummNet", "scisumm.jsonl.gz", "lines", "summary", 16,
+            "reference = `summary` (ScisummNet human summary), not the abstract"),
+    SummSet("CNN/DM (REALSumm)", "cnndm_realsumm.jsonl.gz", "ptb", "reference", 30,
+            "reference = the highlights"),
+]
+
+# Our earlier measurement of the baselines (issue 5), R-1/R-2/R-L F x 100.
+EARLIER = {
+    ("SQuALITY", "LexRank"): (44.6, 9.2, 17.7), ("SQuALITY", "Lead"): (39.4, 7.3, 15.1),
+    ("GovReport", "Lead"): (53.2, 25.9, 29.5), ("GovReport", "LexRank"): (48.4, 19.3, 24.3),
+    ("Multi-News", "Lead"): (39.6, 8.2, 15.9),
+    ("ScisummNet", "Lead"): (40.3, 16.7, 24.7), ("ScisummNet", "LexRank"): (38.1, 9.1, 18.9),
+    ("CNN/DM (REALSumm)", "Lead"): (40.4, 16.3, 25.7),
+}
+
+METHOD = """\
+Every set in `../shared/data/text/eval/summarization`. Summaries are cut to a **word budget** = the
+mean reference length of the set in whitespace-separated words (over all documents; SQuALITY: over
+all 4 x 127 references): sentences are taken in the method's order (Lead: document order; the
+others: descending sentence score) until the budget is reached, the sentence that crosses it is cut
+to the remaining words, and the chosen sentences are output in document order. ROUGE-1/2/L F1
+x 100 from `rouge-score` (`use_stemmer=True`; ROUGE-L is sentence-agnostic `rougeL`), averaged over
+documents; SQuALITY takes the maximum over its 4 references for each metric. LexRank, TextRank and
+LSA are sumy's (default settings, sumy's English stop words, Snowball stemmer); all methods share
+one sentence split (`benchmarks/text_units.py`: Punkt with a fixed abbreviation list, one sentence
+per line for ScisummNet, PTB sentence ends for the tokenized CNN/DM text), since sumy's own
+tokenizer needs NLTK data that is not available offline."""
+
+
+def load_set(s: SummSet) -> list[dict]:
+    with gzip.open(SUMM_DIR / s.file, "rt") as fh:
+        return [json.loads(line) for line in fh]
+
+
+def references(doc: dict, s: SummSet) -> list[str]:
+    ref = doc[s.reference]
+    if isinstance(ref, str) and ref.startswith("["):
+        import ast
+        ref = ast.literal_eval(ref)
+    return list(ref) if isinstance(ref, (list, tuple)) else [ref]
+
+
+def word_budget(docs: list[dict], s: SummSet) -> int:
+    lengths = [text_units.n_words(r) for d in docs for r in references(d, s)]
+    return int(round(float(np.mean(lengths))))
+
+
+def cut_to_budget(sentences: list[str], ranked: list[int], budget: int) -> str:
+    chosen: dict[int, str] = {}
+    used = 0
+    for i in ranked:
+        words = sentences[i].split()
+        if used + len(words) >= budget:
+            chosen[i] = " ".join(words[: budget - used])
+            break
+        chosen[i] = sentences[i]
+        used += len(words)
+    return " ".join(chosen[i] for i in sorted(chosen) if chosen[i])
+
+
+class _RecordRanking:
+    """Passed to a sumy summarizer as its sentence count: sumy hands it the sentences sorted by
+    descending score, and it keeps that order (their positions in the document)."""
+
+    def __init__(self):
+        self.order: list[int] = []
+
+    def __call__(self, infos):
+        self.order = [info.order for info in infos]
+        return infos
+
+
+_WORKER: dict = {}
+
+
+def _init_worker():
+    from rouge_score import rouge_scorer
+    from sumy.nlp.stemmers import Stemmer
+    from sumy.summarizers.lex_rank import LexRankSummarizer
+    from sumy.summarizers.lsa import LsaSummarizer
+    from sumy.summarizers.text_rank import TextRankSummarizer
+    from sumy.utils import get_stop_words
+
+    stemmer = Stemmer("english")
+    stop = get_stop_words("english")
+    summarizers = {}
+    for name, cls in (("LexRank", LexRankSummarizer), ("TextRank", TextRankSummarizer),
+                      ("LSA", LsaSummarizer)):
+        summ = cls(stemmer)
+        summ.stop_words = stop
+        summarizers[name] = summ
+    _WORKER["summarizers"] = summarizers
+    _WORKER["scorer"] = rouge_scorer.RougeScorer(list(METRICS), use_stemmer=True)
+    _WORKER["tokenizer"] = text_units.WordTokenizer()
+
+
+def _rank_with_sumy(name: str, sentences: list[str]) -> list[int]:
+    from sumy.models.dom import ObjectDocumentModel, Paragraph, Sentence
+
+    tok = _WORKER["tokenizer"]
+    document = ObjectDocumentModel([Paragraph([Sentence(s, tok) for s in sentences])])
+    ranking = _RecordRanking()
+    _WORKER["summarizers"][name](document, ranking)
+    return ranking.order
+
+
+def score_summary(summary: str, refs: list[str]) -> tuple[float, ...]:
+    scorer = _WORKER["scorer"]
+    best = [0.0] * len(METRICS)
+    for ref in refs:
+        sc = scorer.score(ref, summary)
+        best = [max(b, sc[m].fmeasure) for b, m in zip(best, METRICS)]
+    return tuple(100 * b for b in best)
+
+
+def _baselines_for_doc(job):
+    text, refs, style, budget = job
+    if not _WORKER:
+        _init_worker()
+    sentences = text_units.split_sentences(text, style)
+    out = {"Lead": score_summary(cut_to_budget(sentences, list(range(len(sentences))), budget), refs)}
+    for name in ("LexRank", "TextRank", "LSA"):
+        try:
+            ranked = _rank_with_sumy(name, sentences)
+        except Exception as exc:  # noqa: BLE001 - e.g. LSA on a one-sentence document
+            common.log(f"{name} failed on a document ({exc}); scored as empty summary")
+            ranked = []
+        out[name] = score_summary(cut_to_budget(sentences, ranked, budget), refs)
+    return out, len(sentences)
+
+
+def subsample(n: int, k: int) -> list[int]:
+    """k evenly spaced indices of n (deterministic)."""
+    if k >= n:
+        return list(range(n))
+    return sorted({int(round(x)) for x in np.linspace(0, n - 1, k)})
+
+
+# ----------------------------------------------------------------------------- titans
+
+
+def titans_summarizer():
+    """A function (text, budget) -> summary driven by titans_cli.summarize, or None while the
+    Python API does not exist. The API's sentences are ranked by its score and cut to the same
+    word budget with the same rule as the baselines."""
+    api = common.titans_api("load_model", "summarize")
+    if api is None:
+        return None
+    from titans_bridge import titans_summary_fn
+    return titans_summary_fn(api, cut_to_budget)
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="evenly spaced subsample of each set")
+    ap.add_argument("--jobs", type=int, default=min(2, mp.cpu_count()))
+    ap.add_argument("--no-titans", action="store_true")
+    args = ap.parse_args(argv)
+    timer = common.Timer()
+    titans_fn = None if args.no_titans else titans_summarizer()
+
+    rows, info_rows = [], []
+    _init_worker()
+    for s in SETS:
+        docs = load_set(s)
+        budget = word_budget(docs, s)
+        idx = subsample(len(docs), s.quick_docs) if args.quick else list(range(len(docs)))
+        jobs = [(docs[i]["text"], references(docs[i], s), s.style, budget) for i in idx]
+        common.log(f"{s.label}: {len(idx)} of {len(docs)} documents, budget {budget} words")
+        if args.jobs > 1:
+            with mp.get_context("fork").Pool(args.jobs, initializer=_init_worker) as pool:
+                results = pool.map(_baselines_for_doc, jobs, chunksize=1)
+        else:
+            results = [_baselines_for_doc(j) for j in jobs]
+        n_sent = [n for _, n in results]
+        scores = {m: np.mean([r[m] for r, _ in results], axis=0) for m in BASELINES}
+        titans_scores = None
+        titans_status = "pending (no `titans_cli.summarize` at this commit)"
+        if args.no_titans:
+            titans_status = "not run (--no-titans)"
+        elif titans_fn is not None:
+            try:
+                per_doc = [score_summary(titans_fn(text, budget), refs) for text, refs, _, _ in jobs]
+                titans_scores = np.mean(per_doc, axis=0)
+            except Exception as exc:  # noqa: BLE001 - reported in the table
+                titans_status = f"failed: {str(exc)[:200]}"
+                common.log(f"titans summarize failed on {s.label}: {exc}")
+        for m in BASELINES:
+            r1, r2, rl = scores[m]
+            earlier = EARLIER.get((s.label, m))
+            rows.append([s.label, m, f"{r1:.1f}", f"{r2:.1f}", f"{rl:.1f}",
+                         "/".join(f"{x:.1f}" for x in earlier) if earlier else ""])
+        if titans_scores is not None:
+            r1, r2, rl = titans_scores
+            rows.append([s.label, "**titans**", f"{r1:.1f}", f"{r2:.1f}", f"{rl:.1f}", ""])
+        else:
+            rows.append([s.label, "**titans**", titans_status, "", "", ""])
+        info_rows.append([s.label, f"{len(idx)} of {len(docs)}" + (" (quick subsample)" if len(idx) < len(docs) else ""),
+                          budget, f"{np.mean(n_sent):.0f}", s.note])
+        common.log(f"{s.label} done at {timer.elapsed:.0f} s")
+
+    body = [METHOD, ""]
+    body.append(common.md_table(["set", "documents scored", "budget (words)", "mean sentences / doc",
+                                 "reference"], info_rows, "llrrl"))
+    body.append("")
+    body.append(common.md_table(["set", "method", "ROUGE-1", "ROUGE-2", "ROUGE-L",
+                                 "earlier (issue 5) R-1/R-2/R-L"], rows, "llrrrl"))
+    body.append("")
+    if args.quick:
+        body.append("Quick mode: each set is an evenly spaced subsample of its documents "
+                    "(`numpy.linspace` over the file order), so numbers differ from the full run.")
+    common.write_section(NAME, "Summarisation: ROUGE on long documents", "\n".join(body),
+                         args.quick, timer.elapsed)
+    common.log(f"wrote {common.RESULTS_DIR / (NAME + '.md')} in {timer.elapsed:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

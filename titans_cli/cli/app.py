@@ -14,6 +14,7 @@ import traceback
 
 import click
 import typer
+from typer import _click as typer_click  # typer vendors its own copy of click
 
 from titans_cli.cli import classify, embed, heads, models, summarize, surprise, train
 from titans_cli.errors import TitansInputError
@@ -80,18 +81,16 @@ def main(argv: list[str] | None = None) -> int:
     except TitansInputError as error:
         _error(str(error))
         code = 2
-    except click.exceptions.NoArgsIsHelpError as error:  # `titans` alone: help, exit 2 like click
+    except (click.ClickException, typer_click.exceptions.ClickException) as error:
+        # usage errors: click's own message (usage line + error line), exit 2
         error.show()
-        code = 2
-    except click.ClickException as error:  # usage errors: click's own message (usage + error line)
-        error.show()
-        code = error.exit_code if isinstance(error, click.UsageError) else 1
-    except click.exceptions.Exit as error:
+        code = 2 if isinstance(error, (click.UsageError, typer_click.exceptions.UsageError)) else 1
+    except (click.exceptions.Exit, typer.Exit) as error:
         code = error.exit_code
     except TerminatedBySignal as error:
         _error(f"interrupted ({error}); no partial output was left")
         code = 128 + error.signal_number
-    except (KeyboardInterrupt, click.exceptions.Abort):
+    except (KeyboardInterrupt, click.exceptions.Abort, typer.Abort):
         _error("interrupted; no partial output was left")
         code = 130
     except BrokenPipeError:

@@ -38,11 +38,26 @@ def input_kind(sources: list[str]) -> str:
     kinds = {}
     for source in sources:
         kinds[source] = sniff_kind(source)
+        if kinds[source] == "text" and _sequence_name(source):
+            raise TitansInputError(
+                f"{source}: named like FASTA/FASTQ but does not start with a '>' or '@' header line "
+                "(sequence before any header?)"
+            )
     found = set(kinds.values())
     if len(found) > 1:
         listed = ", ".join(f"{name} ({kind})" for name, kind in kinds.items())
         raise TitansInputError(f"inputs mix sequences and text: {listed}")
     return found.pop()
+
+
+SEQUENCE_SUFFIXES = (".fa", ".fasta", ".fna", ".ffn", ".frn", ".fas", ".fq", ".fastq", ".seq")
+
+
+def _sequence_name(source: str) -> bool:
+    name = source.lower()
+    for compressed in (".gz", ".bgz", ".bgzf"):
+        name = name.removesuffix(compressed)
+    return name.endswith(SEQUENCE_SUFFIXES)
 
 
 @dataclass

@@ -28,9 +28,17 @@ for bf16/fp16 inputs: operands rounded to bf16, fp32 accumulation and state, 3.8
 fp32 products, 2.7e-7, but on the FMA units: 30x slower than tf32 on an H200). Measured numbers:
 benchmarks/results/gpu_memory_kernel.md and docs/KERNEL_NOTES.md.
 
-Training: `memory_update` is differentiable. Forward runs the kernel; the backward is NOT a Triton
-kernel: it recomputes the call through torch_chunked under autograd and backpropagates through
-that (so forward+backward costs this kernel plus torch_chunked's forward and backward).
+Training: `memory_update` is differentiable. Forward runs the kernel. Backward, by ``backward=``:
+
+- "torch" (default): recompute the call through torch_chunked under autograd and backpropagate
+  through that (forward+backward costs this kernel plus torch_chunked's forward and backward);
+- "triton": the forward also stores every chunk's start state (fp32, 4·h·d floats per (row, head,
+  chunk): 1 GiB at batch 8 × 16k tokens × 4 heads × d 64), and `_memory_chunks_backward_kernel`
+  walks the chunks in reverse, recomputing each chunk from its checkpoint and applying the adjoint
+  of every step of torch_chunked._chunk_step (state update, read, ||S_t|| Grams, gate products,
+  clip, the MLP). Depth 2, l2, retention decay/none, momentum or gd (`backward_kernel_supported`);
+  whole (b × hidden) tiles, no hidden blocking yet. Equal to torch_chunked's autograd gradients to
+  ~1e-6 under Triton's interpreter; NOT yet compiled or timed on a GPU (hence not the default).
 """
 
 from __future__ import annotations
@@ -179,14 +187,14 @@ if TRITON_AVAILABLE:
     def _memory_chunks_kernel(
         q_ptr, k_ptr, v_ptr, lr_ptr, eta_ptr, alpha_ptr, hd_ptr,
         w1_ptr, w2_ptr, s1_ptr, s2_ptr,
-        o_ptr, gn_ptr, mn_ptr,
+        o_ptr, gn_ptr, mn_ptr, ckpt_ptr,
         q_sb, q_sh, q_st, k_sb, k_sh, k_st, v_sb, v_sh, v_st,
         g_sb, g_sh, g_st,
         num_heads, length, chunk, head_dim, hidden,
         max_grad_norm, p_exp, q_exp, rho1, rho2,
         BT: tl.constexpr, BD: tl.constexpr, BHID: tl.constexpr, HB: tl.constexpr,
         DEPTH: tl.constexpr, BIAS: tl.constexpr, RETENTION: tl.constexpr,
-        GD: tl.constexpr, CLIP: tl.constexpr, PRECISION: tl.constexpr,
+        GD: tl.constexpr, CLIP: tl.constexpr, PRECISION: tl.constexpr, SAVE_STATE: tl.constexpr,
     ):
         # One program = one (batch row, head); it owns its state buffers, so the chunk loop needs
         # only CTA barriers between writing the state and reading it back. Depth 2 walks the hidden
@@ -237,6 +245,21 @@ if TRITON_AVAILABLE:
             else:
                 delta_t = theta
             key_sq = tl.sum(keys * keys, axis=1)
+
+            if SAVE_STATE:  # chunk-start state for the backward kernel: [W1, W2, S1, S2] per chunk
+                matrix = hidden * head_dim
+                ck = ckpt_ptr + (pid * n_chunks + c) * 4 * matrix
+                for j in range(0, BHID // HB):
+                    hid = j * HB + tl.arange(0, HB)
+                    h_ok = hid < hidden
+                    loc1 = hid[:, None] * head_dim + rd[None, :]
+                    mask1 = h_ok[:, None] & d_ok[None, :]
+                    loc2 = rd[:, None] * hidden + hid[None, :]
+                    mask2 = d_ok[:, None] & h_ok[None, :]
+                    tl.store(ck + loc1, tl.load(w1_ptr + pid * matrix + loc1, mask=mask1), mask=mask1)
+                    tl.store(ck + matrix + loc2, tl.load(w2_ptr + pid * matrix + loc2, mask=mask2), mask=mask2)
+                    tl.store(ck + 2 * matrix + loc1, tl.load(s1_ptr + pid * matrix + loc1, mask=mask1), mask=mask1)
+                    tl.store(ck + 3 * matrix + loc2, tl.load(s2_ptr + pid * matrix + loc2, mask=mask2), mask=mask2)
 
             if DEPTH == 2:
                 rb = tl.arange(0, HB)
@@ -381,21 +404,269 @@ if TRITON_AVAILABLE:
             # The next chunk's loads read what other threads of this program just stored.
             tl.debug_barrier()
 
+    @triton.jit(do_not_specialize=["length"])
+    def _memory_chunks_backward_kernel(
+        q_ptr, k_ptr, v_ptr, lr_ptr, eta_ptr, alpha_ptr, ckpt_ptr,
+        dw1_ptr, dw2_ptr, ds1_ptr, ds2_ptr,
+        do_ptr, dgn_ptr, dmn_ptr,
+        dq_ptr, dk_ptr, dv_ptr, dlr_ptr, deta_ptr, dalpha_ptr,
+        q_sb, q_sh, q_st, k_sb, k_sh, k_st, v_sb, v_sh, v_st,
+        g_sb, g_sh, g_st,
+        num_heads, length, chunk, head_dim, hidden, max_grad_norm,
+        BT: tl.constexpr, BD: tl.constexpr, BHID: tl.constexpr,
+        RETENTION: tl.constexpr, GD: tl.constexpr, CLIP: tl.constexpr, PRECISION: tl.constexpr,
+    ):
+        # Reverse-mode of the depth-2, l2 chunk step, chunk by chunk from the last one, one program
+        # per (row, head). The chunk-start state comes from the forward's checkpoints; everything
+        # else of the chunk is recomputed. dw*/ds* hold the adjoint of the state after the chunk and
+        # are overwritten with the adjoint of the state before it. Adjoints are named d_<forward
+        # name> and follow torch_chunked._chunk_step in reverse (KERNEL_NOTES.md lists the steps).
+        pid = tl.program_id(0)
+        row = pid // num_heads
+        head = pid % num_heads
+        tiny = 1.1754943508222875e-38
+
+        rt = tl.arange(0, BT)
+        rd = tl.arange(0, BD)
+        rh = tl.arange(0, BHID)
+        d_ok = rd < head_dim
+        h_ok = rh < hidden
+        matrix = hidden * head_dim
+        loc1 = rh[:, None] * head_dim + rd[None, :]
+        mask1 = h_ok[:, None] & d_ok[None, :]
+        loc2 = rd[:, None] * hidden + rh[None, :]
+        mask2 = d_ok[:, None] & h_ok[None, :]
+        q_base = q_ptr + row * q_sb + head * q_sh
+        k_base = k_ptr + row * k_sb + head * k_sh
+        v_base = v_ptr + row * v_sb + head * v_sh
+        g_off = row * g_sb + head * g_sh
+        tok_base = pid * length * head_dim
+        s_base = pid * length
+        causal = rt[:, None] >= rt[None, :]
+
+        n_chunks = tl.cdiv(length, chunk)
+        for rc in range(0, n_chunks):
+            c = n_chunks - 1 - rc
+            pos = c * chunk + rt
+            t_ok = (rt < chunk) & (pos < length)
+            tok_mask = t_ok[:, None] & d_ok[None, :]
+            tok_off = pos[:, None] * head_dim + rd[None, :]
+            keys = tl.load(k_base + pos[:, None] * k_st + rd[None, :], mask=tok_mask, other=0.0).to(tl.float32)
+            values = tl.load(v_base + pos[:, None] * v_st + rd[None, :], mask=tok_mask, other=0.0).to(tl.float32)
+            queries = tl.load(q_base + pos[:, None] * q_st + rd[None, :], mask=tok_mask, other=0.0).to(tl.float32)
+            theta = tl.load(lr_ptr + g_off + pos * g_st, mask=t_ok, other=0.0).to(tl.float32)
+            alpha = tl.load(alpha_ptr + g_off + pos * g_st, mask=t_ok, other=0.0).to(tl.float32)
+            if GD:
+                eta = tl.zeros_like(theta)
+                log_eta = tl.where(t_ok, tl.log(tiny), 0.0)
+            else:
+                eta = tl.load(eta_ptr + g_off + pos * g_st, mask=t_ok, other=1.0).to(tl.float32)
+                log_eta = tl.log(tl.maximum(eta, tiny))
+            keep = 1.0 - alpha
+            log_keep = tl.where(keep == 1.0, -alpha, tl.log(keep) * (-alpha) / tl.where(keep == 1.0, -1.0, keep - 1.0))
+            if RETENTION <= 1:
+                log_beta = log_keep
+            else:
+                log_beta = tl.zeros_like(log_keep)
+
+            ck = ckpt_ptr + (pid * n_chunks + c) * 4 * matrix
+            w1 = tl.load(ck + loc1, mask=mask1, other=0.0)
+            w2 = tl.load(ck + matrix + loc2, mask=mask2, other=0.0)
+            s1 = tl.load(ck + 2 * matrix + loc1, mask=mask1, other=0.0)
+            s2 = tl.load(ck + 3 * matrix + loc2, mask=mask2, other=0.0)
+
+            # ---- recompute the chunk (as the forward kernel)
+            z = _mm(keys, tl.trans(w1), PRECISION)
+            sig = tl.sigmoid(z)
+            act = z * sig
+            dsig = sig * (1.0 + z * (1.0 - sig))
+            pred = _mm(act, tl.trans(w2), PRECISION)
+            delta2 = tl.where(tok_mask, 2.0 * (pred - values), 0.0)
+            g1 = _mm(delta2, w2, PRECISION)
+            delta1 = g1 * dsig
+            key_sq = tl.sum(keys * keys, axis=1)
+            act_sq = tl.sum(act * act, axis=1)
+            delta1_sq = tl.sum(delta1 * delta1, axis=1)
+            delta2_sq = tl.sum(delta2 * delta2, axis=1)
+            norm_sq = delta1_sq * key_sq + delta2_sq * act_sq
+            norm = tl.sqrt(tl.maximum(norm_sq, tiny))
+            if CLIP:
+                clip = max_grad_norm / tl.maximum(norm, max_grad_norm)
+            else:
+                clip = tl.full((BT,), 1.0, tl.float32)
+            grad_norm = norm * clip
+            step = tl.where(t_ok, theta * clip, 0.0)
+            cum_log_eta = tl.cumsum(log_eta, axis=0)
+            cum_log_beta = tl.cumsum(log_beta, axis=0)
+            log_eta_total = tl.sum(log_eta, axis=0)
+            log_beta_total = tl.sum(log_beta, axis=0)
+            eta_products = tl.exp(tl.where(causal, cum_log_eta[:, None] - cum_log_eta[None, :], float("-inf")))
+            eta_prefix = tl.exp(cum_log_eta)
+            beta_suffix = tl.where(t_ok, tl.exp(log_beta_total - cum_log_beta), 0.0)
+            memory_coeff = tl.sum(eta_products * beta_suffix[:, None], axis=0)
+            momentum_carry = tl.sum(beta_suffix * eta_prefix, axis=0)
+            momentum_coeff = tl.exp(log_eta_total - cum_log_eta)
+            eta_total = tl.exp(log_eta_total)
+            beta_total = tl.exp(log_beta_total)
+            memory_step = memory_coeff * step
+            momentum_step = momentum_coeff * step
+
+            # ---- upstream adjoints
+            d_new_w1 = tl.load(dw1_ptr + pid * matrix + loc1, mask=mask1, other=0.0)
+            d_new_w2 = tl.load(dw2_ptr + pid * matrix + loc2, mask=mask2, other=0.0)
+            d_new_s1 = tl.load(ds1_ptr + pid * matrix + loc1, mask=mask1, other=0.0)
+            d_new_s2 = tl.load(ds2_ptr + pid * matrix + loc2, mask=mask2, other=0.0)
+            d_read = tl.load(do_ptr + tok_base + tok_off, mask=tok_mask, other=0.0)
+            d_grad_norm = tl.load(dgn_ptr + s_base + pos, mask=t_ok, other=0.0)
+            d_momentum_norm = tl.load(dmn_ptr + s_base + pos, mask=t_ok, other=0.0)
+
+            # ---- chunk-end state: M_b = B M0 + c_S S0 - (Δ ⊙ w θ c)ᵀ X,  S_b = E S0 - (Δ ⊙ e θ c)ᵀ X
+            d_beta_total = tl.sum(tl.sum(d_new_w1 * w1, axis=1), axis=0) + tl.sum(tl.sum(d_new_w2 * w2, axis=1), axis=0)
+            d_momentum_carry = tl.sum(tl.sum(d_new_w1 * s1, axis=1), axis=0) + tl.sum(tl.sum(d_new_w2 * s2, axis=1), axis=0)
+            d_eta_total = tl.sum(tl.sum(d_new_s1 * s1, axis=1), axis=0) + tl.sum(tl.sum(d_new_s2 * s2, axis=1), axis=0)
+            keys_dw1 = _mm(keys, tl.trans(d_new_w1), PRECISION)  # (BT, BHID)
+            keys_ds1 = _mm(keys, tl.trans(d_new_s1), PRECISION)
+            act_dw2 = _mm(act, tl.trans(d_new_w2), PRECISION)  # (BT, BD)
+            act_ds2 = _mm(act, tl.trans(d_new_s2), PRECISION)
+            d_delta1 = -memory_step[:, None] * keys_dw1 - momentum_step[:, None] * keys_ds1
+            d_delta2 = -memory_step[:, None] * act_dw2 - momentum_step[:, None] * act_ds2
+            d_memory_step = -tl.sum(delta1 * keys_dw1, axis=1) - tl.sum(delta2 * act_dw2, axis=1)
+            d_momentum_step = -tl.sum(delta1 * keys_ds1, axis=1) - tl.sum(delta2 * act_ds2, axis=1)
+            d_keys = -_mm(delta1 * memory_step[:, None], d_new_w1, PRECISION) - _mm(
+                delta1 * momentum_step[:, None], d_new_s1, PRECISION)
+            d_act = -_mm(delta2 * memory_step[:, None], d_new_w2, PRECISION) - _mm(
+                delta2 * momentum_step[:, None], d_new_s2, PRECISION)
+            d_w1 = beta_total * d_new_w1
+            d_w2 = beta_total * d_new_w2
+            d_s1 = momentum_carry * d_new_w1 + eta_total * d_new_s1
+            d_s2 = momentum_carry * d_new_w2 + eta_total * d_new_s2
+
+            # ---- the read y = W2 σ(W1 q)
+            zq = _mm(queries, tl.trans(w1), PRECISION)
+            sq = tl.sigmoid(zq)
+            d_w2 += _mm(tl.trans(d_read), zq * sq, PRECISION)
+            d_zq = _mm(d_read, w2, PRECISION) * (sq * (1.0 + zq * (1.0 - sq)))
+            d_w1 += _mm(tl.trans(d_zq), queries, PRECISION)
+            d_queries = _mm(d_zq, w1, PRECISION)
+
+            # ---- ||S_t|| (momentum) or θ_t ||u_t|| (gd)
+            d_step = tl.zeros((BT,), tl.float32)
+            d_eta_prefix = tl.zeros((BT,), tl.float32)
+            d_eta_products = tl.zeros((BT, BT), tl.float32)
+            if GD:
+                d_theta = d_momentum_norm * grad_norm
+                d_grad_norm += d_momentum_norm * theta
+            else:
+                d_theta = tl.zeros((BT,), tl.float32)
+                weighted = eta_products * step[None, :]
+                key_gram = _mm(keys, tl.trans(keys), PRECISION)
+                delta1_gram = _mm(delta1, tl.trans(delta1), PRECISION)
+                delta2_gram = _mm(delta2, tl.trans(delta2), PRECISION)
+                act_gram = _mm(act, tl.trans(act), PRECISION)
+                gram = delta1_gram * key_gram + delta2_gram * act_gram
+                keys_s1 = _mm(keys, tl.trans(s1), PRECISION)  # (BT, BHID)
+                act_s2 = _mm(act, tl.trans(s2), PRECISION)  # (BT, BD)
+                s0_dot_u = tl.sum(keys_s1 * delta1, axis=1) + tl.sum(act_s2 * delta2, axis=1)
+                s0_sq = tl.sum(tl.sum(s1 * s1, axis=1), axis=0) + tl.sum(tl.sum(s2 * s2, axis=1), axis=0)
+                weighted_s0u = tl.sum(weighted * s0_dot_u[None, :], axis=1)
+                weighted_gram = _mm(weighted, gram, PRECISION)
+                momentum_sq = (eta_prefix * eta_prefix * s0_sq - 2.0 * eta_prefix * weighted_s0u
+                               + tl.sum(weighted_gram * weighted, axis=1))
+                momentum_norm = tl.sqrt(tl.maximum(momentum_sq, tiny))
+                d_momentum_sq = tl.where(momentum_sq >= tiny, d_momentum_norm / (2.0 * momentum_norm), 0.0)
+                d_eta_prefix += d_momentum_sq * (2.0 * eta_prefix * s0_sq - 2.0 * weighted_s0u)
+                d_s0_sq = tl.sum(d_momentum_sq * eta_prefix * eta_prefix, axis=0)
+                d_s1 += 2.0 * d_s0_sq * s1
+                d_s2 += 2.0 * d_s0_sq * s2
+                d_weighted = d_momentum_sq[:, None] * (2.0 * weighted_gram - 2.0 * eta_prefix[:, None] * s0_dot_u[None, :])
+                d_s0_dot_u = -2.0 * tl.sum((d_momentum_sq * eta_prefix)[:, None] * weighted, axis=0)
+                d_gram = _mm(tl.trans(weighted * d_momentum_sq[:, None]), weighted, PRECISION)  # Λᵀ diag(m) Λ
+                d_eta_products += d_weighted * step[None, :]
+                d_step += tl.sum(d_weighted * eta_products, axis=0)
+                # Gram = (Δ1Δ1ᵀ)⊙(KKᵀ) + (Δ2Δ2ᵀ)⊙(AAᵀ); X Xᵀ with a symmetric adjoint M: dX = 2 M X
+                d_delta1 += 2.0 * _mm(d_gram * key_gram, delta1, PRECISION)
+                d_keys += 2.0 * _mm(d_gram * delta1_gram, keys, PRECISION)
+                d_delta2 += 2.0 * _mm(d_gram * act_gram, delta2, PRECISION)
+                d_act += 2.0 * _mm(d_gram * delta2_gram, act, PRECISION)
+                # <S0, u_i> = rowsum((K S1ᵀ) ⊙ Δ1) + rowsum((A S2ᵀ) ⊙ Δ2)
+                scaled1 = delta1 * d_s0_dot_u[:, None]
+                scaled2 = delta2 * d_s0_dot_u[:, None]
+                d_delta1 += d_s0_dot_u[:, None] * keys_s1
+                d_keys += _mm(scaled1, s1, PRECISION)
+                d_s1 += _mm(tl.trans(scaled1), keys, PRECISION)
+                d_delta2 += d_s0_dot_u[:, None] * act_s2
+                d_act += _mm(scaled2, s2, PRECISION)
+                d_s2 += _mm(tl.trans(scaled2), act, PRECISION)
+
+            # ---- gate coefficients from the cumulative log sums
+            d_step += d_memory_step * memory_coeff + d_momentum_step * momentum_coeff
+            d_memory_coeff = d_memory_step * step
+            d_momentum_coeff = d_momentum_step * step
+            d_eta_products += beta_suffix[:, None] * d_memory_coeff[None, :]  # w_i = Σ_t L[t,i] B(t+1..b)
+            d_beta_suffix = tl.sum(eta_products * d_memory_coeff[None, :], axis=1) + d_momentum_carry * eta_prefix
+            d_eta_prefix += d_momentum_carry * beta_suffix
+            d_log_eta_total = tl.sum(d_momentum_coeff * momentum_coeff, axis=0) + d_eta_total * eta_total
+            d_log_beta_total = d_beta_total * beta_total
+            d_cum_log_eta = -d_momentum_coeff * momentum_coeff + d_eta_prefix * eta_prefix
+            through_products = d_eta_products * eta_products
+            d_cum_log_eta += tl.sum(through_products, axis=1) - tl.sum(through_products, axis=0)
+            through_suffix = tl.where(t_ok, d_beta_suffix * beta_suffix, 0.0)
+            d_log_beta_total += tl.sum(through_suffix, axis=0)
+            d_cum_log_beta = -through_suffix
+            # adjoint of a cumulative sum = reverse cumulative sum; the totals reach every token
+            d_log_eta = tl.sum(tl.where(causal, d_cum_log_eta[:, None], 0.0), axis=0) + d_log_eta_total
+            d_log_beta = tl.sum(tl.where(causal, d_cum_log_beta[:, None], 0.0), axis=0) + d_log_beta_total
+
+            # ---- clip and ||u_i||
+            d_clip = d_step * theta + d_grad_norm * norm
+            d_theta += d_step * clip
+            d_norm = d_grad_norm * clip
+            if CLIP:
+                d_norm += tl.where(norm >= max_grad_norm, -d_clip * clip / norm, 0.0)
+            d_norm_sq = tl.where(norm_sq >= tiny, d_norm / (2.0 * norm), 0.0)
+            d_delta1 += (2.0 * d_norm_sq * key_sq)[:, None] * delta1
+            d_keys += (2.0 * d_norm_sq * delta1_sq)[:, None] * keys
+            d_delta2 += (2.0 * d_norm_sq * act_sq)[:, None] * delta2
+            d_act += (2.0 * d_norm_sq * delta2_sq)[:, None] * act
+
+            # ---- back through δ1 = (δ2 W2) ⊙ σ'(z), δ2 = 2 (W2 σ(W1 k) - v)
+            d_g1 = d_delta1 * dsig
+            d_z = d_delta1 * g1 * (sig * (1.0 - sig) * (2.0 + z * (1.0 - 2.0 * sig)))  # σ''(z)
+            d_delta2 += _mm(d_g1, tl.trans(w2), PRECISION)
+            d_w2 += _mm(tl.trans(delta2), d_g1, PRECISION)
+            d_pred = tl.where(tok_mask, 2.0 * d_delta2, 0.0)
+            d_act += _mm(d_pred, w2, PRECISION)
+            d_w2 += _mm(tl.trans(d_pred), act, PRECISION)
+            d_z += d_act * dsig
+            d_keys += _mm(d_z, w1, PRECISION)
+            d_w1 += _mm(tl.trans(d_z), keys, PRECISION)
+
+            # ---- store this chunk's input adjoints and the adjoint of its start state
+            tl.store(dq_ptr + tok_base + tok_off, d_queries, mask=tok_mask)
+            tl.store(dk_ptr + tok_base + tok_off, d_keys, mask=tok_mask)
+            tl.store(dv_ptr + tok_base + tok_off, -d_pred, mask=tok_mask)
+            tl.store(dlr_ptr + s_base + pos, d_theta, mask=t_ok)
+            if not GD:
+                tl.store(deta_ptr + s_base + pos, tl.where(eta >= tiny, d_log_eta / eta, 0.0), mask=t_ok)
+            if RETENTION <= 1:
+                tl.store(dalpha_ptr + s_base + pos, -d_log_beta / keep, mask=t_ok)
+            tl.debug_barrier()  # every thread has read the adjoint buffers before any overwrites them
+            tl.store(dw1_ptr + pid * matrix + loc1, d_w1, mask=mask1)
+            tl.store(dw2_ptr + pid * matrix + loc2, d_w2, mask=mask2)
+            tl.store(ds1_ptr + pid * matrix + loc1, d_s1, mask=mask1)
+            tl.store(ds2_ptr + pid * matrix + loc2, d_s2, mask=mask2)
+            tl.debug_barrier()
+
 
 def _fused_forward(q, k, v, lr, momentum, decay, huber_delta, weights, momenta, config: MemoryConfig,
-                   precision: str | None, num_warps: int | None = None, block_hidden: int | None = None):
+                   precision: str | None, num_warps: int | None = None, block_hidden: int | None = None,
+                   checkpoints: torch.Tensor | None = None):
     """Run the kernel on detached tensors; returns (output, grad_norm, momentum_norm, weights, momenta)."""
     batch, heads, length, dim = k.shape
     device = k.device
     out_dtype = q.dtype
     weight_dtype = weights[0].dtype
-    if precision is None:
-        precision = default_precision(q.dtype)
-    if precision not in ("ieee", "tf32", "bf16"):
-        raise ValueError(f"precision must be 'ieee', 'tf32' or 'bf16', got {precision!r}")
-    kernel_precision = precision
-    if device.type != "cuda":  # Triton's interpreter (tests)
-        kernel_precision = {"tf32": "ieee", "bf16": "bf16-emulated"}.get(precision, precision)
+    kernel_precision = _kernel_precision(precision, q.dtype, device)
 
     def unit_stride(t):
         return t if t.stride(-1) == 1 else t.contiguous()
@@ -430,7 +701,8 @@ def _fused_forward(q, k, v, lr, momentum, decay, huber_delta, weights, momenta, 
         while True:
             try:
                 _launch(q, k, v, lr_c, eta_c, alpha_c, delta_c, w1, w2, s1, s2, output, grad_norm, momentum_norm,
-                        config, heads, length, dim, hidden, block_t, block_h, kernel_precision, num_warps)
+                        config, heads, length, dim, hidden, block_t, block_h, kernel_precision, num_warps,
+                        checkpoints)
                 break
             except OutOfResources:
                 # Shared memory of the tile products grows with the hidden block (fp32 operands of
@@ -446,7 +718,7 @@ def _fused_forward(q, k, v, lr, momentum, decay, huber_delta, weights, momenta, 
 
 
 def _launch(q, k, v, lr_c, eta_c, alpha_c, delta_c, w1, w2, s1, s2, output, grad_norm, momentum_norm,
-            config, heads, length, dim, hidden, block_t, block_h, kernel_precision, num_warps):
+            config, heads, length, dim, hidden, block_t, block_h, kernel_precision, num_warps, checkpoints=None):
     depth = config.depth
     shapes = config.weight_shapes()
     rho1 = retention_radius(config, shapes[0][1])
@@ -455,7 +727,7 @@ def _launch(q, k, v, lr_c, eta_c, alpha_c, delta_c, w1, w2, s1, s2, output, grad
     _memory_chunks_kernel[(batch * heads,)](
         q, k, v, lr_c, eta_c, alpha_c, delta_c,
         w1, w2, s1, s2,
-        output, grad_norm, momentum_norm,
+        output, grad_norm, momentum_norm, w1 if checkpoints is None else checkpoints,
         q.stride(0), q.stride(1), q.stride(2),
         k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2),
@@ -467,36 +739,112 @@ def _launch(q, k, v, lr_c, eta_c, alpha_c, delta_c, w1, w2, s1, s2, output, grad
         DEPTH=depth, BIAS=_BIAS_CODES[config.attentional_bias],
         RETENTION=_RETENTION_CODES[config.retention],
         GD=config.algorithm == "gd", CLIP=config.max_grad_norm != float("inf"),
-        PRECISION=kernel_precision, num_warps=num_warps,
+        PRECISION=kernel_precision, SAVE_STATE=checkpoints is not None, num_warps=num_warps,
         # No software pipelining: a prefetch of the next chunk's state would read it before
         # this chunk's stores (the state address does not change from chunk to chunk).
         num_stages=1,
     )
 
 
+def backward_kernel_supported(config: MemoryConfig) -> bool:
+    """Configs the Triton backward kernel covers; the others backpropagate through torch_chunked."""
+    return (config.depth == 2 and config.attentional_bias == "l2" and config.retention in ("decay", "none")
+            and config.hidden_dim <= 128 and config.head_dim <= 64 and config.chunk_size <= 64)
+
+
+def _kernel_precision(precision: str | None, dtype: torch.dtype, device: torch.device) -> str:
+    precision = precision or default_precision(dtype)
+    if precision not in ("ieee", "tf32", "bf16"):
+        raise ValueError(f"precision must be 'ieee', 'tf32' or 'bf16', got {precision!r}")
+    if device.type != "cuda":  # Triton's interpreter (tests)
+        return {"tf32": "ieee", "bf16": "bf16-emulated"}.get(precision, precision)
+    return precision
+
+
+def _triton_backward(config, precision, saved, checkpoints, grads):
+    """Adjoints of (q, k, v, lr, momentum, decay, weights, momenta) by the backward kernel."""
+    q, k, v, lr, momentum, decay, _huber_delta, *state = saved
+    batch, heads, length, dim = k.shape
+    hidden = config.hidden_dim
+    device = k.device
+    d_output, d_grad_norm, d_momentum_norm, *d_state = grads
+
+    def buffer(grad, like):
+        return (torch.zeros(like.shape, device=device, dtype=torch.float32) if grad is None
+                else grad.detach().to(torch.float32).contiguous().clone())
+
+    d_w1, d_w2, d_s1, d_s2 = (buffer(g, t) for g, t in zip(d_state, state))
+    d_output = buffer(d_output, q)
+    d_grad_norm = buffer(d_grad_norm, lr)
+    d_momentum_norm = buffer(d_momentum_norm, lr)
+    d_q, d_k, d_v = (torch.zeros(batch, heads, length, dim, device=device, dtype=torch.float32) for _ in range(3))
+    d_lr, d_eta, d_alpha = (torch.zeros(batch, heads, length, device=device, dtype=torch.float32) for _ in range(3))
+    qs, ks, vs = (t.detach() if t.stride(-1) == 1 else t.detach().contiguous() for t in (q, k, v))
+    lr_c, eta_c, alpha_c = (t.detach().to(torch.float32).contiguous() for t in (lr, momentum, decay))
+    if length > 0:
+        _memory_chunks_backward_kernel[(batch * heads,)](
+            qs, ks, vs, lr_c, eta_c, alpha_c, checkpoints,
+            d_w1, d_w2, d_s1, d_s2,
+            d_output, d_grad_norm, d_momentum_norm,
+            d_q, d_k, d_v, d_lr, d_eta, d_alpha,
+            qs.stride(0), qs.stride(1), qs.stride(2), ks.stride(0), ks.stride(1), ks.stride(2),
+            vs.stride(0), vs.stride(1), vs.stride(2), lr_c.stride(0), lr_c.stride(1), lr_c.stride(2),
+            heads, length, config.chunk_size, dim, hidden,
+            float(config.max_grad_norm) if config.max_grad_norm != float("inf") else 1.0,
+            BT=_block(min(config.chunk_size, length)), BD=_block(dim), BHID=_block(hidden),
+            RETENTION=_RETENTION_CODES[config.retention], GD=config.algorithm == "gd",
+            CLIP=config.max_grad_norm != float("inf"),
+            PRECISION=_kernel_precision(precision, q.dtype, device), num_warps=_DEFAULT_NUM_WARPS, num_stages=1,
+        )
+    cast = lambda g, like: g.to(like.dtype)  # noqa: E731
+    state_grads = [cast(g, t) for g, t in zip((d_w1, d_w2, d_s1, d_s2), state)]
+    return [cast(d_q, q), cast(d_k, k), cast(d_v, v), cast(d_lr, lr), cast(d_eta, momentum),
+            cast(d_alpha, decay), None, *state_grads]
+
+
 class _FusedMemoryUpdate(torch.autograd.Function):
-    """Forward: the Triton kernel. Backward: recompute through torch_chunked and backpropagate
-    through it (the kernel itself has no backward)."""
+    """Forward: the Triton kernel. Backward: the Triton backward kernel over checkpointed chunk-start
+    states (``backward="triton"``, configs of `backward_kernel_supported`), else recompute through
+    torch_chunked and backpropagate through it."""
 
     @staticmethod
-    def forward(ctx, config, precision, q, k, v, lr, momentum, decay, huber_delta, *state):
+    def forward(ctx, config, precision, backward, q, k, v, lr, momentum, decay, huber_delta, *state):
         depth = config.depth
         weights, momenta = state[:depth], state[depth:]
         ctx.config = config
-        ctx.save_for_backward(q, k, v, lr, momentum, decay, huber_delta, *state)
+        ctx.precision = precision
+        ctx.use_kernel = backward == "triton" and backward_kernel_supported(config)
+        checkpoints = None
+        if ctx.use_kernel:
+            batch, heads, length, _ = k.shape
+            chunks = -(-length // config.chunk_size)
+            checkpoints = torch.empty(batch * heads * chunks * 4 * config.hidden_dim * config.head_dim,
+                                      device=k.device, dtype=torch.float32)
         output, grad_norm, momentum_norm, new_weights, new_momenta = _fused_forward(
-            q, k, v, lr, momentum, decay, huber_delta, weights, momenta, config, precision
+            q, k, v, lr, momentum, decay, huber_delta, weights, momenta, config, precision,
+            checkpoints=checkpoints,
         )
+        ctx.save_for_backward(q, k, v, lr, momentum, decay, huber_delta, *state,
+                              *(() if checkpoints is None else (checkpoints,)))
         return (output, grad_norm, momentum_norm, *new_weights, *new_momenta)
 
     @staticmethod
     def backward(ctx, *grads):
-        from .torch_chunked import memory_update as chunked_update
-
         config = ctx.config
         saved = ctx.saved_tensors
+        if ctx.use_kernel:
+            try:
+                input_grads = _triton_backward(config, ctx.precision, saved[:-1], saved[-1], grads)
+                input_grads = [g if need else None for g, need in zip(input_grads, ctx.needs_input_grad[3:])]
+                return (None, None, None, *input_grads)
+            except OutOfResources:  # the full-tile backward did not fit this GPU: recompute instead
+                warnings.warn("triton_fused: backward kernel out of resources; recomputing through torch_chunked")
+            saved = saved[:-1]
+
+        from .torch_chunked import memory_update as chunked_update
+
         inputs = [None if t is None else t.detach().requires_grad_(need)
-                  for t, need in zip(saved, ctx.needs_input_grad[2:])]
+                  for t, need in zip(saved, ctx.needs_input_grad[3:])]
         q, k, v, lr, momentum, decay, huber_delta, *state = inputs
         depth = config.depth
         with torch.enable_grad():
@@ -508,15 +856,19 @@ class _FusedMemoryUpdate(torch.autograd.Function):
             found = torch.autograd.grad([o for o, _ in pairs], wanted, [g for _, g in pairs], allow_unused=True) if pairs and wanted else []
         found = iter(found)
         input_grads = [next(found) if (t is not None and t.requires_grad) else None for t in inputs]
-        return (None, None, *input_grads)
+        return (None, None, None, *input_grads)
 
 
 def memory_update(q, k, v, lr, momentum, decay, huber_delta, weights, momenta, config: MemoryConfig,
-                  precision: str | None = None) -> MemoryResult:
+                  precision: str | None = None, backward: str = "torch") -> MemoryResult:
     """The memory update of torch_chunked, fused into one Triton launch (see the module docstring).
 
-    Falls back to torch_chunked where `fused_supported` says no.
+    Falls back to torch_chunked where `fused_supported` says no. ``backward`` (training only):
+    "torch" recomputes through torch_chunked; "triton" runs the backward kernel (checked against
+    torch_chunked's gradients under Triton's interpreter, not yet compiled or timed on a GPU).
     """
+    if backward not in ("torch", "triton"):
+        raise ValueError(f"backward must be 'torch' or 'triton', got {backward!r}")
     check_inputs(q, k, v, lr, momentum, decay, huber_delta, weights, momenta, config)
     supported, _ = fused_supported(config, k.device)
     if not supported:
@@ -525,7 +877,7 @@ def memory_update(q, k, v, lr, momentum, decay, huber_delta, weights, momenta, c
         return chunked_update(q, k, v, lr, momentum, decay, huber_delta, weights, momenta, config)
     tensors = (q, k, v, lr, momentum, decay, huber_delta, *weights, *momenta)
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
-        outputs = _FusedMemoryUpdate.apply(config, precision, *tensors)
+        outputs = _FusedMemoryUpdate.apply(config, precision, backward, *tensors)
     else:
         outputs = _fused_forward(q, k, v, lr, momentum, decay, huber_delta, weights, momenta, config, precision)
         outputs = (*outputs[:3], *outputs[3], *outputs[4])

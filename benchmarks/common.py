@@ -31,6 +31,7 @@ DNA_TRAIN = DATA / "dna" / "train"
 TEXT = DATA / "text"
 
 PENDING = "pending"
+_LOAD_AT_START = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
 
 
 # ----------------------------------------------------------------------------- machine
@@ -69,8 +70,11 @@ def git_commit() -> str:
 
 def machine_line() -> str:
     """One line naming the machine a section was produced on."""
+    load_end = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     return (f"{cpu_model()}, {os.cpu_count()} cores, {ram_gib():.0f} GiB RAM, no GPU; "
-            f"{_dt.datetime.now(_dt.timezone.utc):%Y-%m-%d %H:%M} UTC; commit {git_commit()}")
+            f"{_dt.datetime.now(_dt.timezone.utc):%Y-%m-%d %H:%M} UTC; commit {git_commit()}; "
+            f"1-min load average {_LOAD_AT_START:.1f} at start, {load_end:.1f} at end "
+            f"(above {os.cpu_count()} = other jobs shared the CPU, timings inflated)")
 
 
 # ----------------------------------------------------------------------------- sections

@@ -77,7 +77,10 @@ def main(argv: list[str] | None = None) -> int:
     code = 0
     try:
         with handle_termination_signals():
-            command.main(args=argv if argv is not None else sys.argv[1:], prog_name="titans", standalone_mode=False)
+            # Not command.main(): typer's main turns Ctrl-C into exit 130 and a closed pipe into
+            # exit 1 by itself; here the exit-code contract above decides.
+            with command.make_context("titans", list(argv if argv is not None else sys.argv[1:])) as context:
+                command.invoke(context)
     except TitansInputError as error:
         _error(str(error))
         code = 2

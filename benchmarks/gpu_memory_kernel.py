@@ -184,6 +184,49 @@ def correctness() -> list[list]:
                 if precision == "ieee" and exact is not chunked:
                     error = max_result_error(fused, chunked)
                     rows.append([label, "triton_fused ieee vs torch_chunked fp32", f"{error:.2e}", "PASS" if error < 1e-4 else "FAIL"])
+    rows += backward_correctness()
+    return rows
+
+
+def op_loss(impl, leaves, config, cotangents, **kwargs):
+    """Σ <output_i, cotangent_i> over every output of the op (output, signals, weights, momenta)."""
+    q, k, v, lr, momentum, decay, w1, w2, s1, s2 = leaves
+    result = impl(q, k, v, lr, momentum, decay, None, (w1, w2), (s1, s2), config, **kwargs)
+    outputs = (result.output, result.grad_norm, result.momentum_norm, *result.weights, *result.momenta)
+    return sum((o.float() * c).sum() for o, c in zip(outputs, cotangents))
+
+
+def grad_leaves(args):
+    q, k, v, lr, momentum, decay, _delta, weights, momenta = args
+    return [t.detach().clone().requires_grad_(True) for t in (q, k, v, lr, momentum, decay, *weights, *momenta)]
+
+
+def cotangents_for(args):
+    q, lr, weights, momenta = args[0], args[3], args[7], args[8]
+    shapes = [q.shape, lr.shape, lr.shape] + [w.shape for w in (*weights, *momenta)]
+    return [torch.randn(shape, device=q.device) for shape in shapes]
+
+
+def backward_correctness() -> list[list]:
+    """The Triton backward kernel's gradients against autograd through torch_chunked (fp32)."""
+    rows = []
+    label = "titans depth 2, d64 h128, chunk 64, T 200 (gradients)"
+    config = MemoryConfig(max_grad_norm=0.5)
+    args = op_inputs(config, 2, 200)
+    cotangents = cotangents_for(args)
+    leaves = grad_leaves(args)
+    want = torch.autograd.grad(op_loss(torch_chunked.memory_update, leaves, config, cotangents), leaves)
+    for precision, tolerance in (("ieee", 1e-4), ("tf32", 1e-2)):
+        try:
+            leaves = grad_leaves(args)
+            got = torch.autograd.grad(op_loss(triton_fused.memory_update, leaves, config, cotangents,
+                                              precision=precision, backward="triton"), leaves)
+            torch.cuda.synchronize()
+            error = max(relative_error(a, b) for a, b in zip(got, want))
+            rows.append([label, f"triton backward kernel {precision} vs torch_chunked autograd", f"{error:.2e}",
+                         "PASS" if error < tolerance else "FAIL"])
+        except Exception as error:  # noqa: BLE001
+            rows.append([label, f"triton backward kernel {precision}", f"{type(error).__name__}: {error}"[:120], "FAIL"])
     return rows
 
 
@@ -217,9 +260,11 @@ def install_triton_backend() -> None:
     original = memory_layer.memory_op
 
     def memory_op(backend: str):
-        if backend.startswith("triton"):  # "triton" (default precision), "triton-ieee", "triton-bf16"
-            precision = backend.partition("-")[2] or None
-            return functools.partial(triton_fused.memory_update, precision=precision)
+        if backend.startswith("triton"):  # "triton", "triton-ieee", "triton-bf16", "triton-kernelbwd"
+            option = backend.partition("-")[2]
+            if option == "kernelbwd":
+                return functools.partial(triton_fused.memory_update, backward="triton")
+            return functools.partial(triton_fused.memory_update, precision=option or None)
         return original(backend)
 
     memory_layer.memory_op = memory_op
@@ -310,6 +355,7 @@ def main() -> int:
     layers["titans_cli triton"] = (layers["titans_cli torch"][0], "triton")
     layers["titans_cli triton-ieee"] = (layers["titans_cli torch"][0], "triton-ieee")
     layers["titans_cli triton-bf16"] = (layers["titans_cli torch"][0], "triton-bf16")
+    layers["titans_cli triton-kernelbwd"] = (layers["titans_cli torch"][0], "triton-kernelbwd")
     try:
         layers["titans-pytorch"] = (titans_pytorch_layer(), None)
         import titans_pytorch
@@ -339,6 +385,8 @@ def main() -> int:
 
     log("layers, forward (inference, no_grad)")
     for name in layers:
+        if name.endswith("kernelbwd"):
+            continue  # same forward as "titans_cli triton"
         with torch.no_grad():
             measure(f"layer {name} fwd", forward(name), repeats=5 if "torch" in name else None)
         if "error" in timings[f"layer {name} fwd"]:  # a layer that needs autograd for its forward
@@ -347,7 +395,7 @@ def main() -> int:
             timings[f"layer {name} fwd"]["note"] = "autograd enabled (no_grad failed)"
     log("layers, forward + backward")
     for name in layers:
-        if name.startswith("titans_cli triton-"):
+        if name.startswith("titans_cli triton-") and not name.endswith("kernelbwd"):
             continue  # same backward (torch_chunked recompute) as "titans_cli triton"
         measure(f"layer {name} fwd+bwd", forward_backward(name), repeats=3 if "titans_cli" in name else 5)
     layer_names = list(layers)
@@ -367,7 +415,24 @@ def main() -> int:
             measure(f"op triton_fused {precision} w{warps} hb{block}",
                     lambda: triton_fused._fused_forward(*op_args[:7], op_args[7], op_args[8], config, precision,
                                                         warps, block))
-    del fp32_args, bf16_args
+    log("memory op, forward + backward")
+    cotangents = cotangents_for(fp32_args)
+    backward_variants = [
+        ("op torch_chunked fp32 fwd+bwd", torch_chunked.memory_update, {}, fp32_args),
+        ("op triton_fused tf32 + torch_chunked recompute fwd+bwd", triton_fused.memory_update,
+         {"precision": "tf32", "backward": "torch"}, fp32_args),
+        ("op triton_fused bf16 + triton backward fwd+bwd", triton_fused.memory_update,
+         {"precision": "bf16", "backward": "triton"}, bf16_args),
+        ("op triton_fused tf32 + triton backward fwd+bwd", triton_fused.memory_update,
+         {"precision": "tf32", "backward": "triton"}, fp32_args),
+        ("op triton_fused ieee + triton backward fwd+bwd", triton_fused.memory_update,
+         {"precision": "ieee", "backward": "triton"}, fp32_args),
+    ]
+    for name, impl, kwargs, op_args in backward_variants:
+        leaves = grad_leaves(op_args)
+        measure(name, lambda: torch.autograd.grad(op_loss(impl, leaves, config, cotangents, **kwargs), leaves),
+                repeats=3)
+    del fp32_args, bf16_args, leaves
     torch.cuda.empty_cache()
 
     record["timings"] = timings
@@ -440,7 +505,8 @@ def main() -> int:
         "",
         "titans_cli triton: forward = the fused kernel with its default tf32 products for fp32 inputs; "
         "-ieee: true fp32 products; -bf16: bf16-rounded operands (fp32 accumulation and state); backward = "
-        "recompute through torch_chunked (triton_fused has no backward kernel).",
+        "recompute through torch_chunked, except -kernelbwd: the Triton backward kernel over checkpointed "
+        "chunk-start states (tf32).",
         "",
         "### Memory op alone, forward (no autograd)",
         "",

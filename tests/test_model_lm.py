@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from titans_cli.memory.config import MemoryConfig
-from titans_cli.model.blocks import SlidingWindowAttention, apply_rotary, rotary_angles
+from titans_cli.model.blocks import SlidingWindowAttention, apply_rotary, rotary
 from titans_cli.model.config import PRESETS, ModelConfig
 from titans_cli.model.lm import TitansLM, bits_per_token
 
@@ -110,12 +110,12 @@ def test_banded_attention_equals_dense_sliding_window_reference():
         attention.query_block = query_block
         outputs.append(attention(x, attention.init_cache(B, dtype=torch.float64), context=[memory_tokens])[0])
 
-    cos, sin = (t.unsqueeze(1) for t in rotary_angles(torch.arange(T).expand(B, T), dh))
-    q = apply_rotary(attention._heads(attention.query(x)), cos, sin)
+    rotation = rotary(torch.arange(T).expand(B, T), dh).unsqueeze(1)
+    q = apply_rotary(attention._heads(attention.query(x)), rotation)
     keys, values = [], []
     for tokens in (x, memory_tokens):
         k, v = attention.key_value(tokens).chunk(2, dim=-1)
-        keys.append(apply_rotary(attention._heads(k), cos, sin))
+        keys.append(apply_rotary(attention._heads(k), rotation))
         values.append(attention._heads(v))
     pk, pv = (t.view(-1, H, dh).transpose(0, 1).expand(B, H, -1, dh) for t in attention.key_value(attention.persistent).chunk(2, -1))
     expected = torch.zeros(B, H, T, dh, dtype=torch.float64)
@@ -137,8 +137,8 @@ def test_rotary_positions_stay_relative_far_into_a_stream():
     q, k = torch.randn(1, 1, 4, 16, dtype=torch.float64), torch.randn(1, 1, 4, 16, dtype=torch.float64)
     scores = []
     for offset in (0, 250_000_000):
-        cos, sin = (t.unsqueeze(1) for t in rotary_angles(torch.arange(4).unsqueeze(0) + offset, 16))
-        scores.append(apply_rotary(q, cos, sin) @ apply_rotary(k, cos, sin).transpose(-1, -2))
+        rotation = rotary(torch.arange(4).unsqueeze(0) + offset, 16).unsqueeze(1)
+        scores.append(apply_rotary(q, rotation) @ apply_rotary(k, rotation).transpose(-1, -2))
     assert torch.allclose(scores[0], scores[1], atol=1e-6)
 
 

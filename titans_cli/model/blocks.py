@@ -22,22 +22,21 @@ from titans_cli.memory.layer import NeuralMemory
 # Rotary position embedding
 
 
-def rotary_angles(positions: torch.Tensor, head_dim: int, base: float = 10000.0):
-    """cos/sin of RoPE angles for integer positions (any shape) -> (*positions.shape, head_dim/2).
+def rotary(positions: torch.Tensor, head_dim: int, base: float = 10000.0) -> torch.Tensor:
+    """RoPE rotations e^{i * position * frequency} for integer positions (any shape), as complex
+    numbers (*positions.shape, head_dim/2).
 
     Angles are formed in float64: a stream of 250 Mbp has positions ~2.5e8, where float32 would
     lose the fractional part of position * frequency and break the relative-position property."""
     inv_freq = base ** (-torch.arange(0, head_dim, 2, dtype=torch.float64, device=positions.device) / head_dim)
     angles = positions.to(torch.float64).unsqueeze(-1) * inv_freq
-    return torch.cos(angles), torch.sin(angles)
+    return torch.polar(torch.ones_like(angles), angles)
 
 
-def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate channel pairs (first half, second half) of x (B,H,T,dh) by angles (B,1,T,dh/2)."""
-    half = x.shape[-1] // 2
-    x1, x2 = x[..., :half], x[..., half:]
-    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
-    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+def apply_rotary(x: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
+    """Rotate adjacent channel pairs of x (..., T, dh) by complex rotations (..., T, dh/2)."""
+    pairs = torch.view_as_complex(x.reshape(*x.shape[:-1], -1, 2))
+    return torch.view_as_real(pairs * rotation.to(pairs.dtype)).flatten(-2)
 
 
 # -----------------------------------------------------------------------------
@@ -106,23 +105,27 @@ class SlidingWindowAttention(nn.Module):
     def _heads(self, x):  # (B, T, D) -> (B, H, T, dh)
         return x.view(x.shape[0], x.shape[1], self.n_heads, self.head_dim).transpose(1, 2)
 
+    def _blocks(self, sequence: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """(B, H, L, dh) -> (B, H, n_blocks, keys per block, dh): one gather, one copy."""
+        return sequence[:, :, index]
+
     def forward(self, x: torch.Tensor, cache: AttentionCache, context: list[torch.Tensor] = ()):
         """x: (B,P,D) new tokens; context: n_streams-1 tensors (B,P,D) of extra tokens at the same
         positions (keys/values only). Returns (y (B,P,D), updated cache)."""
         B, P, D = x.shape
-        W, H, dh = self.window, self.n_heads, self.head_dim
+        W, H, dh, S = self.window, self.n_heads, self.head_dim, self.n_streams
         positions = cache.position.unsqueeze(1) + torch.arange(P, device=x.device)  # (B, P)
-        cos, sin = (t.unsqueeze(1) for t in rotary_angles(positions, dh))  # (B, 1, P, dh/2)
+        rotation = rotary(positions, dh).unsqueeze(1)  # (B, 1, P, dh/2)
 
-        q = apply_rotary(self._heads(self.query(x)), cos, sin)
+        q = apply_rotary(self._heads(self.query(x)), rotation)
         keys, values = [], []
         for tokens in (x, *context):
             k, v = self.key_value(tokens).chunk(2, dim=-1)
-            keys.append(apply_rotary(self._heads(k), cos, sin))
+            keys.append(apply_rotary(self._heads(k), rotation))
             values.append(self._heads(v))
         new_k, new_v = torch.stack(keys, dim=3), torch.stack(values, dim=3)  # (B, H, P, S, dh)
 
-        # Cached window + new tokens; query i sits at key index W + i and sees indices i+1 .. W+i.
+        # Cached window + new tokens: query i sits at key index W + i and sees indices i+1 .. W+i.
         all_k = torch.cat([cache.keys.to(new_k.dtype), new_k], dim=2)
         all_v = torch.cat([cache.values.to(new_v.dtype), new_v], dim=2)
         all_valid = torch.cat([cache.valid, cache.valid.new_ones(B, P)], dim=1)
@@ -131,34 +134,39 @@ class SlidingWindowAttention(nn.Module):
             all_k[:, :, -W:].clone(), all_v[:, :, -W:].clone(), all_valid[:, -W:].clone(), cache.position + P
         )
 
-        # Query blocks of `block` tokens; block j (queries jb .. jb+b-1, key indices W+jb ..) needs
-        # key indices jb+1 .. jb+b-1+W: the span jb .. jb+W+b-1, all blocks sharing one band mask.
-        b = self.query_block
-        n_blocks = -(-P // b)
+        # Query blocks of b tokens. Block j (queries jb .. jb+b-1) needs key indices jb+1 .. jb+b-1+W,
+        # i.e. the span jb .. jb+W+b-1; every block shares one band mask over its span. The
+        # persistent tokens go first in every block, so one gather builds each block's keys.
+        b, n_persistent = self.query_block, self.persistent.shape[0]
+        n_blocks, span = -(-P // b), W + b
         pad = n_blocks * b - P
         q = F.pad(q, (0, 0, 0, pad)).view(B, H, n_blocks, b, dh)
-        all_k = F.pad(all_k, (0, 0, 0, 0, 0, pad))
-        all_v = F.pad(all_v, (0, 0, 0, 0, 0, pad))
-        all_valid = F.pad(all_valid, (0, pad), value=True)  # padded keys are only seen by padded queries
+        pk, pv = self.key_value(self.persistent.to(x.dtype)).chunk(2, dim=-1)  # (n_persistent, D)
+        persistent_k = pk.view(n_persistent, H, dh).transpose(0, 1).expand(B, H, n_persistent, dh)
+        persistent_v = pv.view(n_persistent, H, dh).transpose(0, 1).expand(B, H, n_persistent, dh)
+        flat_k = torch.cat([persistent_k, all_k.flatten(2, 3), all_k.new_zeros(B, H, pad * S, dh)], dim=2)
+        flat_v = torch.cat([persistent_v, all_v.flatten(2, 3), all_v.new_zeros(B, H, pad * S, dh)], dim=2)
 
-        S, span = self.n_streams, W + b
-        block_k = all_k.unfold(2, span, b).permute(0, 1, 2, 5, 3, 4).reshape(B, H, n_blocks, span * S, dh)
-        block_v = all_v.unfold(2, span, b).permute(0, 1, 2, 5, 3, 4).reshape(B, H, n_blocks, span * S, dh)
-        block_valid = all_valid.unfold(1, span, b).repeat_interleave(S, dim=-1)  # (B, nb, span*S)
+        device = x.device
+        token_index = (torch.arange(n_blocks, device=device) * b).unsqueeze(1) + torch.arange(span, device=device)
+        flat_index = n_persistent + (token_index.unsqueeze(-1) * S + torch.arange(S, device=device)).flatten(1)
+        index = torch.cat([torch.arange(n_persistent, device=device).expand(n_blocks, n_persistent), flat_index], dim=1)
 
-        offset = torch.arange(span, device=x.device) - torch.arange(b, device=x.device).unsqueeze(1)
+        offset = torch.arange(span, device=device) - torch.arange(b, device=device).unsqueeze(1)
         band = ((offset >= 1) & (offset <= W)).repeat_interleave(S, dim=-1)  # (b, span*S)
-        mask = band & block_valid.unsqueeze(1).unsqueeze(3)  # (B, 1, nb, b, span*S)
+        band = torch.cat([band.new_ones(b, n_persistent), band], dim=1)
+        bias = torch.zeros(band.shape, dtype=q.dtype, device=device).masked_fill_(~band, float("-inf"))
 
-        n_persistent = self.persistent.shape[0]
-        if n_persistent:
-            pk, pv = self.key_value(self.persistent.to(x.dtype)).chunk(2, dim=-1)
-            pk = pk.view(n_persistent, H, dh).transpose(0, 1)[None, :, None].expand(B, H, n_blocks, n_persistent, dh)
-            pv = pv.view(n_persistent, H, dh).transpose(0, 1)[None, :, None].expand(B, H, n_blocks, n_persistent, dh)
-            block_k, block_v = torch.cat([pk, block_k], dim=3), torch.cat([pv, block_v], dim=3)
-            mask = torch.cat([mask.new_ones(B, 1, n_blocks, b, n_persistent), mask], dim=-1)
-
-        y = F.scaled_dot_product_attention(q, block_k, block_v, attn_mask=mask)  # (B, H, nb, b, dh)
+        scores = torch.matmul(q * dh**-0.5, self._blocks(flat_k, index).transpose(-1, -2))  # (B, H, nb, b, keys)
+        scores.add_(bias)
+        if not bool(cache.valid.all()):
+            # Cache slots not yet filled (stream start, reset lanes) sit in the first W keys only.
+            early = min(n_blocks, -(-W // b))
+            padded_valid = F.pad(all_valid, (0, pad), value=True)  # padded keys: seen by padded queries only
+            invalid = ~padded_valid[:, token_index[:early]].repeat_interleave(S, dim=-1)  # (B, early, span*S)
+            invalid = torch.cat([invalid.new_zeros(B, early, n_persistent), invalid], dim=-1)
+            scores[:, :, :early].masked_fill_(invalid[:, None, :, None, :], float("-inf"))
+        y = torch.matmul(torch.softmax(scores, dim=-1), self._blocks(flat_v, index))  # (B, H, nb, b, dh)
         y = y.reshape(B, H, n_blocks * b, dh)[:, :, :P].transpose(1, 2).reshape(B, P, D)
         return self.out(y), new_cache
 

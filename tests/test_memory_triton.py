@@ -1,8 +1,9 @@
 """The fused Triton memory update equals torch_chunked (and the float64 reference).
 
 On a machine without CUDA the kernel runs under Triton's interpreter (TRITON_INTERPRET=1, set here
-before triton is imported); with CUDA the same tests run on the GPU. Sizes are tiny (d=16, h=32,
-chunks of 16, 40 tokens: two full chunks and a partial one) so the interpreter stays fast.
+before triton is imported); with CUDA the same tests run on the GPU. Sizes are tiny (one head
+of d=16, h=32, chunks of 16, 40 tokens: two full chunks and a partial one; two heads and two batch
+rows where indexing is the point) so the interpreter stays fast.
 """
 
 import os
@@ -88,7 +89,7 @@ CONFIGS = {
 
 @pytest.mark.parametrize("changes", list(CONFIGS.values()), ids=list(CONFIGS))
 def test_fused_equals_torch_chunked_in_fp32(changes):
-    config = MemoryConfig(num_heads=2, head_dim=16, chunk_size=16, max_grad_norm=0.5).replace(**changes)
+    config = MemoryConfig(num_heads=1, head_dim=16, chunk_size=16, max_grad_norm=0.5).replace(**changes)
     assert triton_fused.fused_supported(config, DEVICE)[0], "this config should run the fused kernel"
     (q, k, v, lr, momentum, decay, delta), weights, momenta = random_inputs(config)
     args = (q, k, v, lr, momentum, decay, delta, weights, momenta, config)
@@ -99,7 +100,7 @@ def test_fused_equals_torch_chunked_in_fp32(changes):
 
 def test_hidden_units_in_several_blocks_equal_one_block():
     """Depth 2 walks the hidden units in blocks; 4 blocks of 16 must give torch_chunked's result."""
-    config = MemoryConfig(num_heads=2, head_dim=16, expansion=4, chunk_size=16, max_grad_norm=0.5)
+    config = MemoryConfig(num_heads=1, head_dim=16, expansion=4, chunk_size=16, max_grad_norm=0.5)
     (q, k, v, lr, momentum, decay, delta), weights, momenta = random_inputs(config, length=24)
     output, grad_norm, momentum_norm, new_weights, new_momenta = triton_fused._fused_forward(
         q, k, v, lr, momentum, decay, delta, weights, momenta, config, "ieee", num_warps=4, block_hidden=16
@@ -110,7 +111,7 @@ def test_hidden_units_in_several_blocks_equal_one_block():
 
 
 def test_fused_equals_float64_reference():
-    config = MemoryConfig(num_heads=2, head_dim=16, chunk_size=8, max_grad_norm=0.5)
+    config = MemoryConfig(num_heads=1, head_dim=16, chunk_size=8, max_grad_norm=0.5)
     (q, k, v, lr, momentum, decay, delta), weights, momenta = random_inputs(config, batch=1, length=20)
     args = (q, k, v, lr, momentum, decay, delta, weights, momenta, config)
     fused = triton_fused.memory_update(*args, precision="ieee")
@@ -133,7 +134,7 @@ def test_strided_inputs_as_the_layer_passes_them():
 
 
 def test_gradients_flow_and_equal_torch_chunked():
-    config = MemoryConfig(num_heads=2, head_dim=16, chunk_size=16)
+    config = MemoryConfig(num_heads=1, head_dim=16, chunk_size=16)
     (q, k, v, lr, momentum, decay, delta), weights, momenta = random_inputs(config, batch=1, length=20)
     leaves = [t.clone().requires_grad_(True) for t in (q, k, v, lr, *weights)]
 
@@ -150,11 +151,13 @@ def test_gradients_flow_and_equal_torch_chunked():
         assert error < 1e-4, f"gradient of input {index}: relative error {error:.2e}"
 
 
-@pytest.mark.parametrize("changes", [dict(), dict(algorithm="gd", max_grad_norm=0.3)], ids=["titans", "gd clipped"])
-def test_backward_kernel_equals_torch_chunked_gradients(changes):
+@pytest.mark.parametrize("changes, block_hidden", [(dict(), 64), (dict(algorithm="gd", max_grad_norm=0.3), 16)],
+                         ids=["titans, one hidden block", "gd clipped, two hidden blocks"])
+def test_backward_kernel_equals_torch_chunked_gradients(changes, block_hidden, monkeypatch):
     """backward="triton": the reverse chunk loop over checkpointed states, against autograd through
     torch_chunked, for every input and every output (output, both signals, weights, momenta)."""
-    config = MemoryConfig(num_heads=2, head_dim=16, chunk_size=16).replace(**changes)
+    monkeypatch.setattr(triton_fused, "_DEFAULT_BLOCK_HIDDEN", block_hidden)
+    config = MemoryConfig(num_heads=1, head_dim=16, chunk_size=16).replace(**changes)
     assert triton_fused.backward_kernel_supported(config)
     (q, k, v, lr, momentum, decay, delta), weights, momenta = random_inputs(config, length=24)
     leaves = [t.clone().requires_grad_(True) for t in (q, k, v, lr, momentum, decay, *weights, *momenta)]
@@ -180,7 +183,7 @@ def test_backward_kernel_equals_torch_chunked_gradients(changes):
 
 
 def test_unsupported_config_falls_back_to_torch_chunked():
-    config = MemoryConfig(num_heads=2, head_dim=16, chunk_size=16, depth=3)
+    config = MemoryConfig(num_heads=1, head_dim=16, chunk_size=16, depth=3)
     supported, reason = triton_fused.fused_supported(config, DEVICE)
     assert not supported and "depth 3" in reason
     (q, k, v, lr, momentum, decay, delta), weights, momenta = random_inputs(config, batch=1, length=20)
@@ -193,7 +196,7 @@ def test_unsupported_config_falls_back_to_torch_chunked():
 # errors forward (tf32 measured 6.8e-3 on weights[0] at T=300 on an H200).
 @pytest.mark.parametrize("precision, dtype, tolerance", [("tf32", torch.float32, 1e-2), ("bf16", torch.bfloat16, 3e-2)])
 def test_reduced_precision_on_cuda(precision, dtype, tolerance):
-    config = MemoryConfig(num_heads=2, head_dim=64, chunk_size=64)
+    config = MemoryConfig(num_heads=1, head_dim=64, chunk_size=64)
     (q, k, v, lr, momentum, decay, delta), weights, momenta = random_inputs(config, length=300)
     exact = torch_chunked.memory_update(q, k, v, lr, momentum, decay, delta, weights, momenta, config)
     low = tuple(t.to(dtype) for t in (q, k, v))

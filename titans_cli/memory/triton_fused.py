@@ -37,7 +37,7 @@ Training: `memory_update` is differentiable. Forward runs the kernel. Backward, 
   walks the chunks in reverse, recomputing each chunk from its checkpoint and applying the adjoint
   of every step of torch_chunked._chunk_step (state update, read, ||S_t|| Grams, gate products,
   clip, the MLP). Depth 2, l2, retention decay/none, momentum or gd (`backward_kernel_supported`);
-  whole (b × hidden) tiles, no hidden blocking yet. Equal to torch_chunked's autograd gradients to
+  hidden units in blocks as in the forward (four passes per chunk). Equal to torch_chunked's autograd gradients to
   ~1e-6 under Triton's interpreter; NOT yet compiled or timed on a GPU (hence not the default).
 """
 
@@ -404,6 +404,27 @@ if TRITON_AVAILABLE:
             # The next chunk's loads read what other threads of this program just stored.
             tl.debug_barrier()
 
+    @triton.jit
+    def _block_forward(keys, delta2, w1, w2, PRECISION: tl.constexpr):
+        """One block of hidden units at the chunk-start weights: z, σ(z), a, σ'(z), δ2 W2, δ1."""
+        z = _mm(keys, tl.trans(w1), PRECISION)
+        sig = tl.sigmoid(z)
+        dsig = sig * (1.0 + z * (1.0 - sig))
+        g1 = _mm(delta2, w2, PRECISION)
+        return z, sig, z * sig, dsig, g1, g1 * dsig
+
+    @triton.jit
+    def _block_delta1_adjoint(keys, delta1, w1_adj, s1_adj, s1, memory_step, momentum_step, norm_term,
+                              key_gram_adj, d_s0_dot_u, GD: tl.constexpr, PRECISION: tl.constexpr):
+        """Adjoint of one block of δ1, from the state update, ||u_i|| and the ||S_t|| Grams."""
+        keys_dw1 = _mm(keys, tl.trans(w1_adj), PRECISION)
+        keys_ds1 = _mm(keys, tl.trans(s1_adj), PRECISION)
+        d_delta1 = -memory_step[:, None] * keys_dw1 - momentum_step[:, None] * keys_ds1 + norm_term[:, None] * delta1
+        if not GD:
+            d_delta1 += 2.0 * _mm(key_gram_adj, delta1, PRECISION)
+            d_delta1 += d_s0_dot_u[:, None] * _mm(keys, tl.trans(s1), PRECISION)
+        return d_delta1
+
     @triton.jit(do_not_specialize=["length"])
     def _memory_chunks_backward_kernel(
         q_ptr, k_ptr, v_ptr, lr_ptr, eta_ptr, alpha_ptr, ckpt_ptr,
@@ -413,14 +434,18 @@ if TRITON_AVAILABLE:
         q_sb, q_sh, q_st, k_sb, k_sh, k_st, v_sb, v_sh, v_st,
         g_sb, g_sh, g_st,
         num_heads, length, chunk, head_dim, hidden, max_grad_norm,
-        BT: tl.constexpr, BD: tl.constexpr, BHID: tl.constexpr,
+        BT: tl.constexpr, BD: tl.constexpr, BHID: tl.constexpr, HB: tl.constexpr,
         RETENTION: tl.constexpr, GD: tl.constexpr, CLIP: tl.constexpr, PRECISION: tl.constexpr,
     ):
         # Reverse-mode of the depth-2, l2 chunk step, chunk by chunk from the last one, one program
         # per (row, head). The chunk-start state comes from the forward's checkpoints; everything
         # else of the chunk is recomputed. dw*/ds* hold the adjoint of the state after the chunk and
         # are overwritten with the adjoint of the state before it. Adjoints are named d_<forward
-        # name> and follow torch_chunked._chunk_step in reverse (KERNEL_NOTES.md lists the steps).
+        # name> and follow torch_chunked._chunk_step in reverse. Hidden units go in blocks of HB
+        # over four passes (A: keys forward and the sums over hidden units that need no δ1; B: δ1,
+        # its norms and Grams; C: the δ1 path's share of the δ2 adjoint; D: everything per block and
+        # the state adjoints), recomputing the block products each pass instead of holding
+        # (b × hidden) tiles.
         pid = tl.program_id(0)
         row = pid // num_heads
         head = pid % num_heads
@@ -428,14 +453,9 @@ if TRITON_AVAILABLE:
 
         rt = tl.arange(0, BT)
         rd = tl.arange(0, BD)
-        rh = tl.arange(0, BHID)
+        rb = tl.arange(0, HB)
         d_ok = rd < head_dim
-        h_ok = rh < hidden
         matrix = hidden * head_dim
-        loc1 = rh[:, None] * head_dim + rd[None, :]
-        mask1 = h_ok[:, None] & d_ok[None, :]
-        loc2 = rd[:, None] * hidden + rh[None, :]
-        mask2 = d_ok[:, None] & h_ok[None, :]
         q_base = q_ptr + row * q_sb + head * q_sh
         k_base = k_ptr + row * k_sb + head * k_sh
         v_base = v_ptr + row * v_sb + head * v_sh
@@ -468,26 +488,84 @@ if TRITON_AVAILABLE:
                 log_beta = log_keep
             else:
                 log_beta = tl.zeros_like(log_keep)
-
+            d_read = tl.load(do_ptr + tok_base + tok_off, mask=tok_mask, other=0.0)
+            d_grad_norm = tl.load(dgn_ptr + s_base + pos, mask=t_ok, other=0.0)
+            d_momentum_norm = tl.load(dmn_ptr + s_base + pos, mask=t_ok, other=0.0)
             ck = ckpt_ptr + (pid * n_chunks + c) * 4 * matrix
-            w1 = tl.load(ck + loc1, mask=mask1, other=0.0)
-            w2 = tl.load(ck + matrix + loc2, mask=mask2, other=0.0)
-            s1 = tl.load(ck + 2 * matrix + loc1, mask=mask1, other=0.0)
-            s2 = tl.load(ck + 3 * matrix + loc2, mask=mask2, other=0.0)
-
-            # ---- recompute the chunk (as the forward kernel)
-            z = _mm(keys, tl.trans(w1), PRECISION)
-            sig = tl.sigmoid(z)
-            act = z * sig
-            dsig = sig * (1.0 + z * (1.0 - sig))
-            pred = _mm(act, tl.trans(w2), PRECISION)
-            delta2 = tl.where(tok_mask, 2.0 * (pred - values), 0.0)
-            g1 = _mm(delta2, w2, PRECISION)
-            delta1 = g1 * dsig
             key_sq = tl.sum(keys * keys, axis=1)
-            act_sq = tl.sum(act * act, axis=1)
-            delta1_sq = tl.sum(delta1 * delta1, axis=1)
+
+            # ---- pass A: keys forward; sums over hidden units that need no δ1
+            pred = tl.zeros((BT, BD), tl.float32)
+            act_sq = tl.zeros((BT,), tl.float32)
+            act_dw2 = tl.zeros((BT, BD), tl.float32)  # A W̄2'ᵀ
+            act_ds2 = tl.zeros((BT, BD), tl.float32)  # A S̄2'ᵀ
+            act_gram = tl.zeros((BT, BT), tl.float32)
+            act_s2 = tl.zeros((BT, BD), tl.float32)
+            d_beta_total = 0.0
+            d_momentum_carry = 0.0
+            d_eta_total = 0.0
+            s0_sq = 0.0
+            for j in range(0, BHID // HB):
+                hid = j * HB + rb
+                h_ok = hid < hidden
+                loc1 = hid[:, None] * head_dim + rd[None, :]
+                mask1 = h_ok[:, None] & d_ok[None, :]
+                loc2 = rd[:, None] * hidden + hid[None, :]
+                mask2 = d_ok[:, None] & h_ok[None, :]
+                w1 = tl.load(ck + loc1, mask=mask1, other=0.0)
+                w2 = tl.load(ck + matrix + loc2, mask=mask2, other=0.0)
+                s1 = tl.load(ck + 2 * matrix + loc1, mask=mask1, other=0.0)
+                s2 = tl.load(ck + 3 * matrix + loc2, mask=mask2, other=0.0)
+                dw1 = tl.load(dw1_ptr + pid * matrix + loc1, mask=mask1, other=0.0)
+                dw2 = tl.load(dw2_ptr + pid * matrix + loc2, mask=mask2, other=0.0)
+                ds1 = tl.load(ds1_ptr + pid * matrix + loc1, mask=mask1, other=0.0)
+                ds2 = tl.load(ds2_ptr + pid * matrix + loc2, mask=mask2, other=0.0)
+                z = _mm(keys, tl.trans(w1), PRECISION)
+                act = z * tl.sigmoid(z)
+                pred += _mm(act, tl.trans(w2), PRECISION)
+                act_sq += tl.sum(act * act, axis=1)
+                act_dw2 += _mm(act, tl.trans(dw2), PRECISION)
+                act_ds2 += _mm(act, tl.trans(ds2), PRECISION)
+                d_beta_total += tl.sum(tl.sum(dw1 * w1, axis=1), axis=0) + tl.sum(tl.sum(dw2 * w2, axis=1), axis=0)
+                d_momentum_carry += tl.sum(tl.sum(dw1 * s1, axis=1), axis=0) + tl.sum(tl.sum(dw2 * s2, axis=1), axis=0)
+                d_eta_total += tl.sum(tl.sum(ds1 * s1, axis=1), axis=0) + tl.sum(tl.sum(ds2 * s2, axis=1), axis=0)
+                if not GD:
+                    act_gram += _mm(act, tl.trans(act), PRECISION)
+                    act_s2 += _mm(act, tl.trans(s2), PRECISION)
+                    s0_sq += tl.sum(tl.sum(s1 * s1, axis=1), axis=0) + tl.sum(tl.sum(s2 * s2, axis=1), axis=0)
+            delta2 = tl.where(tok_mask, 2.0 * (pred - values), 0.0)
             delta2_sq = tl.sum(delta2 * delta2, axis=1)
+            d_memory_step = -tl.sum(delta2 * act_dw2, axis=1)
+            d_momentum_step = -tl.sum(delta2 * act_ds2, axis=1)
+
+            # ---- pass B: δ1 = (δ2 W2) ⊙ σ'(z), its norms and Grams
+            delta1_sq = tl.zeros((BT,), tl.float32)
+            delta1_gram = tl.zeros((BT, BT), tl.float32)
+            if GD:
+                s0_dot_u = tl.zeros((BT,), tl.float32)
+            else:
+                s0_dot_u = tl.sum(act_s2 * delta2, axis=1)
+            for j in range(0, BHID // HB):
+                hid = j * HB + rb
+                h_ok = hid < hidden
+                loc1 = hid[:, None] * head_dim + rd[None, :]
+                mask1 = h_ok[:, None] & d_ok[None, :]
+                loc2 = rd[:, None] * hidden + hid[None, :]
+                mask2 = d_ok[:, None] & h_ok[None, :]
+                w1 = tl.load(ck + loc1, mask=mask1, other=0.0)
+                w2 = tl.load(ck + matrix + loc2, mask=mask2, other=0.0)
+                dw1 = tl.load(dw1_ptr + pid * matrix + loc1, mask=mask1, other=0.0)
+                ds1 = tl.load(ds1_ptr + pid * matrix + loc1, mask=mask1, other=0.0)
+                z, sig, act, dsig, g1, delta1 = _block_forward(keys, delta2, w1, w2, PRECISION)
+                delta1_sq += tl.sum(delta1 * delta1, axis=1)
+                d_memory_step -= tl.sum(delta1 * _mm(keys, tl.trans(dw1), PRECISION), axis=1)
+                d_momentum_step -= tl.sum(delta1 * _mm(keys, tl.trans(ds1), PRECISION), axis=1)
+                if not GD:
+                    s1 = tl.load(ck + 2 * matrix + loc1, mask=mask1, other=0.0)
+                    delta1_gram += _mm(delta1, tl.trans(delta1), PRECISION)
+                    s0_dot_u += tl.sum(_mm(keys, tl.trans(s1), PRECISION) * delta1, axis=1)
+
+            # ---- the per-token part of the chunk (as the forward), then its adjoints
             norm_sq = delta1_sq * key_sq + delta2_sq * act_sq
             norm = tl.sqrt(tl.maximum(norm_sq, tiny))
             if CLIP:
@@ -511,48 +589,13 @@ if TRITON_AVAILABLE:
             memory_step = memory_coeff * step
             momentum_step = momentum_coeff * step
 
-            # ---- upstream adjoints
-            d_new_w1 = tl.load(dw1_ptr + pid * matrix + loc1, mask=mask1, other=0.0)
-            d_new_w2 = tl.load(dw2_ptr + pid * matrix + loc2, mask=mask2, other=0.0)
-            d_new_s1 = tl.load(ds1_ptr + pid * matrix + loc1, mask=mask1, other=0.0)
-            d_new_s2 = tl.load(ds2_ptr + pid * matrix + loc2, mask=mask2, other=0.0)
-            d_read = tl.load(do_ptr + tok_base + tok_off, mask=tok_mask, other=0.0)
-            d_grad_norm = tl.load(dgn_ptr + s_base + pos, mask=t_ok, other=0.0)
-            d_momentum_norm = tl.load(dmn_ptr + s_base + pos, mask=t_ok, other=0.0)
-
-            # ---- chunk-end state: M_b = B M0 + c_S S0 - (Δ ⊙ w θ c)ᵀ X,  S_b = E S0 - (Δ ⊙ e θ c)ᵀ X
-            d_beta_total = tl.sum(tl.sum(d_new_w1 * w1, axis=1), axis=0) + tl.sum(tl.sum(d_new_w2 * w2, axis=1), axis=0)
-            d_momentum_carry = tl.sum(tl.sum(d_new_w1 * s1, axis=1), axis=0) + tl.sum(tl.sum(d_new_w2 * s2, axis=1), axis=0)
-            d_eta_total = tl.sum(tl.sum(d_new_s1 * s1, axis=1), axis=0) + tl.sum(tl.sum(d_new_s2 * s2, axis=1), axis=0)
-            keys_dw1 = _mm(keys, tl.trans(d_new_w1), PRECISION)  # (BT, BHID)
-            keys_ds1 = _mm(keys, tl.trans(d_new_s1), PRECISION)
-            act_dw2 = _mm(act, tl.trans(d_new_w2), PRECISION)  # (BT, BD)
-            act_ds2 = _mm(act, tl.trans(d_new_s2), PRECISION)
-            d_delta1 = -memory_step[:, None] * keys_dw1 - momentum_step[:, None] * keys_ds1
-            d_delta2 = -memory_step[:, None] * act_dw2 - momentum_step[:, None] * act_ds2
-            d_memory_step = -tl.sum(delta1 * keys_dw1, axis=1) - tl.sum(delta2 * act_dw2, axis=1)
-            d_momentum_step = -tl.sum(delta1 * keys_ds1, axis=1) - tl.sum(delta2 * act_ds2, axis=1)
-            d_keys = -_mm(delta1 * memory_step[:, None], d_new_w1, PRECISION) - _mm(
-                delta1 * momentum_step[:, None], d_new_s1, PRECISION)
-            d_act = -_mm(delta2 * memory_step[:, None], d_new_w2, PRECISION) - _mm(
-                delta2 * momentum_step[:, None], d_new_s2, PRECISION)
-            d_w1 = beta_total * d_new_w1
-            d_w2 = beta_total * d_new_w2
-            d_s1 = momentum_carry * d_new_w1 + eta_total * d_new_s1
-            d_s2 = momentum_carry * d_new_w2 + eta_total * d_new_s2
-
-            # ---- the read y = W2 σ(W1 q)
-            zq = _mm(queries, tl.trans(w1), PRECISION)
-            sq = tl.sigmoid(zq)
-            d_w2 += _mm(tl.trans(d_read), zq * sq, PRECISION)
-            d_zq = _mm(d_read, w2, PRECISION) * (sq * (1.0 + zq * (1.0 - sq)))
-            d_w1 += _mm(tl.trans(d_zq), queries, PRECISION)
-            d_queries = _mm(d_zq, w1, PRECISION)
-
-            # ---- ||S_t|| (momentum) or θ_t ||u_t|| (gd)
+            # ||S_t|| (momentum) or θ_t ||u_t|| (gd)
             d_step = tl.zeros((BT,), tl.float32)
             d_eta_prefix = tl.zeros((BT,), tl.float32)
             d_eta_products = tl.zeros((BT, BT), tl.float32)
+            d_s0_sq = 0.0
+            d_s0_dot_u = tl.zeros((BT,), tl.float32)
+            key_gram_adj = tl.zeros((BT, BT), tl.float32)  # d_gram ⊙ KKᵀ
             if GD:
                 d_theta = d_momentum_norm * grad_norm
                 d_grad_norm += d_momentum_norm * theta
@@ -560,14 +603,8 @@ if TRITON_AVAILABLE:
                 d_theta = tl.zeros((BT,), tl.float32)
                 weighted = eta_products * step[None, :]
                 key_gram = _mm(keys, tl.trans(keys), PRECISION)
-                delta1_gram = _mm(delta1, tl.trans(delta1), PRECISION)
                 delta2_gram = _mm(delta2, tl.trans(delta2), PRECISION)
-                act_gram = _mm(act, tl.trans(act), PRECISION)
                 gram = delta1_gram * key_gram + delta2_gram * act_gram
-                keys_s1 = _mm(keys, tl.trans(s1), PRECISION)  # (BT, BHID)
-                act_s2 = _mm(act, tl.trans(s2), PRECISION)  # (BT, BD)
-                s0_dot_u = tl.sum(keys_s1 * delta1, axis=1) + tl.sum(act_s2 * delta2, axis=1)
-                s0_sq = tl.sum(tl.sum(s1 * s1, axis=1), axis=0) + tl.sum(tl.sum(s2 * s2, axis=1), axis=0)
                 weighted_s0u = tl.sum(weighted * s0_dot_u[None, :], axis=1)
                 weighted_gram = _mm(weighted, gram, PRECISION)
                 momentum_sq = (eta_prefix * eta_prefix * s0_sq - 2.0 * eta_prefix * weighted_s0u
@@ -576,29 +613,17 @@ if TRITON_AVAILABLE:
                 d_momentum_sq = tl.where(momentum_sq >= tiny, d_momentum_norm / (2.0 * momentum_norm), 0.0)
                 d_eta_prefix += d_momentum_sq * (2.0 * eta_prefix * s0_sq - 2.0 * weighted_s0u)
                 d_s0_sq = tl.sum(d_momentum_sq * eta_prefix * eta_prefix, axis=0)
-                d_s1 += 2.0 * d_s0_sq * s1
-                d_s2 += 2.0 * d_s0_sq * s2
                 d_weighted = d_momentum_sq[:, None] * (2.0 * weighted_gram - 2.0 * eta_prefix[:, None] * s0_dot_u[None, :])
                 d_s0_dot_u = -2.0 * tl.sum((d_momentum_sq * eta_prefix)[:, None] * weighted, axis=0)
                 d_gram = _mm(tl.trans(weighted * d_momentum_sq[:, None]), weighted, PRECISION)  # Λᵀ diag(m) Λ
                 d_eta_products += d_weighted * step[None, :]
                 d_step += tl.sum(d_weighted * eta_products, axis=0)
-                # Gram = (Δ1Δ1ᵀ)⊙(KKᵀ) + (Δ2Δ2ᵀ)⊙(AAᵀ); X Xᵀ with a symmetric adjoint M: dX = 2 M X
-                d_delta1 += 2.0 * _mm(d_gram * key_gram, delta1, PRECISION)
-                d_keys += 2.0 * _mm(d_gram * delta1_gram, keys, PRECISION)
-                d_delta2 += 2.0 * _mm(d_gram * act_gram, delta2, PRECISION)
-                d_act += 2.0 * _mm(d_gram * delta2_gram, act, PRECISION)
-                # <S0, u_i> = rowsum((K S1ᵀ) ⊙ Δ1) + rowsum((A S2ᵀ) ⊙ Δ2)
-                scaled1 = delta1 * d_s0_dot_u[:, None]
-                scaled2 = delta2 * d_s0_dot_u[:, None]
-                d_delta1 += d_s0_dot_u[:, None] * keys_s1
-                d_keys += _mm(scaled1, s1, PRECISION)
-                d_s1 += _mm(tl.trans(scaled1), keys, PRECISION)
-                d_delta2 += d_s0_dot_u[:, None] * act_s2
-                d_act += _mm(scaled2, s2, PRECISION)
-                d_s2 += _mm(tl.trans(scaled2), act, PRECISION)
+                key_gram_adj = d_gram * key_gram
+                delta1_gram_adj = d_gram * delta1_gram
+                act_gram_adj = d_gram * act_gram
+                delta2_gram_adj = d_gram * delta2_gram
 
-            # ---- gate coefficients from the cumulative log sums
+            # gate coefficients from the cumulative log sums
             d_step += d_memory_step * memory_coeff + d_momentum_step * momentum_coeff
             d_memory_coeff = d_memory_step * step
             d_momentum_coeff = d_momentum_step * step
@@ -617,31 +642,92 @@ if TRITON_AVAILABLE:
             d_log_eta = tl.sum(tl.where(causal, d_cum_log_eta[:, None], 0.0), axis=0) + d_log_eta_total
             d_log_beta = tl.sum(tl.where(causal, d_cum_log_beta[:, None], 0.0), axis=0) + d_log_beta_total
 
-            # ---- clip and ||u_i||
+            # clip and ||u_i||
             d_clip = d_step * theta + d_grad_norm * norm
             d_theta += d_step * clip
             d_norm = d_grad_norm * clip
             if CLIP:
                 d_norm += tl.where(norm >= max_grad_norm, -d_clip * clip / norm, 0.0)
             d_norm_sq = tl.where(norm_sq >= tiny, d_norm / (2.0 * norm), 0.0)
-            d_delta1 += (2.0 * d_norm_sq * key_sq)[:, None] * delta1
-            d_keys += (2.0 * d_norm_sq * delta1_sq)[:, None] * keys
-            d_delta2 += (2.0 * d_norm_sq * act_sq)[:, None] * delta2
-            d_act += (2.0 * d_norm_sq * delta2_sq)[:, None] * act
 
-            # ---- back through δ1 = (δ2 W2) ⊙ σ'(z), δ2 = 2 (W2 σ(W1 k) - v)
-            d_g1 = d_delta1 * dsig
-            d_z = d_delta1 * g1 * (sig * (1.0 - sig) * (2.0 + z * (1.0 - 2.0 * sig)))  # σ''(z)
-            d_delta2 += _mm(d_g1, tl.trans(w2), PRECISION)
-            d_w2 += _mm(tl.trans(delta2), d_g1, PRECISION)
+            # full-width parts of the δ2 and key adjoints
+            d_delta2 = (-memory_step[:, None] * act_dw2 - momentum_step[:, None] * act_ds2
+                        + (2.0 * d_norm_sq * act_sq)[:, None] * delta2)
+            d_keys = (2.0 * d_norm_sq * delta1_sq)[:, None] * keys
+            if not GD:
+                d_delta2 += 2.0 * _mm(act_gram_adj, delta2, PRECISION) + d_s0_dot_u[:, None] * act_s2
+                d_keys += 2.0 * _mm(delta1_gram_adj, keys, PRECISION)
+            norm_term1 = 2.0 * d_norm_sq * key_sq
+
+            # ---- pass C: the δ1 path's share of the δ2 adjoint (δ1 = (δ2 W2) ⊙ σ'(z))
+            for j in range(0, BHID // HB):
+                hid = j * HB + rb
+                h_ok = hid < hidden
+                loc1 = hid[:, None] * head_dim + rd[None, :]
+                mask1 = h_ok[:, None] & d_ok[None, :]
+                loc2 = rd[:, None] * hidden + hid[None, :]
+                mask2 = d_ok[:, None] & h_ok[None, :]
+                w1 = tl.load(ck + loc1, mask=mask1, other=0.0)
+                w2 = tl.load(ck + matrix + loc2, mask=mask2, other=0.0)
+                s1 = tl.load(ck + 2 * matrix + loc1, mask=mask1, other=0.0)
+                dw1 = tl.load(dw1_ptr + pid * matrix + loc1, mask=mask1, other=0.0)
+                ds1 = tl.load(ds1_ptr + pid * matrix + loc1, mask=mask1, other=0.0)
+                z, sig, act, dsig, g1, delta1 = _block_forward(keys, delta2, w1, w2, PRECISION)
+                d_delta1 = _block_delta1_adjoint(keys, delta1, dw1, ds1, s1, memory_step, momentum_step, norm_term1,
+                                                 key_gram_adj, d_s0_dot_u, GD, PRECISION)
+                d_delta2 += _mm(d_delta1 * dsig, tl.trans(w2), PRECISION)
             d_pred = tl.where(tok_mask, 2.0 * d_delta2, 0.0)
-            d_act += _mm(d_pred, w2, PRECISION)
-            d_w2 += _mm(tl.trans(d_pred), act, PRECISION)
-            d_z += d_act * dsig
-            d_keys += _mm(d_z, w1, PRECISION)
-            d_w1 += _mm(tl.trans(d_z), keys, PRECISION)
 
-            # ---- store this chunk's input adjoints and the adjoint of its start state
+            # ---- pass D: per block, the activations' and weights' adjoints; state adjoints out
+            d_queries = tl.zeros((BT, BD), tl.float32)
+            norm_term2 = 2.0 * d_norm_sq * delta2_sq
+            for j in range(0, BHID // HB):
+                hid = j * HB + rb
+                h_ok = hid < hidden
+                loc1 = hid[:, None] * head_dim + rd[None, :]
+                mask1 = h_ok[:, None] & d_ok[None, :]
+                loc2 = rd[:, None] * hidden + hid[None, :]
+                mask2 = d_ok[:, None] & h_ok[None, :]
+                w1 = tl.load(ck + loc1, mask=mask1, other=0.0)
+                w2 = tl.load(ck + matrix + loc2, mask=mask2, other=0.0)
+                s1 = tl.load(ck + 2 * matrix + loc1, mask=mask1, other=0.0)
+                s2 = tl.load(ck + 3 * matrix + loc2, mask=mask2, other=0.0)
+                dw1 = tl.load(dw1_ptr + pid * matrix + loc1, mask=mask1, other=0.0)
+                dw2 = tl.load(dw2_ptr + pid * matrix + loc2, mask=mask2, other=0.0)
+                ds1 = tl.load(ds1_ptr + pid * matrix + loc1, mask=mask1, other=0.0)
+                ds2 = tl.load(ds2_ptr + pid * matrix + loc2, mask=mask2, other=0.0)
+                z, sig, act, dsig, g1, delta1 = _block_forward(keys, delta2, w1, w2, PRECISION)
+                d_delta1 = _block_delta1_adjoint(keys, delta1, dw1, ds1, s1, memory_step, momentum_step, norm_term1,
+                                                 key_gram_adj, d_s0_dot_u, GD, PRECISION)
+                d_g1 = d_delta1 * dsig
+                d_act = (-_mm(delta2 * memory_step[:, None], dw2, PRECISION)
+                         - _mm(delta2 * momentum_step[:, None], ds2, PRECISION)
+                         + norm_term2[:, None] * act + _mm(d_pred, w2, PRECISION))
+                d_keys -= _mm(delta1 * memory_step[:, None], dw1, PRECISION) + _mm(
+                    delta1 * momentum_step[:, None], ds1, PRECISION)
+                d_s1 = momentum_carry * dw1 + eta_total * ds1
+                d_s2 = momentum_carry * dw2 + eta_total * ds2
+                if not GD:
+                    d_act += 2.0 * _mm(delta2_gram_adj, act, PRECISION) + _mm(delta2 * d_s0_dot_u[:, None], s2, PRECISION)
+                    d_keys += _mm(delta1 * d_s0_dot_u[:, None], s1, PRECISION)
+                    d_s1 += 2.0 * d_s0_sq * s1 + _mm(tl.trans(delta1 * d_s0_dot_u[:, None]), keys, PRECISION)
+                    d_s2 += 2.0 * d_s0_sq * s2 + _mm(tl.trans(delta2 * d_s0_dot_u[:, None]), act, PRECISION)
+                d_z = d_delta1 * g1 * (sig * (1.0 - sig) * (2.0 + z * (1.0 - 2.0 * sig))) + d_act * dsig  # σ''
+                d_keys += _mm(d_z, w1, PRECISION)
+                zq = _mm(queries, tl.trans(w1), PRECISION)
+                sq = tl.sigmoid(zq)
+                d_zq = _mm(d_read, w2, PRECISION) * (sq * (1.0 + zq * (1.0 - sq)))
+                d_queries += _mm(d_zq, w1, PRECISION)
+                d_w1 = beta_total * dw1 + _mm(tl.trans(d_zq), queries, PRECISION) + _mm(tl.trans(d_z), keys, PRECISION)
+                d_w2 = (beta_total * dw2 + _mm(tl.trans(d_read), zq * sq, PRECISION)
+                        + _mm(tl.trans(delta2), d_g1, PRECISION) + _mm(tl.trans(d_pred), act, PRECISION))
+                tl.debug_barrier()  # every thread has read this block's adjoints before any overwrites them
+                tl.store(dw1_ptr + pid * matrix + loc1, d_w1, mask=mask1)
+                tl.store(dw2_ptr + pid * matrix + loc2, d_w2, mask=mask2)
+                tl.store(ds1_ptr + pid * matrix + loc1, d_s1, mask=mask1)
+                tl.store(ds2_ptr + pid * matrix + loc2, d_s2, mask=mask2)
+
+            # ---- this chunk's input adjoints
             tl.store(dq_ptr + tok_base + tok_off, d_queries, mask=tok_mask)
             tl.store(dk_ptr + tok_base + tok_off, d_keys, mask=tok_mask)
             tl.store(dv_ptr + tok_base + tok_off, -d_pred, mask=tok_mask)
@@ -650,11 +736,6 @@ if TRITON_AVAILABLE:
                 tl.store(deta_ptr + s_base + pos, tl.where(eta >= tiny, d_log_eta / eta, 0.0), mask=t_ok)
             if RETENTION <= 1:
                 tl.store(dalpha_ptr + s_base + pos, -d_log_beta / keep, mask=t_ok)
-            tl.debug_barrier()  # every thread has read the adjoint buffers before any overwrites them
-            tl.store(dw1_ptr + pid * matrix + loc1, d_w1, mask=mask1)
-            tl.store(dw2_ptr + pid * matrix + loc2, d_w2, mask=mask2)
-            tl.store(ds1_ptr + pid * matrix + loc1, d_s1, mask=mask1)
-            tl.store(ds2_ptr + pid * matrix + loc2, d_s2, mask=mask2)
             tl.debug_barrier()
 
 
@@ -761,7 +842,7 @@ def _kernel_precision(precision: str | None, dtype: torch.dtype, device: torch.d
     return precision
 
 
-def _triton_backward(config, precision, saved, checkpoints, grads):
+def _triton_backward(config, precision, saved, checkpoints, grads, block_hidden: int | None = None):
     """Adjoints of (q, k, v, lr, momentum, decay, weights, momenta) by the backward kernel."""
     q, k, v, lr, momentum, decay, _huber_delta, *state = saved
     batch, heads, length, dim = k.shape
@@ -781,6 +862,10 @@ def _triton_backward(config, precision, saved, checkpoints, grads):
     d_lr, d_eta, d_alpha = (torch.zeros(batch, heads, length, device=device, dtype=torch.float32) for _ in range(3))
     qs, ks, vs = (t.detach() if t.stride(-1) == 1 else t.detach().contiguous() for t in (q, k, v))
     lr_c, eta_c, alpha_c = (t.detach().to(torch.float32).contiguous() for t in (lr, momentum, decay))
+    kernel_precision = _kernel_precision(precision, q.dtype, device)
+    block_h = min(_block(hidden), _block(block_hidden or _DEFAULT_BLOCK_HIDDEN))
+    if kernel_precision == "bf16" and block_h < 64:  # see _fused_forward
+        kernel_precision = "tf32"
     if length > 0:
         _memory_chunks_backward_kernel[(batch * heads,)](
             qs, ks, vs, lr_c, eta_c, alpha_c, checkpoints,
@@ -791,10 +876,10 @@ def _triton_backward(config, precision, saved, checkpoints, grads):
             vs.stride(0), vs.stride(1), vs.stride(2), lr_c.stride(0), lr_c.stride(1), lr_c.stride(2),
             heads, length, config.chunk_size, dim, hidden,
             float(config.max_grad_norm) if config.max_grad_norm != float("inf") else 1.0,
-            BT=_block(min(config.chunk_size, length)), BD=_block(dim), BHID=_block(hidden),
+            BT=_block(min(config.chunk_size, length)), BD=_block(dim), BHID=_block(hidden), HB=block_h,
             RETENTION=_RETENTION_CODES[config.retention], GD=config.algorithm == "gd",
             CLIP=config.max_grad_norm != float("inf"),
-            PRECISION=_kernel_precision(precision, q.dtype, device), num_warps=_DEFAULT_NUM_WARPS, num_stages=1,
+            PRECISION=kernel_precision, num_warps=_DEFAULT_NUM_WARPS, num_stages=1,
         )
     cast = lambda g, like: g.to(like.dtype)  # noqa: E731
     state_grads = [cast(g, t) for g, t in zip((d_w1, d_w2, d_s1, d_s2), state)]

@@ -16,7 +16,8 @@ d=64, h=128) is too large for one program's registers next to the chunk's tiles,
 per-(row, head) fp32 working buffer that the same program rewrites every chunk: it stays in L2
 (32 heads × 128 KiB = 4 MiB), and HBM sees the tokens once and the state once per call.
 
-Supported (else the call falls back to torch_chunked, documented in `fused_supported`):
+Supported (else the call falls back to torch_chunked, documented in `fused_supported`; float64
+inputs or weights also fall back):
 depth 1 and 2; attentional bias l2 | lp | huber; retention decay | lq | kl | none; algorithm
 momentum | gd; clipping; any head_dim / hidden width up to 128 / 256 (padded to powers of two
 with masks); inputs fp32, bf16 or fp16 (state always fp32). On CPU the kernel runs only under
@@ -956,6 +957,8 @@ def memory_update(q, k, v, lr, momentum, decay, huber_delta, weights, momenta, c
         raise ValueError(f"backward must be 'torch' or 'triton', got {backward!r}")
     check_inputs(q, k, v, lr, momentum, decay, huber_delta, weights, momenta, config)
     supported, _ = fused_supported(config, k.device)
+    if torch.float64 in (q.dtype, weights[0].dtype):
+        supported = False  # the kernel's state is fp32: float64 callers (tests, gradcheck) get torch_chunked
     if not supported:
         from .torch_chunked import memory_update as chunked_update
 

@@ -29,7 +29,6 @@ Usage: python benchmarks/novel_regions.py [--quick]
 from __future__ import annotations
 
 import argparse
-import hashlib
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +38,7 @@ from sklearn.metrics import roc_auc_score
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
+import titans_bridge  # noqa: E402
 
 NAME = "novel_regions"
 METHOD = """\
@@ -234,21 +234,9 @@ def evaluate_score(recs: list[RecordTracks], kind: str, window: int, score_fn):
 # ----------------------------------------------------------------------------- titans
 
 
-def titans_fingerprint() -> str:
-    """Hash of the titans_cli sources and shipped model configs: cached tracks are reused only
-    while neither changed."""
-    h = hashlib.sha256()
-    for root in (common.REPO / "titans_cli", common.REPO / "models"):
-        for p in sorted(root.rglob("*")):
-            if p.is_file() and p.suffix in {".py", ".json"}:
-                h.update(str(p.relative_to(common.REPO)).encode())
-                h.update(p.read_bytes())
-    return h.hexdigest()[:16]
-
-
 def titans_track(argv: list[str], genome: Genome, metric: str, with_regions: bool):
     """Run `titans surprise` once (cached) and return {record: per-base array}."""
-    cache = common.CACHE_DIR / "titans_tracks" / titans_fingerprint()
+    cache = common.CACHE_DIR / "titans_tracks" / titans_bridge.fingerprint()
     cache.mkdir(parents=True, exist_ok=True)
     stem = genome.fasta.replace(".fa.gz", "")
     out = cache / f"{stem}.{metric}.w{TITANS_WINDOW}.bedgraph"
@@ -256,7 +244,7 @@ def titans_track(argv: list[str], genome: Genome, metric: str, with_regions: boo
     if not out.exists() or (with_regions and not bed.exists()):
         cmd = argv + ["surprise", str(common.DNA_EVAL / genome.fasta), "--metric", metric,
                       "--window", str(TITANS_WINDOW), "--format", "bedgraph", "--quiet",
-                      "-o", str(out)]
+                      "--model", titans_bridge.model_name("dna"), "-o", str(out)]
         if with_regions:
             cmd += ["--regions", str(bed)]
         common.log(f"titans: {' '.join(cmd[len(argv):])}")
@@ -297,10 +285,13 @@ def main(argv=None) -> int:
     prophages = common.read_bed(common.DNA_EVAL / "prophages.bed")
     islands = common.read_bed(common.DNA_EVAL / "islands.bed")
     tcmd = None if args.no_titans else common.titans_cmd()
+    if tcmd is not None and not titans_bridge.model_available("dna"):
+        tcmd = None
     titans_genomes = {"E. coli K-12 MG1655", "S. aureus USA300"} if args.quick else None
     titans_note = ""
     if tcmd is None:
-        titans_note = "the titans CLI does not run at this commit" if not args.no_titans else "--no-titans"
+        titans_note = ("the titans CLI or the shipped DNA model is missing at this commit"
+                       if not args.no_titans else "--no-titans")
 
     rows = []            # (genome, window, method, auroc, p, r, f, called bp)
     cli_rows = []

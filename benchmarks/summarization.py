@@ -161,8 +161,22 @@ def score_summary(summary: str, refs: list[str]) -> tuple[float, ...]:
     return tuple(100 * b for b in best)
 
 
+# Bump when the sentence split, the budget rule or the summarizer settings change: cached
+# per-document baseline scores are keyed by it.
+BASELINE_VERSION = "1"
+
+
+def _cache_path(set_label: str, doc_id: str, budget: int) -> Path:
+    safe = "".join(c if c.isalnum() else "_" for c in set_label)
+    return common.CACHE_DIR / "summarization" / f"v{BASELINE_VERSION}" / safe / f"{doc_id}.b{budget}.json"
+
+
 def _baselines_for_doc(job):
-    text, refs, style, budget = job
+    set_label, doc_id, text, refs, style, budget = job
+    cache = _cache_path(set_label, doc_id, budget)
+    if cache.exists():
+        cached = json.loads(cache.read_text())
+        return {m: tuple(v) for m, v in cached["scores"].items()}, cached["n_sentences"]
     if not _WORKER:
         _init_worker()
     sentences = text_units.split_sentences(text, style)
@@ -174,6 +188,10 @@ def _baselines_for_doc(job):
             common.log(f"{name} failed on a document ({exc}); scored as empty summary")
             ranked = []
         out[name] = score_summary(cut_to_budget(sentences, ranked, budget), refs)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"scores": out, "n_sentences": len(sentences)}))
+    tmp.replace(cache)
     return out, len(sentences)
 
 
@@ -215,11 +233,16 @@ def main(argv=None) -> int:
         docs = load_set(s)
         budget = word_budget(docs, s)
         idx = subsample(len(docs), s.quick_docs) if args.quick else list(range(len(docs)))
-        jobs = [(docs[i]["text"], references(docs[i], s), s.style, budget) for i in idx]
+        jobs = [(s.label, str(docs[i]["id"]), docs[i]["text"], references(docs[i], s), s.style, budget)
+                for i in idx]
         common.log(f"{s.label}: {len(idx)} of {len(docs)} documents, budget {budget} words")
         if args.jobs > 1:
             with mp.get_context("fork").Pool(args.jobs, initializer=_init_worker) as pool:
-                results = pool.map(_baselines_for_doc, jobs, chunksize=1)
+                results = []
+                for k, res in enumerate(pool.imap(_baselines_for_doc, jobs, chunksize=1), 1):
+                    results.append(res)
+                    if k % 10 == 0:
+                        common.log(f"{s.label}: {k}/{len(jobs)} documents")
         else:
             results = [_baselines_for_doc(j) for j in jobs]
         n_sent = [n for _, n in results]
@@ -230,7 +253,7 @@ def main(argv=None) -> int:
             titans_status = "not run (--no-titans)"
         elif titans_fn is not None:
             try:
-                per_doc = [score_summary(titans_fn(text, budget), refs) for text, refs, _, _ in jobs]
+                per_doc = [score_summary(titans_fn(text, budget), refs) for _, _, text, refs, _, _ in jobs]
                 titans_scores = np.mean(per_doc, axis=0)
             except Exception as exc:  # noqa: BLE001 - reported in the table
                 titans_status = f"failed: {str(exc)[:200]}"

@@ -6,17 +6,27 @@ of the titans_cli sources + model configs and of the items, so re-running a sect
 from __future__ import annotations
 
 import hashlib
+import os
+from pathlib import Path
 
 import numpy as np
 
 import common
+
+
+def model_name(kind: str) -> str:
+    """The model a benchmark uses: the shipped 'dna' / 'text', or a directory given in
+    TITANS_BENCH_DNA_MODEL / TITANS_BENCH_TEXT_MODEL (to measure a model before it ships)."""
+    return os.environ.get(f"TITANS_BENCH_{kind.upper()}_MODEL", kind)
 
 _MODELS: dict = {}
 
 
 def fingerprint() -> str:
     h = hashlib.sha256()
-    for root in (common.REPO / "titans_cli", common.REPO / "models"):
+    roots = [common.REPO / "titans_cli", common.REPO / "models"]
+    roots += [Path(os.environ[v]) for v in ("TITANS_BENCH_DNA_MODEL", "TITANS_BENCH_TEXT_MODEL") if v in os.environ]
+    for root in roots:
         if not root.exists():
             continue
         for p in sorted(root.rglob("*")):
@@ -32,7 +42,7 @@ def model(kind: str):
         api = common.titans_api("load_model")
         if api is None:
             raise RuntimeError("titans_cli.load_model is missing")
-        _MODELS[kind] = api.load_model(kind)
+        _MODELS[kind] = api.load_model(model_name(kind))
     return _MODELS[kind]
 
 

@@ -1,0 +1,396 @@
+"""Numba kernels for the memory update on CPU (inference): float32, parallel over batch x heads.
+
+Same signature and semantics as ``torch_chunked.memory_update`` (read that module and
+MEMORY_MATH.md first). One compiled, GIL-free call (``_update_lane``) walks all chunks of one
+(batch row, head) lane with every scratch buffer allocated once per call, not per chunk; the lanes
+run in parallel on a thread pool of ``numba.get_num_threads()`` workers. Per chunk:
+
+1. read:       y_t = M0(q_t) for the chunk's queries;
+2. gradient:   keys forward through M0, δ's back (MEMORY_MATH.md), ||u_i|| and its clip;
+3. scan:       the per-token coefficients from exact running products of η and β
+               (w_i = B(i+1..b) + η_{i+1} w_{i+1},  e_i = E(i+1..b) = η_{i+1} e_{i+1},  c_S = η_1 w_1);
+4. signals:    ||S_t|| by the recurrence ||S_t||² = η_t²||S_{t-1}||² - 2η_t θ_t<S_{t-1}, u_t> + θ_t²||u_t||²,
+               with <S_{t-1}, u_t> from <S0, u_t> and the b x b Gram matrix <u_i, u_t>;
+5. update:     M_b = B(1..b) M0 + c_S S0 - Σ w_i θ_i u_i,  S_b = E(1..b) S0 - Σ e_i θ_i u_i (eqs. 13-14);
+6. retention:  the chunk-end map (lq / kl) of mlp.py.
+
+Matrix products go through ``np.dot`` (BLAS sgemm) on contiguous views of flat buffers; the weights
+of all layers of one head live in one flat row, so any depth compiles to the same kernel.
+"""
+
+from __future__ import annotations
+
+import math
+from concurrent.futures import ThreadPoolExecutor
+
+import numba
+import numpy as np
+import torch
+from numba import njit
+
+from .config import MemoryConfig
+from .mlp import MemoryResult, check_inputs
+
+_BIASES = {"l2": 0, "lp": 1, "huber": 2}
+_RETENTIONS = {"decay": 0, "lq": 1, "kl": 2, "none": 3}
+_FLOAT32_TINY = np.float32(np.finfo(np.float32).tiny)
+
+
+@njit(cache=True, fastmath=False)
+def _silu_inplace(z):
+    for i in range(z.shape[0]):
+        for j in range(z.shape[1]):
+            z[i, j] = z[i, j] / (np.float32(1.0) + math.exp(-z[i, j]))
+
+
+@njit(cache=True, fastmath=False)
+def _mlp_read(weights_row, w_offsets, dims, x, scratch, out):
+    """out = M(x) for x (rows, d); scratch holds one activation of every hidden layer."""
+    depth = dims.shape[0] - 1
+    rows = x.shape[0]
+    current = x
+    for layer in range(depth):
+        fan_in, fan_out = dims[layer], dims[layer + 1]
+        weight = weights_row[w_offsets[layer] : w_offsets[layer] + fan_out * fan_in].reshape(fan_out, fan_in)
+        if layer == depth - 1:
+            np.dot(current, weight.T, out)
+        else:
+            half = (layer % 2) * (scratch.shape[0] // 2)  # ping-pong between the two halves
+            buffer = scratch[half : half + rows * fan_out].reshape(rows, fan_out)
+            np.dot(current, weight.T, buffer)
+            _silu_inplace(buffer)
+            current = buffer
+
+
+@njit(cache=True, fastmath=False)
+def _retain(weights_row, w_offsets, dims, retention, q_norm, radius, log_temperature):
+    """Chunk-end retention map (mlp.py): lq ball per matrix, kl row softmax in log space."""
+    depth = dims.shape[0] - 1
+    tiny = np.float32(1.1754944e-38)
+    for layer in range(depth):
+        fan_in, fan_out = dims[layer], dims[layer + 1]
+        weight = weights_row[w_offsets[layer] : w_offsets[layer] + fan_out * fan_in].reshape(fan_out, fan_in)
+        rho = radius / math.sqrt(fan_in)
+        if retention == 1:
+            total = 0.0
+            for i in range(fan_out):
+                for j in range(fan_in):
+                    total += abs(np.float64(weight[i, j])) ** q_norm
+            norm = (total / (fan_out * fan_in)) ** (1.0 / q_norm)
+            scale = np.float32(rho / max(norm, rho))
+            for i in range(fan_out):
+                for j in range(fan_in):
+                    weight[i, j] *= scale
+        elif retention == 2:
+            temperature = math.exp(log_temperature)
+            row_mass = fan_in * rho
+            for i in range(fan_out):
+                largest = -np.inf
+                for j in range(fan_in):
+                    logit = temperature * math.log(abs(np.float64(weight[i, j])) + tiny)
+                    largest = max(largest, logit)
+                total = 0.0
+                for j in range(fan_in):
+                    total += math.exp(temperature * math.log(abs(np.float64(weight[i, j])) + tiny) - largest)
+                for j in range(fan_in):
+                    w = np.float64(weight[i, j])
+                    share = math.exp(temperature * math.log(abs(w) + tiny) - largest) / total
+                    sign = 1.0 if w > 0 else (-1.0 if w < 0 else 0.0)
+                    weight[i, j] = np.float32(row_mass * sign * share)
+
+
+@njit(cache=True, fastmath=False, nogil=True)
+def _update_lane(
+    q, k, v, lr, eta, alpha, huber_delta, W, S, dims, w_offsets,
+    chunk_size, bias, p_norm, retention, q_norm, radius, use_momentum, max_grad_norm,
+    output, grad_norm, momentum_norm,
+):  # fmt: skip
+    """All chunks of one (batch row, head): q, k, v, output (T*d,); gates, signals (T,); W, S the
+    flat memory weights and momenta (updated in place)."""
+    length = lr.shape[0]
+    dim = dims[0]
+    depth = dims.shape[0] - 1
+    width = 0
+    activation_size = 0
+    for layer in range(depth + 1):
+        width = max(width, dims[layer])
+    for layer in range(depth):
+        activation_size += dims[layer + 1]
+    matrix_size = 0
+    for layer in range(depth):
+        matrix_size = max(matrix_size, dims[layer] * dims[layer + 1])
+    decays = retention == 0 or retention == 1
+    clip_enabled = max_grad_norm < np.inf
+
+    # Scratch, once per lane: layer inputs X_l, pre-activations Z_l, deltas D_l (each chunk x width).
+    inputs = np.empty(chunk_size * (dim + activation_size), dtype=np.float32)
+    pre = np.empty(chunk_size * activation_size, dtype=np.float32)
+    deltas = np.empty(chunk_size * activation_size, dtype=np.float32)
+    scaled = np.empty(chunk_size * width, dtype=np.float32)
+    products = np.empty(chunk_size * width, dtype=np.float32)
+    update = np.empty(matrix_size, dtype=np.float32)
+    read_scratch = np.empty(2 * chunk_size * width, dtype=np.float32)
+    gram = np.empty((chunk_size, chunk_size), dtype=np.float64)
+    gram_part = np.empty(chunk_size * chunk_size, dtype=np.float32)
+    gram_other = np.empty(chunk_size * chunk_size, dtype=np.float32)
+    step = np.empty(chunk_size, dtype=np.float64)
+    clip_factor = np.empty(chunk_size, dtype=np.float64)
+    memory_coeff = np.empty(chunk_size, dtype=np.float64)
+    momentum_coeff = np.empty(chunk_size, dtype=np.float64)
+    s0_dot_u = np.empty(chunk_size, dtype=np.float64)
+    running = np.empty(chunk_size, dtype=np.float64)
+    x_offsets = np.empty(depth + 1, dtype=np.int64)
+    z_offsets = np.empty(depth + 1, dtype=np.int64)
+    x_offsets[0] = 0
+    z_offsets[0] = 0
+    for layer in range(depth):
+        x_offsets[layer + 1] = x_offsets[layer] + chunk_size * dims[layer]
+        z_offsets[layer + 1] = z_offsets[layer] + chunk_size * dims[layer + 1]
+
+    for start in range(0, length, chunk_size):
+        rows = min(chunk_size, length - start)
+        end = start + rows
+
+        # 1. read: the chunk's queries see the chunk-start memory M0.
+        queries = q[start * dim : end * dim].reshape(rows, dim)
+        _mlp_read(W, w_offsets, dims, queries, read_scratch, output[start * dim : end * dim].reshape(rows, dim))
+
+        # 2. keys forward through M0, δ's back.
+        keys = inputs[0 : rows * dim].reshape(rows, dim)
+        keys[:, :] = k[start * dim : end * dim].reshape(rows, dim)
+        for layer in range(depth):
+            fan_in, fan_out = dims[layer], dims[layer + 1]
+            weight = W[w_offsets[layer] : w_offsets[layer] + fan_out * fan_in].reshape(fan_out, fan_in)
+            x = inputs[x_offsets[layer] : x_offsets[layer] + rows * fan_in].reshape(rows, fan_in)
+            z = pre[z_offsets[layer] : z_offsets[layer] + rows * fan_out].reshape(rows, fan_out)
+            np.dot(x, weight.T, z)
+            if layer < depth - 1:
+                a = inputs[x_offsets[layer + 1] : x_offsets[layer + 1] + rows * fan_out].reshape(rows, fan_out)
+                for i in range(rows):
+                    for j in range(fan_out):
+                        a[i, j] = z[i, j] / (np.float32(1.0) + math.exp(-z[i, j]))
+        last = depth - 1
+        y = pre[z_offsets[last] : z_offsets[last] + rows * dim].reshape(rows, dim)
+        d_last = deltas[z_offsets[last] : z_offsets[last] + rows * dim].reshape(rows, dim)
+        for i in range(rows):
+            for j in range(dim):
+                r = y[i, j] - v[(start + i) * dim + j]
+                if bias == 0:
+                    d_last[i, j] = 2 * r
+                elif bias == 1:
+                    d_last[i, j] = p_norm * np.sign(r) * abs(r) ** (p_norm - 1)
+                else:
+                    delta = huber_delta[start + i]
+                    d_last[i, j] = 2 * min(max(r, -delta), delta)
+        for layer in range(depth - 1, 0, -1):
+            fan_in, fan_out = dims[layer], dims[layer + 1]
+            weight = W[w_offsets[layer] : w_offsets[layer] + fan_out * fan_in].reshape(fan_out, fan_in)
+            d = deltas[z_offsets[layer] : z_offsets[layer] + rows * fan_out].reshape(rows, fan_out)
+            d_prev = deltas[z_offsets[layer - 1] : z_offsets[layer - 1] + rows * fan_in].reshape(rows, fan_in)
+            z_prev = pre[z_offsets[layer - 1] : z_offsets[layer - 1] + rows * fan_in].reshape(rows, fan_in)
+            np.dot(d, weight, d_prev)
+            for i in range(rows):
+                for j in range(fan_in):
+                    s = 1.0 / (1.0 + math.exp(-z_prev[i, j]))
+                    d_prev[i, j] *= np.float32(s * (1.0 + z_prev[i, j] * (1.0 - s)))
+
+        # ||u_i||² = Σ_l ||δ_l,i||² ||x_l,i||², clipped to max_grad_norm; step_i = θ_i · clip_i.
+        for i in range(rows):
+            norm_sq = 0.0
+            for layer in range(depth):
+                fan_in, fan_out = dims[layer], dims[layer + 1]
+                dd = 0.0
+                for j in range(fan_out):
+                    dd += np.float64(deltas[z_offsets[layer] + i * fan_out + j]) ** 2
+                xx = 0.0
+                for j in range(fan_in):
+                    xx += np.float64(inputs[x_offsets[layer] + i * fan_in + j]) ** 2
+                norm_sq += dd * xx
+            norm = math.sqrt(norm_sq)
+            clip = max_grad_norm / max(norm, max_grad_norm) if clip_enabled else 1.0
+            grad_norm[start + i] = norm * clip
+            clip_factor[i] = clip
+            step[i] = lr[start + i] * clip
+
+        # 3. scan: exact running products of η (momentum) and β (retention) over the chunk.
+        memory_coeff[rows - 1] = 1.0
+        momentum_coeff[rows - 1] = 1.0
+        beta_suffix = 1.0  # B(i+1..b)
+        for i in range(rows - 2, -1, -1):
+            eta_next = eta[start + i + 1] if use_momentum else 0.0
+            beta_suffix *= (1.0 - alpha[start + i + 1]) if decays else 1.0
+            memory_coeff[i] = beta_suffix + eta_next * memory_coeff[i + 1]
+            momentum_coeff[i] = eta_next * momentum_coeff[i + 1]
+        eta_first = eta[start] if use_momentum else 0.0
+        beta_total = beta_suffix * ((1.0 - alpha[start]) if decays else 1.0)
+        momentum_carry = eta_first * memory_coeff[0]  # c_S
+        eta_total = eta_first * momentum_coeff[0]  # E(1..b)
+        log_temperature = 0.0
+        for i in range(rows):
+            log_temperature += math.log1p(-alpha[start + i])
+
+        # 4. ||S_t|| before the state changes (it needs S0).
+        if use_momentum:
+            gram[:rows, :rows] = 0.0
+            s0_sq = 0.0
+            for i in range(rows):
+                s0_dot_u[i] = 0.0
+            for layer in range(depth):
+                fan_in, fan_out = dims[layer], dims[layer + 1]
+                s0 = S[w_offsets[layer] : w_offsets[layer] + fan_out * fan_in].reshape(fan_out, fan_in)
+                for i in range(fan_out):
+                    for j in range(fan_in):
+                        s0_sq += np.float64(s0[i, j]) ** 2
+                x = inputs[x_offsets[layer] : x_offsets[layer] + rows * fan_in].reshape(rows, fan_in)
+                d = deltas[z_offsets[layer] : z_offsets[layer] + rows * fan_out].reshape(rows, fan_out)
+                xs = products[: rows * fan_out].reshape(rows, fan_out)
+                np.dot(x, s0.T, xs)  # <S0, δ_i x_iᵀ> = δ_iᵀ S0 x_i
+                for i in range(rows):
+                    acc = 0.0
+                    for j in range(fan_out):
+                        acc += np.float64(xs[i, j]) * d[i, j]
+                    s0_dot_u[i] += acc
+                gd = gram_part[: rows * rows].reshape(rows, rows)
+                gx = gram_other[: rows * rows].reshape(rows, rows)
+                np.dot(d, d.T, gd)
+                np.dot(x, x.T, gx)
+                for i in range(rows):
+                    for j in range(rows):
+                        gram[i, j] += np.float64(gd[i, j]) * gx[i, j]
+            norm_sq = s0_sq
+            eta_prefix = 1.0  # E(1..t-1)
+            for t in range(rows):
+                e_t = eta[start + t]
+                clip_t = clip_factor[t]
+                inner = eta_prefix * s0_dot_u[t]
+                for i in range(t):
+                    inner -= running[i] * gram[i, t]
+                inner *= clip_t  # <S_{t-1}, clipped u_t>
+                u_sq = np.float64(gram[t, t]) * clip_t * clip_t
+                theta_t = lr[start + t]
+                norm_sq = e_t * e_t * norm_sq - 2.0 * e_t * theta_t * inner + theta_t * theta_t * u_sq
+                momentum_norm[start + t] = math.sqrt(max(norm_sq, 0.0))
+                for i in range(t):
+                    running[i] *= e_t
+                running[t] = step[t]  # E(t+1..t) θ_t clip_t
+                eta_prefix *= e_t
+        else:
+            for t in range(rows):
+                momentum_norm[start + t] = lr[start + t] * grad_norm[start + t]
+
+        # 5. M_b = B M0 + c_S S0 - (Δ ⊙ wθ)ᵀ X,   S_b = E S0 - (Δ ⊙ eθ)ᵀ X   (eqs. 13-14 in closed form).
+        for layer in range(depth):
+            fan_in, fan_out = dims[layer], dims[layer + 1]
+            size = fan_out * fan_in
+            m_row = W[w_offsets[layer] : w_offsets[layer] + size]
+            s_row = S[w_offsets[layer] : w_offsets[layer] + size]
+            x = inputs[x_offsets[layer] : x_offsets[layer] + rows * fan_in].reshape(rows, fan_in)
+            d = deltas[z_offsets[layer] : z_offsets[layer] + rows * fan_out].reshape(rows, fan_out)
+            dw = scaled[: rows * fan_out].reshape(rows, fan_out)
+            u = update[:size].reshape(fan_out, fan_in)
+            u_row = update[:size]
+            for i in range(rows):
+                c = np.float32(memory_coeff[i] * step[i])
+                for j in range(fan_out):
+                    dw[i, j] = d[i, j] * c
+            np.dot(dw.T, x, u)
+            bt, cs = np.float32(beta_total), np.float32(momentum_carry)
+            for j in range(size):
+                m_row[j] = bt * m_row[j] + cs * s_row[j] - u_row[j]
+            for i in range(rows):
+                c = np.float32(momentum_coeff[i] * step[i])
+                for j in range(fan_out):
+                    dw[i, j] = d[i, j] * c
+            np.dot(dw.T, x, u)
+            et = np.float32(eta_total)
+            for j in range(size):
+                s_row[j] = et * s_row[j] - u_row[j]
+
+        # 6. chunk-end retention map.
+        if retention == 1 or retention == 2:
+            _retain(W, w_offsets, dims, retention, q_norm, radius, log_temperature)
+
+
+def _run_lanes(arrays, scalars):
+    """Every (batch row, head) lane, spread over a thread pool (the kernel releases the GIL).
+
+    A ``prange`` over the lanes would be the natural form, but a parallel=True wrapper recompiles
+    the whole lane kernel in its own context: measured ~2x the JIT time for no speed gain, since
+    each lane is already one long sequential job."""
+    lanes = arrays[0].shape[0]
+    workers = min(lanes, numba.get_num_threads())
+
+    def lane_job(lane):
+        (q, k, v, lr, eta, alpha, huber_delta, weights, momenta, output, grad_norm, momentum_norm) = arrays
+        dims, w_offsets, chunk_size, bias, p_norm, retention, q_norm, radius, use_momentum, max_grad_norm = scalars
+        _update_lane(
+            q[lane], k[lane], v[lane], lr[lane], eta[lane], alpha[lane], huber_delta[lane],
+            weights[lane], momenta[lane], dims, w_offsets,
+            chunk_size, bias, p_norm, retention, q_norm, radius, use_momentum, max_grad_norm,
+            output[lane], grad_norm[lane], momentum_norm[lane],
+        )  # fmt: skip
+
+    if workers <= 1:
+        for lane in range(lanes):
+            lane_job(lane)
+        return
+    global _POOL
+    if _POOL is None or _POOL._max_workers < workers:
+        _POOL = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="titans-memory")
+    for _ in _POOL.map(lane_job, range(lanes)):
+        pass
+
+
+_POOL: ThreadPoolExecutor | None = None
+
+
+def _numpy32(t: torch.Tensor, shape) -> np.ndarray:
+    return np.ascontiguousarray(t.detach().to(device="cpu", dtype=torch.float32).reshape(shape).numpy())
+
+
+def memory_update(q, k, v, lr, momentum, decay, huber_delta, weights, momenta, config: MemoryConfig) -> MemoryResult:
+    """Numba memory update; takes and returns torch tensors (CPU, float32 inside, no autograd)."""
+    check_inputs(q, k, v, lr, momentum, decay, huber_delta, weights, momenta, config)
+    batch, heads, length, dim = k.shape
+    lanes = batch * heads
+    shapes = config.weight_shapes()
+    dims = np.array([shapes[0][1]] + [out for out, _ in shapes], dtype=np.int64)
+    w_offsets = np.zeros(len(shapes) + 1, dtype=np.int64)
+    w_offsets[1:] = np.cumsum([out * fan_in for out, fan_in in shapes])
+    flat = lambda tensors: np.ascontiguousarray(  # noqa: E731
+        np.concatenate([_numpy32(t, (lanes, -1)) for t in tensors], axis=1)
+    )
+    memory, surprise_momentum = flat(weights), flat(momenta)
+    vectors = [_numpy32(t, (lanes, length * dim)) for t in (q, k, v)]
+    gates = [_numpy32(t, (lanes, length)) for t in (lr, momentum, decay)]
+    delta = _numpy32(huber_delta, (lanes, length)) if huber_delta is not None else np.ones((lanes, length), np.float32)
+    output = np.empty((lanes, length * dim), dtype=np.float32)
+    grad_norm = np.empty((lanes, length), dtype=np.float32)
+    momentum_norm = np.empty((lanes, length), dtype=np.float32)
+    if length > 0:
+        _run_lanes(
+            (*vectors, *gates, delta, memory, surprise_momentum, output, grad_norm, momentum_norm),
+            (
+                dims, w_offsets, config.chunk_size, _BIASES[config.attentional_bias], np.float32(config.p),
+                _RETENTIONS[config.retention], float(config.q), float(config.retention_radius),
+                config.algorithm == "momentum", float(config.max_grad_norm),
+            ),
+        )  # fmt: skip
+
+    out_dtype = q.dtype if q.dtype.is_floating_point else torch.float32
+
+    def unflatten(array):
+        return tuple(
+            torch.from_numpy(array[:, w_offsets[i] : w_offsets[i + 1]].copy())
+            .view(batch, heads, out, fan_in)
+            .to(weights[i].dtype)
+            for i, (out, fan_in) in enumerate(shapes)
+        )
+
+    return MemoryResult(
+        output=torch.from_numpy(output).view(batch, heads, length, dim).to(out_dtype),
+        grad_norm=torch.from_numpy(grad_norm).view(batch, heads, length).to(out_dtype),
+        momentum_norm=torch.from_numpy(momentum_norm).view(batch, heads, length).to(out_dtype),
+        weights=unflatten(memory),
+        momenta=unflatten(surprise_momentum),
+    )

@@ -152,7 +152,7 @@ def correctness() -> list[list]:
         ("depth 1, chunk 64, T 150", MemoryConfig(depth=1, max_grad_norm=0.5), 2, 150),
         ("gd + huber + lq, chunk 32, T 100", MemoryConfig(algorithm="gd", attentional_bias="huber", retention="lq", chunk_size=32), 1, 100),
     ]
-    tolerances = {"ieee": 1e-4, "tf32": 5e-3, "bf16": 3e-2}
+    tolerances = {"ieee": 1e-4, "tf32": 1e-2, "bf16": 3e-2}  # as tests/test_memory_triton.py
     for label, config, batch, length in checks:
         args = op_inputs(config, batch, length)
         q, k, v, lr, momentum, decay, delta, weights, momenta = args

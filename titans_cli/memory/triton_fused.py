@@ -10,8 +10,10 @@ whole chunk step in one place —
     cumulative log sums, M_b and S_b as (Δ ⊙ c)ᵀ X products, ||S_t|| through b×b Gram matrices,
     the read y_t = M0(q_t), and the chunk-end retention map (lq / kl) —
 
-with the tiles of the chunk (b×d, b×h, b×b) in registers and every product a ``tl.dot`` with fp32
-accumulation. The memory state (weights and momenta, fp32, 4 × h × d floats per head: 128 KiB at
+with the tiles of the chunk in registers and every product a ``tl.dot`` with fp32 accumulation.
+Depth 2 walks the hidden units in blocks of 64 (three passes per chunk: read + keys forward; δ1,
+norms and Grams; the update), recomputing k·W1ᵀ and δ2·W2 per pass: holding whole (b × h) tiles
+spilled thousands of registers (docs/KERNEL_NOTES.md, v1 vs v2). The memory state (weights and momenta, fp32, 4 × h × d floats per head: 128 KiB at
 d=64, h=128) is too large for one program's registers next to the chunk's tiles, so it lives in a
 per-(row, head) fp32 working buffer that the same program rewrites every chunk: it stays in L2
 (32 heads × 128 KiB = 4 MiB), and HBM sees the tokens once and the state once per call.
@@ -24,7 +26,8 @@ with masks); inputs fp32, bf16 or fp16 (state always fp32). On CPU the kernel ru
 Triton's interpreter (TRITON_INTERPRET=1, for tests); otherwise CPU calls use torch_chunked.
 
 Matrix-product precision (`precision`): "tf32" (the default for fp32 inputs: fp32 operands on the
-tensor cores, 1.5e-3 relative error against the float64 reference on an H200), "bf16" (the default
+tensor cores, 1.5e-3 relative error against the float64 reference on an H200 at 200 tokens, up to
+6.8e-3 on the weights after 300 tokens of harsher gates), "bf16" (the default
 for bf16/fp16 inputs: operands rounded to bf16, fp32 accumulation and state, 3.8e-3), "ieee" (true
 fp32 products, 2.7e-7, but on the FMA units: 30x slower than tf32 on an H200). Measured numbers:
 benchmarks/results/gpu_memory_kernel.md and docs/KERNEL_NOTES.md.
@@ -38,8 +41,9 @@ Training: `memory_update` is differentiable. Forward runs the kernel. Backward, 
   walks the chunks in reverse, recomputing each chunk from its checkpoint and applying the adjoint
   of every step of torch_chunked._chunk_step (state update, read, ||S_t|| Grams, gate products,
   clip, the MLP). Depth 2, l2, retention decay/none, momentum or gd (`backward_kernel_supported`);
-  hidden units in blocks as in the forward (four passes per chunk). Equal to torch_chunked's autograd gradients to
-  ~1e-6 under Triton's interpreter; NOT yet compiled or timed on a GPU (hence not the default).
+  hidden units in blocks as in the forward (four passes per chunk). Equal to torch_chunked's
+  autograd gradients to ~1e-6 under Triton's interpreter; NOT yet compiled or timed on a GPU
+  (hence not the default).
 """
 
 from __future__ import annotations

@@ -72,7 +72,8 @@ def tiny_models(tmp_path_factory) -> Path:
 def titans_env(tiny_models, monkeypatch):
     """In-process runs see the tiny models as `dna` and `text`."""
     monkeypatch.setenv("TITANS_MODELS", str(tiny_models))
-    monkeypatch.delenv("TITANS_DEBUG", raising=False)
+    if not os.environ.get("TITANS_TEST_DEBUG"):
+        monkeypatch.delenv("TITANS_DEBUG", raising=False)
     return tiny_models
 
 

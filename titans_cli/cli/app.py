@@ -73,13 +73,17 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the `titans` script and of `python -m titans_cli`; exits the process."""
     from titans_cli.io.atomic import TerminatedBySignal, handle_termination_signals, is_broken_pipe, silence_stdout_after_broken_pipe
 
+    from titans_cli.cli import common
+
     command = typer.main.get_command(app)
+    arguments = list(argv if argv is not None else sys.argv[1:])
+    common.ARGV[:] = arguments
     code = 0
     try:
         with handle_termination_signals():
             # Not command.main(): typer's main turns Ctrl-C into exit 130 and a closed pipe into
             # exit 1 by itself; here the exit-code contract above decides.
-            with command.make_context("titans", list(argv if argv is not None else sys.argv[1:])) as context:
+            with command.make_context("titans", arguments) as context:
                 command.invoke(context)
     except TitansInputError as error:
         _error(str(error))

@@ -24,6 +24,15 @@ HELP_QUIET = "No progress bar, no summary on stderr."
 
 stderr = Console(stderr=True, highlight=False, soft_wrap=True)
 
+# The arguments of the running command (set by app.main), recorded in model and head cards.
+ARGV: list[str] = []
+
+
+def command_line() -> str:
+    import shlex
+
+    return "titans " + " ".join(shlex.quote(arg) for arg in ARGV)
+
 
 def info(message: str, quiet: bool = False) -> None:
     """A log line on stderr (never stdout), printed by rank 0 only."""

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import shlex
-import sys
 from datetime import datetime, timezone
 from typing import Optional
 
@@ -15,10 +13,6 @@ from titans_cli.errors import TitansInputError
 HELP = "Train and evaluate classification heads (linear probes on embeddings)."
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, rich_markup_mode=None)
-
-
-def _command_line() -> str:
-    return "titans " + " ".join(shlex.quote(arg) for arg in sys.argv[1:])
 
 
 def _report_lines(name: str, report: dict) -> list[str]:
@@ -67,7 +61,7 @@ def train_command(
                       l2=l2, groups=groups[train_rows])
     train_report = accuracy_report(head, features[train_rows], [names[i] for i in range(len(names)) if train_rows[i]])
     test_report = accuracy_report(head, features[test], [names[i] for i in range(len(names)) if test[i]])
-    head.metrics = {"train": train_report, "held_out": test_report, "labels": labels, "command": _command_line(),
+    head.metrics = {"train": train_report, "held_out": test_report, "labels": labels, "command": common.command_line(),
                     "trained": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
     card = _card(output, head, labels)
     save_head(head, output, card)

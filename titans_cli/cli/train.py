@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import shlex
-import sys
 from typing import List, Optional
 
 import typer
@@ -42,10 +40,12 @@ def command(
     for name, value in (("max_steps", steps), ("max_tokens", tokens), ("minutes", minutes)):
         if value is not None:
             options[name] = value
-    command_line = "titans " + " ".join(shlex.quote(arg) for arg in sys.argv[1:])
+    from titans_cli.cli import common
+
+    command_line = common.command_line()
     result = train(config, corpus, output, init_from=init_from, device=device, resume=not no_resume,
                    command=command_line, **options)
-    if int(__import__("os").environ.get("RANK", "0")) == 0:
+    if common.rank() == 0:
         typer.echo(f"model -> {result.model_dir} ({result.steps} steps, {result.tokens_seen:,} tokens, "
                    f"validation {result.val_bits_per_token if result.val_bits_per_token is not None else float('nan'):.4f} bits/token)",
                    err=True)

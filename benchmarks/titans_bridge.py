@@ -22,7 +22,13 @@ def model_name(kind: str) -> str:
 _MODELS: dict = {}
 
 
+_FINGERPRINT: list[str] = []
+
+
 def fingerprint() -> str:
+    """Hash of the titans_cli sources and the model configs (which carry the weights' sha256)."""
+    if _FINGERPRINT:
+        return _FINGERPRINT[0]
     h = hashlib.sha256()
     roots = [common.REPO / "titans_cli", common.REPO / "models"]
     roots += [Path(os.environ[v]) for v in ("TITANS_BENCH_DNA_MODEL", "TITANS_BENCH_TEXT_MODEL") if v in os.environ]
@@ -31,9 +37,10 @@ def fingerprint() -> str:
             continue
         for p in sorted(root.rglob("*")):
             if p.is_file() and p.suffix in {".py", ".json"}:
-                h.update(str(p.relative_to(common.REPO)).encode())
+                h.update(str(p.relative_to(root)).encode())
                 h.update(p.read_bytes())
-    return h.hexdigest()[:16]
+    _FINGERPRINT.append(h.hexdigest()[:16])
+    return _FINGERPRINT[0]
 
 
 def model(kind: str):
@@ -55,6 +62,10 @@ def model_available(kind: str) -> bool:
         return False
 
 
+class NotCached(Exception):
+    """Quick mode asked for embeddings that only a full run computes, and none are cached."""
+
+
 def embedder():
     """(kind, items [(id, sequence or text)], pool) -> (n_items, dim) matrix, one row per item in
     item order, from `titans_cli.embed(model, items, per="record", pool=pool)`."""
@@ -62,11 +73,13 @@ def embedder():
     if api is None:
         return None
 
-    def embed(kind: str, items, pool: str) -> np.ndarray:
+    def embed(kind: str, items, pool: str, compute: bool = True) -> np.ndarray:
         key = hashlib.sha256(("\n".join(i for i, _ in items) + f"|{kind}|{pool}|{fingerprint()}").encode())
         path = common.CACHE_DIR / "embeddings" / f"{key.hexdigest()[:24]}.npy"
         if path.exists():
             return np.load(path)
+        if not compute:
+            raise NotCached(f"{len(items)} {kind} items, pool {pool}")
         t = common.Timer()
         result = api.embed(model(kind), list(items), per="record", pool=pool)
         ids = list(result.ids)

@@ -86,12 +86,13 @@ class TrainOptions:
     seed: int = 0
     max_tokens_per_file: int | None = None
     compile: bool = False  # torch.compile the model
-    cuda_graph: bool = True  # on one CUDA device: replay forward+backward as a CUDA graph (falls back to eager)
+    bf16: bool = True  # bf16 autocast on CUDA (else fp32 with tf32 matrix products)
+    bptt_len: int | None = 512  # truncated backpropagation: gradients flow through at most this many tokens
 
     def check(self) -> None:
         if self.max_steps is None and self.max_tokens is None and self.minutes is None and self.stop_at_time is None:
             raise TitansInputError("train: give a budget (steps, tokens, minutes or a stop time)")
-        for name in ("max_steps", "max_tokens", "stop_after_steps", "batch_size", "crop_len", "val_crops", "eval_every", "log_every"):
+        for name in ("max_steps", "max_tokens", "stop_after_steps", "bptt_len", "batch_size", "crop_len", "val_crops", "eval_every", "log_every"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise TitansInputError(f"train: {name.replace('_', '-')} must be at least 1, got {value}")
@@ -212,15 +213,13 @@ def _train(config, corpus_paths, out_dir, tokenizer, init_from, device_name, res
         log.info("resumed from %s at step %d (%s tokens, %.1f min; written by %d rank(s), now %d)",
                  checkpoint, step, f"{tokens_seen:,}", trained_seconds / 60, state["world_size"], world)
 
-    autocast_dtype = torch.bfloat16 if device.type == "cuda" else None
+    autocast_dtype = torch.bfloat16 if device.type == "cuda" and opts.bf16 else None
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if autocast_dtype is not None else nullcontext()
-    loss_of = _NextTokenLoss(torch.compile(model) if opts.compile else model, autocast_dtype)
+    piece_loss = _PieceLoss(torch.compile(model) if opts.compile else model, autocast_dtype)
     if world > 1:
-        loss_of = torch.nn.parallel.DistributedDataParallel(
-            loss_of, device_ids=[device.index] if device.type == "cuda" else None
+        piece_loss = torch.nn.parallel.DistributedDataParallel(
+            piece_loss, device_ids=[device.index] if device.type == "cuda" else None
         )
-    elif device.type == "cuda" and opts.cuda_graph:
-        loss_of = _graphed(loss_of, train_corpus, opts, tokenizer.bos_id, device)
     val_crops = validation_batches(val_corpus, opts.crop_len, opts.val_crops)
     tokens_per_step = opts.batch_size * opts.crop_len * world
     bos_id = tokenizer.bos_id
@@ -268,8 +267,7 @@ def _train(config, corpus_paths, out_dir, tokenizer, init_from, device_name, res
         batch = torch.from_numpy(crop_batch(train_corpus, opts.batch_size, opts.crop_len, step_rng(opts.seed, rank, step)))
         inputs, targets = targets_from(batch.to(device, non_blocking=True), bos_id)
         optimizer.zero_grad(set_to_none=True)
-        loss = loss_of(inputs, targets)
-        loss.backward()
+        loss = _forward_backward(piece_loss, inputs, targets, opts.bptt_len)
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), opts.grad_clip)
         if not torch.isfinite(grad_norm):  # a bf16 overflow: skip this update rather than poison the weights
             skipped += 1
@@ -282,7 +280,7 @@ def _train(config, corpus_paths, out_dir, tokenizer, init_from, device_name, res
         step += 1
         tokens_seen += tokens_per_step
         window_tokens += tokens_per_step
-        window_loss = window_loss + loss.detach()  # a new tensor: a graph replay overwrites `loss`
+        window_loss = window_loss + loss
         window_steps += 1
 
         if step % opts.log_every == 0:
@@ -382,41 +380,50 @@ def _resolve_config(config):
         raise TitansInputError(f"train: {error}") from None
 
 
-class _NextTokenLoss(torch.nn.Module):
-    """Mean next-token cross entropy (nats) of a batch; BOS targets (record starts) are ignored.
-    Autocast lives inside, with its cache off, so the whole step can be captured as a CUDA graph."""
+class _PieceLoss(torch.nn.Module):
+    """Summed next-token cross entropy (nats) of one piece of a batch of crops, continuing the
+    model's streaming state; BOS targets (record starts inside a crop) are ignored."""
 
     def __init__(self, model, autocast_dtype):
         super().__init__()
         self.model = model
         self.autocast_dtype = autocast_dtype
 
-    def forward(self, inputs, targets):
+    def forward(self, inputs, targets, state):
         if self.autocast_dtype is None:
-            logits = self.model(inputs)
+            output, state = self.model.step(inputs, state)
         else:
-            with torch.autocast("cuda", dtype=self.autocast_dtype, cache_enabled=False):
-                logits = self.model(inputs)
-        return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1),
-                               ignore_index=IGNORE_INDEX)
+            with torch.autocast("cuda", dtype=self.autocast_dtype):
+                output, state = self.model.step(inputs, state)
+        logits = output.logits
+        nats = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1),
+                               ignore_index=IGNORE_INDEX, reduction="sum")
+        return nats, state
 
 
-def _graphed(loss_of, corpus, opts, bos_id, device):
-    """Capture forward+backward once and replay it every step: the chunked memory update issues
-    thousands of small kernels per crop, and replaying them as one graph removes the launch cost.
-    Shapes are static (batch_size x crop_len). Any failure falls back to eager execution."""
-    sample = torch.from_numpy(crop_batch(corpus, opts.batch_size, opts.crop_len, step_rng(opts.seed, 0, 1 << 40)))
-    inputs, targets = targets_from(sample.to(device), bos_id)
-    try:
-        started = time.perf_counter()
-        graphed = torch.cuda.make_graphed_callables(loss_of, (inputs, targets), num_warmup_iters=3)
-        torch.cuda.synchronize()
-        log.info("forward+backward captured as a CUDA graph (%.1f s)", time.perf_counter() - started)
-        return graphed
-    except Exception as error:  # capture is an optimisation: any failure means eager steps
-        log.warning("CUDA graph capture failed (%s); training eagerly", str(error).splitlines()[0] if str(error) else type(error).__name__)
-        torch.cuda.synchronize()
-        return loss_of
+def _forward_backward(piece_loss, inputs, targets, bptt_len: int | None) -> torch.Tensor:
+    """Forward and backward over whole crops, in pieces of `bptt_len` tokens (truncated BPTT).
+
+    The memory and attention state flow from piece to piece, so the forward pass is exactly the
+    whole-crop pass; gradients stop at piece boundaries. Backpropagating through the memory's
+    chunk-to-chunk recurrence over thousands of tokens makes gradients grow geometrically (measured
+    on dna-small at initialisation: gradient norm 14 at 512 tokens, 7e2 at 1,024, 3e4 at 2,048,
+    non-finite at 8,192), so the crop stays long for the forward pass and the backward is cut.
+    Returns the mean loss (nats per target token) of the batch, detached."""
+    length = inputs.shape[1]
+    piece = length if bptt_len is None else bptt_len
+    n_targets = (targets != IGNORE_INDEX).sum().clamp(min=1)
+    distributed = isinstance(piece_loss, torch.nn.parallel.DistributedDataParallel)
+    state, total = None, torch.zeros((), device=inputs.device)
+    for start in range(0, length, piece):
+        last = start + piece >= length
+        sync = nullcontext() if (last or not distributed) else piece_loss.no_sync()
+        with sync:
+            nats, state = piece_loss(inputs[:, start : start + piece], targets[:, start : start + piece], state)
+            (nats / n_targets).backward()
+        state = state.detach()
+        total = total + nats.detach()
+    return total / n_targets
 
 
 def _make_optimizer(model, opts: TrainOptions, device) -> torch.optim.Optimizer:

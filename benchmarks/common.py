@@ -31,6 +31,9 @@ DNA_TRAIN = DATA / "dna" / "train"
 TEXT = DATA / "text"
 
 PENDING = "pending"
+# The benchmarks import titans_cli from this checkout even when it is not pip-installed.
+if str(REPO) not in sys.path:
+    sys.path.append(str(REPO))
 _LOAD_AT_START = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
 
 
@@ -318,7 +321,8 @@ def titans_api(*names: str):
     """The titans_cli module when it exports every function in `names`, else None."""
     try:
         mod = importlib.import_module("titans_cli")
-    except Exception:  # noqa: BLE001 - any import failure means "not there yet"
+    except Exception as exc:  # noqa: BLE001 - any import failure means "not there yet"
+        log(f"titans_cli does not import: {str(exc)[:200]}")
         return None
     if all(callable(getattr(mod, n, None)) for n in names):
         return mod

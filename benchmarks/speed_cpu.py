@@ -91,16 +91,16 @@ def main(argv=None) -> int:
                                     "-o", str(out_dir / "ecoli_novelty.bedgraph")]))
     for label, n, make_argv in jobs:
         if cmd is None:
-            rows.append([f"`titans {label}`", f"{n / 1e6:g}", common.PENDING, "", ""])
+            rows.append([f"`titans {label}`", f"{n / 1e6:.3g}", common.PENDING, "", ""])
             continue
         try:
             common.log(f"timing titans {label} on {n:,} bp")
             m = time_v(make_argv(), timeout=1800)
-            rows.append([f"`titans {label}`", f"{n / 1e6:g}", f"{m['wall_s']:.1f}",
+            rows.append([f"`titans {label}`", f"{n / 1e6:.3g}", f"{m['wall_s']:.1f}",
                          f"{n / m['wall_s']:,.0f}", f"{m['rss_mib']:,.0f}"])
         except Exception as exc:  # noqa: BLE001 - reported in the table
             common.log(f"{label} {n} failed: {exc}")
-            rows.append([f"`titans {label}`", f"{n / 1e6:g}", f"failed: {str(exc)[:160]}", "", ""])
+            rows.append([f"`titans {label}`", f"{n / 1e6:.3g}", f"failed: {str(exc)[:160]}", "", ""])
 
     body = [METHOD, "",
             common.md_table(["command", "Mbp", "wall s", "bases/s", "peak RSS MiB"], rows, "lrrrr"), ""]

@@ -71,14 +71,14 @@ def test_streaming_in_random_pieces_equals_whole_forward(block):
                 assert error <= 1e-4 * scale, f"{block}/{backend}: streamed {name} differs by {error:.2e} (pieces {sizes})"
 
 
-@pytest.mark.parametrize("block", BLOCK_TYPES)
+@pytest.mark.parametrize("block", ["mag", "mac"])  # attention cache (1 and 2 key streams) + memory state
 def test_state_does_not_grow_with_stream_length(block):
     model = tiny_model(block)
     tokens = torch.randint(0, 8, (1, 400), generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         _, state = model.step(tokens[:, :37])
         sizes = []
-        for start in range(37, 37 + 5 * 72, 72):  # pieces of 9 memory chunks: same pending tail each time
+        for start in range(37, 37 + 3 * 72, 72):  # pieces of 9 memory chunks: same pending tail each time
             _, state = model.step(tokens[:, start : start + 72], state)
             sizes.append(state.nbytes())
     assert len(set(sizes)) == 1, f"{block}: state bytes change with stream length: {sizes}"

@@ -99,13 +99,30 @@ class ModelConfig:
 
 # -----------------------------------------------------------------------------
 # Presets
+#
+# How to pick a preset. The shipped DNA model must stream a bacterial genome on a 2-core CPU in
+# a few minutes (E. coli, 4.6 Mbp, in <= 3 min = 25,000 bases/s), so its size is set by CPU
+# throughput, measured with `python -m titans_cli.model.throughput PRESET --backend numba`
+# (TitansLM.step, one lane, pieces of 8192 tokens, Numba memory kernels, weights at init).
+# Measured on the project's 2-core AMD EPYC VM (AVX2) while other jobs held the load average at
+# 10-14, so only CPU-time figures are meaningful (best of 4, torch and Numba at 1 thread):
+#   d_model 128, 2 layers, 4 attention heads, window 128     11,200 tokens/s per core
+#   d_model 128, 2 layers, 2 attention heads, window 128     13,100 tokens/s per core  <- dna-small
+#   d_model 128, 2 layers, 2 heads, window 64, ffn 2.0       13,100 tokens/s per core
+#   d_model 160, 2 layers, 2 heads, window 128, ffn 2.0      11,800 tokens/s per core
+#   d_model 128, 3 layers, 2 heads, window 128, ffn 2.0       8,300 tokens/s per core
+# Two cores give at most twice the per-core figure, so dna-small reaches ~25k bases/s only on an
+# otherwise idle machine; anything larger misses the 3-minute E. coli budget. Time goes to the
+# dense layers (~40%: every linear is d x d-sized), the Numba memory update (~30%) and the banded
+# attention (~20%). text-small is 4x larger per token (d_model 256, 4 layers, 8k BPE vocabulary;
+# a BPE token is ~4 bytes of text, so its per-byte cost is close to the DNA model's per-base cost).
 
 PRESETS: dict[str, ModelConfig] = {
     "dna-small": ModelConfig(
         vocab_size=DNATokenizer.vocab_size,
         d_model=128,
         n_layers=2,
-        n_heads=4,
+        n_heads=2,
         block="mag",
         window=128,
         n_persistent=4,

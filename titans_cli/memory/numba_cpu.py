@@ -20,6 +20,7 @@ of all layers of one head live in one flat row, so any depth compiles to the sam
 
 from __future__ import annotations
 
+import contextlib
 import math
 from concurrent.futures import ThreadPoolExecutor
 
@@ -342,6 +343,27 @@ def _run_lanes(arrays, scalars):
 
 
 _POOL: ThreadPoolExecutor | None = None
+_BLAS_CONTROLLER = None
+
+
+def _single_threaded_blas():
+    """A context in which BLAS (scipy's OpenBLAS, behind numba's np.dot) uses one thread.
+
+    Our lanes already occupy every core; OpenBLAS threads on top of them oversubscribe the CPU and
+    made the kernel ~20x slower (measured: 1.4k vs 27k tokens per CPU-second on 2 cores).
+    threadpoolctl does the limiting when installed; without it the call runs, more slowly."""
+    global _BLAS_CONTROLLER
+    if _BLAS_CONTROLLER is None:
+        try:
+            import scipy.linalg.cython_blas  # noqa: F401  (load numba's BLAS so the controller sees it)
+            from threadpoolctl import ThreadpoolController
+        except ImportError:
+            _BLAS_CONTROLLER = False
+        else:
+            _BLAS_CONTROLLER = ThreadpoolController()
+    if _BLAS_CONTROLLER is False:
+        return contextlib.nullcontext()
+    return _BLAS_CONTROLLER.limit(limits=1, user_api="blas")
 
 
 def _numpy32(t: torch.Tensor, shape) -> np.ndarray:
@@ -368,14 +390,15 @@ def memory_update(q, k, v, lr, momentum, decay, huber_delta, weights, momenta, c
     grad_norm = np.empty((lanes, length), dtype=np.float32)
     momentum_norm = np.empty((lanes, length), dtype=np.float32)
     if length > 0:
-        _run_lanes(
-            (*vectors, *gates, delta, memory, surprise_momentum, output, grad_norm, momentum_norm),
-            (
-                dims, w_offsets, config.chunk_size, _BIASES[config.attentional_bias], np.float32(config.p),
-                _RETENTIONS[config.retention], float(config.q), float(config.retention_radius),
-                config.algorithm == "momentum", float(config.max_grad_norm),
-            ),
-        )  # fmt: skip
+        with _single_threaded_blas():
+            _run_lanes(
+                (*vectors, *gates, delta, memory, surprise_momentum, output, grad_norm, momentum_norm),
+                (
+                    dims, w_offsets, config.chunk_size, _BIASES[config.attentional_bias], np.float32(config.p),
+                    _RETENTIONS[config.retention], float(config.q), float(config.retention_radius),
+                    config.algorithm == "momentum", float(config.max_grad_norm),
+                ),
+            )  # fmt: skip
 
     out_dtype = q.dtype if q.dtype.is_floating_point else torch.float32
 

@@ -214,3 +214,16 @@ def test_config_validation_round_trip_and_presets():
             tiny_config(**{field: value})
     with pytest.raises(ValueError, match="unknown ModelConfig field"):
         ModelConfig.from_dict({**config.to_dict(), "colour": "red"})
+
+
+def test_bfloat16_autocast_forward_matches_float32():
+    """Training runs under bf16 autocast on the GPU; the same code path must work (CPU autocast here)."""
+    model = tiny_model("mac")
+    tokens = torch.randint(0, 8, (2, 40), generator=torch.Generator().manual_seed(9))
+    with torch.no_grad():
+        reference = model(tokens)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low_precision = model(tokens)
+    assert torch.isfinite(low_precision).all()
+    error = (low_precision.float() - reference).abs().max().item()
+    assert error < 0.1 * reference.abs().max().item() + 0.05, f"bf16 autocast logits off by {error:.3f}"

@@ -35,8 +35,10 @@ def rotary(positions: torch.Tensor, head_dim: int, base: float = 10000.0) -> tor
 
 def apply_rotary(x: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
     """Rotate adjacent channel pairs of x (..., T, dh) by complex rotations (..., T, dh/2)."""
-    pairs = torch.view_as_complex(x.reshape(*x.shape[:-1], -1, 2))
-    return torch.view_as_real(pairs * rotation.to(pairs.dtype)).flatten(-2)
+    # Complex multiply in float32 at least (there is no bfloat16 complex type: autocast training).
+    wide = x.to(torch.promote_types(x.dtype, torch.float32))
+    pairs = torch.view_as_complex(wide.reshape(*x.shape[:-1], -1, 2))
+    return torch.view_as_real(pairs * rotation.to(pairs.dtype)).flatten(-2).to(x.dtype)
 
 
 # -----------------------------------------------------------------------------

@@ -256,6 +256,27 @@ def titans_track(argv: list[str], genome: Genome, metric: str, with_regions: boo
     return out, (bed if with_regions else None)
 
 
+def vibrio_both_chromosomes(prophages, window: int = 2000) -> tuple[float, float]:
+    """Tetra chi-square AUROC on both V. cholerae chromosomes (chromosome II all negative):
+    (genome-wide profile, per-chromosome profiles)."""
+    records = common.read_fasta(common.DNA_EVAL / "vibrio_cholerae_n16961.fa.gz")
+    genome_tetra = sum(block_counts(common.encode(seq), window)[0].sum(0) for _, seq in records)
+    f_genome = genome_tetra / genome_tetra.sum()
+    labels, own, genome = [], [], []
+    for name, seq in records:
+        codes = common.encode(seq)
+        positive = common.mask_from_intervals(len(seq), [(s, e) for c, s, e, _ in prophages if c == name])
+        starts, _, chi, _ = composition_scores(codes, window, window)
+        tetra, _, _ = block_counts(codes, window)
+        f_w = tetra / np.maximum(tetra.sum(1, keepdims=True), 1)
+        genome.append(((f_w - f_genome) ** 2 / f_genome).sum(1)[: len(starts)])
+        own.append(chi)
+        cum = np.concatenate([[0], np.cumsum(positive)])
+        labels.append(((cum[starts + window] - cum[starts]) / window > 0.5).astype(int))
+    y = np.concatenate(labels)
+    return auroc(y, np.concatenate(genome)), auroc(y, np.concatenate(own))
+
+
 # ----------------------------------------------------------------------------- main
 
 
@@ -390,10 +411,11 @@ def main(argv=None) -> int:
                 "(issue 5; GC deviation was 0.34-0.74 there):\n")
     body.append(common.md_table(["genome", "this run", "earlier"], check))
     body.append("")
-    body.append("V. cholerae: this table scores chromosome I only (the annotated record); scoring both "
-                "chromosomes, chromosome II windows as negatives, against one genome-wide profile "
-                "gives 0.80 (0.81 with per-chromosome profiles), which is how the earlier figure "
-                "was obtained (checked once by hand, not recomputed here).")
+    vc_genome, vc_own = vibrio_both_chromosomes(prophages)
+    body.append("V. cholerae: the table scores chromosome I only (the annotated record). Scoring both "
+                "chromosomes at 2 kb, chromosome II windows as negatives, gives tetra chi-square AUROC "
+                f"{vc_genome:.2f} against one genome-wide profile and {vc_own:.2f} against each "
+                "chromosome's own profile; the earlier 0.80 matches the former.")
     body.append("")
     gc2 = [a for g, w, m, a, *_ in rows if w == 2000 and m == "GC deviation"]
     body.append(f"GC deviation AUROC at 2 kb in this run: {min(gc2):.2f}-{max(gc2):.2f}.")

@@ -5,9 +5,10 @@
     python benchmarks/run_all.py --assemble-only
 
 Each benchmark is its own process (a failure is reported and the others still run) and writes its
-own markdown section `benchmarks/results/<name>.md`, naming the machine it ran on. Sections made on
-other machines (the GPU ones) are committed files: this script never deletes or rewrites them, it
-only includes them. RESULTS.md lists the sections in the fixed order below, then any other section
+own markdown section `benchmarks/results/<name>.md`, naming the machine it ran on. Sections made by
+other engineers' scripts (compression, memory throughput, MIRAS sweep) and on other machines (the
+GPU ones) are committed files that their own scripts regenerate: this script never runs, deletes or
+rewrites them, it only includes them. RESULTS.md lists the sections in the fixed order below, then any other section
 found, alphabetically.
 """
 
@@ -31,14 +32,13 @@ SECTIONS = [
     ("novel_regions", "novel_regions.py", ["--quick"]),
     ("classification", "classification.py", ["--quick"]),
     ("summarization", "summarization.py", ["--quick"]),
-    ("compression", "compression.py", None),
-    ("memory_throughput", "memory_throughput.py", None),
+    ("compression", None, None),        # benchmarks/compression.py, three steps, GPU part
+    ("memory_throughput", None, None),  # benchmarks/memory_throughput.py --out ..., CPU and CUDA rows
     ("speed_cpu", "speed_cpu.py", ["--quick"]),
     ("speed_gpu", None, None),
     ("gpu_memory_kernel", None, None),
     ("miras", None, None),
 ]
-OURS = {"novel_regions", "classification", "summarization", "speed_cpu"}
 RESULTS_MD = common.REPO / "docs" / "RESULTS.md"
 
 
@@ -48,14 +48,6 @@ def run_script(script: str, args: list[str]) -> tuple[int, float]:
     common.log(f"run_all: {script} {' '.join(args)}")
     r = subprocess.run([sys.executable, str(path)] + args, cwd=common.REPO)
     return r.returncode, time.time() - t0
-
-
-def supports_quick(script: str) -> bool:
-    """Scripts of other engineers are run with --quick only when they accept it."""
-    try:
-        return "--quick" in (common.BENCH_DIR / script).read_text()
-    except OSError:
-        return False
 
 
 def assemble(log_rows: list[list[str]]) -> Path:
@@ -105,15 +97,9 @@ def main(argv=None) -> int:
             if not (common.BENCH_DIR / script).exists():
                 log_rows.append([name, f"skipped: `benchmarks/{script}` not in the repository yet", ""])
                 continue
-            if args.quick:
-                if quick_args is None and name in OURS:
-                    continue
-                if name not in OURS and not supports_quick(script):
-                    log_rows.append([name, "not run in quick mode (script has no --quick); committed section kept", ""])
-                    continue
-                run_args = quick_args if quick_args is not None else ["--quick"]
-            else:
-                run_args = []
+            if args.quick and quick_args is None:
+                continue
+            run_args = quick_args if args.quick else []
             rc, seconds = run_script(script, run_args)
             status = "ok" if rc == 0 else f"FAILED (exit {rc}); previous section kept if any"
             failed += rc != 0

@@ -54,6 +54,8 @@ class TokenCorpus:
             entry[0] += 1
             entry[1] += self.record_end(index) - int(self.record_starts[index]) - 1
         lines = [f"{Path(source).name}: {count} records, {size:,} tokens" for source, (count, size) in per_source.items()]
+        if len(lines) > 12:  # a corpus of many books: one line, not one entry per book
+            return f"{len(lines)} files, {self.n_records} records; " + "; ".join(lines[:3]) + "; ..."
         return "; ".join(lines)
 
 

@@ -591,7 +591,9 @@ def _model_card(config, corpus_paths, train_corpus, val_corpus, opts, n_params, 
         f"- compute: {hardware}, {trained_seconds / 60:.1f} minutes of training"
         + ("" if finished else " (stopped before the end of its budget)"),
         f"- optimiser: AdamW lr {opts.lr:g} (warmup {opts.warmup_steps} steps, cosine to {opts.min_lr_ratio:g} x lr), "
-        f"weight decay {opts.weight_decay:g}, gradient clip {opts.grad_clip:g}, bf16 autocast on CUDA",
+        f"weight decay {opts.weight_decay:g}, gradient clip {opts.grad_clip:g}, "
+        f"{'bf16 autocast' if device.type == 'cuda' and opts.bf16 else 'fp32'}, "
+        f"truncated backpropagation every {opts.bptt_len or opts.crop_len} tokens",
         f"- training tokens available: {len(train_corpus):,}; validation slice carved from the training files: "
         f"{len(val_corpus):,} tokens",
         f"- validation (training-file hold-out, not an evaluation set): {val_bits:.4f} bits/token{per_byte}",

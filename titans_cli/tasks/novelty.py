@@ -80,6 +80,7 @@ class _MemoryAverage:
     def __init__(self):
         self.sums: list[list[torch.Tensor]] | None = None
         self.tokens = 0
+        self.dtype = torch.float32
 
     def __call__(self, state, rows: list[int], fed: list[int]) -> None:
         if not rows:
@@ -87,6 +88,7 @@ class _MemoryAverage:
         weight = float(fed[0])
         layers = [block.memory.current_weights for block in state.blocks if block.memory is not None]
         if self.sums is None:
+            self.dtype = layers[0][0].dtype
             self.sums = [[w[rows[0]].double() * weight for w in layer] for layer in layers]
         else:
             for sums, layer in zip(self.sums, layers):
@@ -95,7 +97,7 @@ class _MemoryAverage:
         self.tokens += int(weight)
 
     def mean(self) -> list[tuple[torch.Tensor, ...]]:
-        return [tuple((s / max(self.tokens, 1)).float() for s in layer) for layer in self.sums]
+        return [tuple((s / max(self.tokens, 1)).to(self.dtype) for s in layer) for layer in self.sums]
 
 
 class _Collect:
@@ -148,6 +150,7 @@ def _state_with_memory(model, device, lane_weights: list[list[tuple[torch.Tensor
 
 
 def initial_memory(model) -> list[tuple[torch.Tensor, ...]]:
+    """The learned start-of-stream memory of every layer, (H, out, in) per weight."""
     return [tuple(w.detach() for w in block.memory.initial_weights) for block in model.blocks]
 
 

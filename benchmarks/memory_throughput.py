@@ -46,6 +46,8 @@ def machine_description() -> str:
     except OSError:
         pass
     parts = [f"CPU: {cpu}, {os.cpu_count()} logical cores", f"torch {torch.__version__}"]
+    if hasattr(os, "getloadavg"):
+        parts.append(f"load average {os.getloadavg()[0]:.1f} at start (other work on the machine slows every row)")
     if torch.cuda.is_available():
         parts.append(f"GPU: {torch.cuda.get_device_name(0)}")
     else:
@@ -221,13 +223,14 @@ def main(argv=None) -> int:
     parser.add_argument("--check-cuda", action="store_true", help="only check torch_chunked on CUDA against the reference")
     parser.add_argument("--tokens", type=int, default=None, help="tokens per sequence (default 16384; quick 2048)")
     parser.add_argument("--repeats", type=int, default=None, help="timed repeats, median reported (default 3; quick 2)")
+    parser.add_argument("--batches", type=int, nargs="+", default=None, help="batch sizes (default 8 1; quick 2 1); CUDA uses the first")
     args = parser.parse_args(argv)
 
     if args.check_cuda:
         return 0 if check_cuda() else 1
     args.tokens = args.tokens or (2048 if args.quick else 16384)
     args.repeats = args.repeats or (2 if args.quick else 3)
-    args.batches = [2, 1] if args.quick else [8, 1]
+    args.batches = args.batches or ([2, 1] if args.quick else [8, 1])
 
     machine = machine_description()
     print(f"# {machine}", file=sys.stderr)

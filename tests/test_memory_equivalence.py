@@ -62,9 +62,14 @@ def test_extreme_gates_stay_finite_and_exact():
     config = PRESETS["titans"].replace(chunk_size=16, **TINY)
     q, k, v, lr, momentum, decay, delta, weights, momenta = random_memory_inputs(config, length=48, seed=3)
     momentum = torch.where(torch.rand_like(momentum) < 0.5, torch.zeros_like(momentum), torch.full_like(momentum, 1 - 1e-12))
-    decay = torch.where(torch.rand_like(decay) < 0.5, torch.full_like(decay, 1e-300), torch.full_like(decay, 1 - 1e-9))
-    inputs = (q, k, v, lr, momentum, decay, delta, weights, momenta)
-    assert_close(torch_chunked.memory_update(*inputs, config), reference.memory_update(*inputs, config), 1e-6, "extreme gates")
+    choice = torch.rand_like(decay)
+    decay = torch.where(choice < 0.4, torch.full_like(decay, 1e-300), torch.full_like(decay, 1 - 1e-9))
+    decay = torch.where(choice > 0.9, torch.ones_like(decay), decay)  # saturated sigmoid: β = 0 exactly
+    for retention in ("decay", "kl"):
+        config = config.replace(retention=retention)
+        inputs = (q, k, v, lr, momentum, decay, delta, weights, momenta)
+        expected = reference.memory_update(*inputs, config)
+        assert_close(torch_chunked.memory_update(*inputs, config), expected, 1e-6, f"extreme gates, {retention}")
 
 
 def test_long_stream_stays_bounded():

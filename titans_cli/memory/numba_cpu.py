@@ -406,14 +406,14 @@ def memory_update(q, k, v, lr, momentum, decay, huber_delta, weights, momenta, c
         return tuple(
             torch.from_numpy(array[:, w_offsets[i] : w_offsets[i + 1]].copy())
             .view(batch, heads, out, fan_in)
-            .to(weights[i].dtype)
+            .to(device=weights[i].device, dtype=weights[i].dtype)
             for i, (out, fan_in) in enumerate(shapes)
         )
 
     return MemoryResult(
-        output=torch.from_numpy(output).view(batch, heads, length, dim).to(out_dtype),
-        grad_norm=torch.from_numpy(grad_norm).view(batch, heads, length).to(out_dtype),
-        momentum_norm=torch.from_numpy(momentum_norm).view(batch, heads, length).to(out_dtype),
+        output=torch.from_numpy(output).view(batch, heads, length, dim).to(device=q.device, dtype=out_dtype),
+        grad_norm=torch.from_numpy(grad_norm).view(batch, heads, length).to(device=q.device, dtype=out_dtype),
+        momentum_norm=torch.from_numpy(momentum_norm).view(batch, heads, length).to(device=q.device, dtype=out_dtype),
         weights=unflatten(memory),
         momenta=unflatten(surprise_momentum),
     )

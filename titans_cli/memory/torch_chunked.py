@@ -121,7 +121,8 @@ def memory_update(q, k, v, lr, momentum, decay, huber_delta, weights, momenta, c
     # gd: η = 0 (log clamped to log(tiny): products of it are 0 to working precision, never NaN).
     eta = torch.zeros_like(momentum) if config.algorithm == "gd" else momentum
     log_eta = torch.log(eta.clamp_min(tiny))
-    log_one_minus_alpha = torch.log1p(-decay)
+    # α_t = 1 exactly (a saturated sigmoid) would give log β = -inf and inf - inf below: clamp the same way.
+    log_one_minus_alpha = torch.log1p(-decay).clamp_min(math.log(tiny))
     log_beta = log_one_minus_alpha if config.retention in ("decay", "lq") else torch.zeros_like(decay)
 
     memory = tuple(weights)

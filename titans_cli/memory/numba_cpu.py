@@ -34,7 +34,6 @@ from .mlp import MemoryResult, check_inputs
 
 _BIASES = {"l2": 0, "lp": 1, "huber": 2}
 _RETENTIONS = {"decay": 0, "lq": 1, "kl": 2, "none": 3}
-_FLOAT32_TINY = np.float32(np.finfo(np.float32).tiny)
 
 
 @njit(cache=True, fastmath=False)

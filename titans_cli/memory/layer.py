@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from .config import MemoryConfig
 from .mlp import MemoryResult, initial_memory_weights
 
-BACKENDS = ("torch", "numba", "reference")
+BACKENDS = ("torch", "numba", "triton", "reference")
 
 # Gate biases at initialisation: θ = max_lr/2, η ≈ 0.88 (momentum), α ≈ 0.0025 (slow forgetting:
 # about 15% per 64-token chunk), Huber δ ≈ 1.
@@ -39,6 +39,8 @@ def memory_op(backend: str):
         from .torch_chunked import memory_update
     elif backend == "numba":
         from .numba_cpu import memory_update
+    elif backend == "triton":
+        from .triton_fused import memory_update  # CUDA; falls back to torch_chunked where it must
     elif backend == "reference":
         from .reference import memory_update
     else:
@@ -257,12 +259,12 @@ class NeuralMemory(nn.Module):
             weights=tuple(weights),
             momenta=tuple(momenta),
             current_weights=tuple(current_weights),
-            pending_k=all_k[:, :, keep],
-            pending_v=all_v[:, :, keep],
-            pending_lr=all_lr[:, :, keep],
-            pending_momentum=all_momentum[:, :, keep],
-            pending_decay=all_decay[:, :, keep],
-            pending_huber_delta=None if all_delta is None else all_delta[:, :, keep],
+            pending_k=all_k[:, :, keep].clone(),
+            pending_v=all_v[:, :, keep].clone(),
+            pending_lr=all_lr[:, :, keep].clone(),
+            pending_momentum=all_momentum[:, :, keep].clone(),
+            pending_decay=all_decay[:, :, keep].clone(),
+            pending_huber_delta=None if all_delta is None else all_delta[:, :, keep].clone(),
             conv_tail=conv_tail,
             position=state.position + length,
         )

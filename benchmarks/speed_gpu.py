@@ -1,0 +1,148 @@
+"""Whole-model `surprise` throughput on one GPU: the shipped DNA model over growing inputs.
+
+Measures, for each memory backend (torch_chunked = the unfused path, triton = the fused kernel):
+wall time, bases/s, peak GPU memory and peak host RSS of `titans_cli.surprise(..., metric="bits")`
+on a multi-genome input (the records of a FASTA repeated until the size is reached) at 1, 10 and
+100 Mbp, and on one long record (a genome repeated into a single record). The tracks of the two
+backends are compared on the smallest input: the fused path must give the same numbers.
+
+    python benchmarks/speed_gpu.py --fasta carry/eval/dna/mycobacteriophages_eval.fa.gz \
+        --long-fasta carry/eval/dna/escherichia_coli_k12_mg1655.fa.gz --out benchmarks/results/speed_gpu.md
+
+Needs CUDA. Every row names the card it ran on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import resource
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from titans_cli import Model, surprise  # noqa: E402
+from titans_cli.device import Runtime  # noqa: E402
+from titans_cli.io.sequences import read_records  # noqa: E402
+from titans_cli.model import load_model as load_model_dir  # noqa: E402
+
+
+def multi_genome_input(records: list[tuple[str, bytes]], total_bases: int) -> list[tuple[str, str]]:
+    """Records of the FASTA, cycled (with new ids) until `total_bases` is reached."""
+    out, size, copy = [], 0, 0
+    while size < total_bases:
+        for record_id, sequence in records:
+            if size >= total_bases:
+                break
+            take = sequence[: total_bases - size]
+            out.append((f"{record_id}_copy{copy}", take.decode("ascii")))
+            size += len(take)
+        copy += 1
+    return out
+
+
+def measure(model: Model, data, label: str) -> dict:
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    bases = sum(len(seq) for _, seq in data)
+    start = time.perf_counter()
+    tracks = surprise(model, data, metric="bits", window=50)
+    torch.cuda.synchronize()
+    seconds = time.perf_counter() - start
+    mean_bits = float(np.average([t.bits_per_unit for t in tracks], weights=[t.length for t in tracks]))
+    return {
+        "label": label,
+        "records": len(data),
+        "bases": bases,
+        "seconds": seconds,
+        "rate": bases / seconds,
+        "gpu_peak_gib": torch.cuda.max_memory_allocated() / 2**30,
+        "rss_peak_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+        "mean_bits": mean_bits,
+        "tracks": tracks,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default="dna")
+    parser.add_argument("--fasta", required=True, help="multi-record FASTA (e.g. the eval mycobacteriophages)")
+    parser.add_argument("--long-fasta", help="a genome to repeat into one long record")
+    parser.add_argument("--sizes", default="1,10,100", help="input sizes in Mbp")
+    parser.add_argument("--backends", default="torch,triton")
+    parser.add_argument("--long-backends", default="triton", help="backends that also run the one-record input")
+    parser.add_argument("--long-mbp", type=float, default=10.0)
+    parser.add_argument("--out")
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        sys.exit("speed_gpu.py needs a CUDA GPU")
+
+    device = torch.device("cuda")
+    card = torch.cuda.get_device_name(0)
+    loaded = load_model_dir(args.model, device=device)
+    records = read_records(args.fasta)
+    sizes = [float(s) for s in args.sizes.split(",")]
+    rows, reference_tracks = [], {}
+    for backend in args.backends.split(","):
+        model = Model(args.model, loaded, Runtime(device=device, backend=backend))
+        measure(model, multi_genome_input(records, 200_000), "warm-up")  # compile kernels, fill caches
+        for size in sizes:
+            data = multi_genome_input(records, int(size * 1e6))
+            row = measure(model, data, f"{size:g} Mbp, {len(data)} records")
+            row["backend"] = backend
+            if size == sizes[0]:
+                reference_tracks[backend] = row["tracks"]
+            row.pop("tracks")
+            rows.append(row)
+            print(f"{backend:7s} {row['label']:28s} {row['rate'] / 1e6:7.3f} M bases/s  "
+                  f"GPU {row['gpu_peak_gib']:.2f} GiB  RSS {row['rss_peak_gib']:.2f} GiB", flush=True)
+        if args.long_fasta and backend in args.long_backends.split(","):
+            genome = b"".join(seq for _, seq in read_records(args.long_fasta))
+            size = int(args.long_mbp * 1e6)
+            data = [("genome_repeated", (genome * (size // len(genome) + 1))[:size].decode("ascii"))]
+            row = measure(model, data, f"{args.long_mbp:g} Mbp, one record")
+            row["backend"] = backend
+            row.pop("tracks")
+            rows.append(row)
+            print(f"{backend:7s} {row['label']:28s} {row['rate'] / 1e6:7.3f} M bases/s", flush=True)
+
+    agreement = ""
+    if len(reference_tracks) == 2:
+        first, second = reference_tracks.values()
+        worst = max(float(np.max(np.abs(a.values - b.values))) for a, b in zip(first, second))
+        mean_gap = max(abs(a.bits_per_unit - b.bits_per_unit) for a, b in zip(first, second))
+        agreement = (f"Fused vs unfused on the {sizes[0]:g} Mbp input: largest difference of a 50-base window "
+                     f"mean {worst:.2e} bits, of a record's mean bits/base {mean_gap:.2e}.")
+        print(agreement)
+
+    lines = [
+        "## Whole-model surprise throughput on one GPU",
+        "",
+        f"Machine: {card}, torch {torch.__version__}, host {platform.processor() or platform.machine()}. "
+        f"Model `{args.model}` ({sum(p.numel() for p in loaded.model.parameters()):,} parameters), "
+        "`titans_cli.surprise(metric='bits', window=50)`, fp32, streaming (constant memory per lane). "
+        f"Multi-genome input: the records of `{Path(args.fasta).name}` cycled to the size. "
+        "Produced by `benchmarks/speed_gpu.py`.",
+        "",
+        "| backend | input | bases | seconds | M bases/s | peak GPU GiB | peak RSS GiB | mean bits/base |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in rows:
+        lines.append(f"| {row['backend']} | {row['label']} | {row['bases']:,} | {row['seconds']:.2f} | "
+                     f"{row['rate'] / 1e6:.3f} | {row['gpu_peak_gib']:.2f} | {row['rss_peak_gib']:.2f} | {row['mean_bits']:.4f} |")
+    if agreement:
+        lines += ["", agreement]
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -175,7 +175,7 @@ class StreamEngine:
         model,
         runtime: Runtime,
         piece_tokens: int = 4096,
-        lanes: int = 16,
+        lanes: int | None = None,
         lane_tokens: int = 1 << 16,
         buffer_records: int = 256,
         want_hidden: bool = False,
@@ -187,7 +187,8 @@ class StreamEngine:
         config = model.config
         self.chunk = int(config.memory.chunk_size)
         self.piece_tokens = max(self.chunk, (piece_tokens // self.chunk) * self.chunk)
-        self.lanes = max(1, lanes)
+        # A GPU wants wide waves; on a CPU the memory kernels already use every core at ~16 lanes.
+        self.lanes = max(1, lanes if lanes is not None else (128 if runtime.device.type == "cuda" else 16))
         self.lane_tokens = max(1, lane_tokens)
         self.buffer_records = max(self.lanes, buffer_records)
         self.bos_id, self.pad_id = int(config.bos_id), int(config.pad_id)

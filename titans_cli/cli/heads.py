@@ -75,6 +75,7 @@ def eval_command(
     head: str = typer.Argument(..., help="Head name or directory."),
     labels: str = typer.Argument(..., help="TSV: path_or_record<TAB>label."),
     max_windows: Optional[int] = typer.Option(None, "--max-windows", help="At most this many windows per row, spread evenly."),
+    update_card: bool = typer.Option(False, "--update-card", help="Record this evaluation (and its command) in the head's card and head.json."),
     model: Optional[str] = typer.Option(None, "--model", help="Model (default: the head's)."),
     device: str = typer.Option("auto", "--device", help=common.HELP_DEVICE),
     backend: str = typer.Option("auto", "--backend", help=common.HELP_BACKEND),
@@ -82,7 +83,7 @@ def eval_command(
 ) -> None:
     from titans_cli.stream import StreamEngine
     from titans_cli.tasks.classify import head_embedding_settings, labelled_features, row_kind
-    from titans_cli.tasks.heads import accuracy_report, load_head, read_labels
+    from titans_cli.tasks.heads import HEAD_CARD, accuracy_report, load_head, read_labels, save_head
 
     loaded = load_head(head)
     common.check_positive("--max-windows", max_windows)
@@ -97,8 +98,21 @@ def eval_command(
         engine = StreamEngine(session.model, session.runtime)
         features, names, _, _, _ = labelled_features(engine, rows, session.tokenizer, settings, max_windows,
                                                      progress=progress.advance)
-    for line in _report_lines("eval", accuracy_report(loaded, features, names)):
+    report = accuracy_report(loaded, features, names)
+    lines = _report_lines("eval", report)
+    for line in lines:
         typer.echo(line)
+    if update_card:
+        report["labels"] = labels
+        report["command"] = common.command_line()
+        loaded.metrics.setdefault("evaluations", []).append(report)
+        card_path = loaded.path / HEAD_CARD
+        card = card_path.read_text(encoding="utf-8") if card_path.is_file() else ""
+        card += (f"\n## Evaluation on `{labels}`\n\n`{report['command']}`\n\n"
+                 f"accuracy {report['accuracy']:.4f} (n={report['n']:,})\n\n| class | n | accuracy |\n|---|---:|---:|\n"
+                 + "".join(f"| {name} | {entry['n']:,} | {entry['accuracy']:.4f} |\n" for name, entry in report["per_class"].items()))
+        save_head(loaded, loaded.path, card)
+        common.info(f"titans: evaluation recorded in {card_path}", quiet)
 
 
 def _card(output: str, head, labels: str) -> str:

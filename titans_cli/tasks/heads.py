@@ -14,6 +14,7 @@ samples (by a hash of the row, and of the window for per-window heads) is held o
 
 from __future__ import annotations
 
+import functools
 import gzip
 import hashlib
 import io
@@ -293,7 +294,19 @@ def is_jsonl(path: str) -> bool:
 
 def jsonl_document(path: str, record_id: str):
     """The text of one {"id", "text"} object of a JSONL(.gz) file, as a named binary stream."""
+    documents = _jsonl_documents(path)
+    if record_id not in documents:
+        raise TitansInputError(f"{path}: no document with id {record_id!r}")
+    stream = io.BytesIO(documents[record_id].encode("utf-8"))
+    stream.name = f"{os.path.basename(path)}#{record_id}"
+    return stream
+
+
+@functools.lru_cache(maxsize=4)
+def _jsonl_documents(path: str) -> dict[str, str]:
+    """id -> text of every object of a JSONL(.gz) file (read once per labels file)."""
     opener = gzip.open if path.lower().endswith(".gz") else open
+    documents = {}
     with opener(path, "rt", encoding="utf-8") as handle:
         for number, line in enumerate(handle, start=1):
             if not line.strip():
@@ -302,11 +315,8 @@ def jsonl_document(path: str, record_id: str):
                 document = json.loads(line)
             except ValueError:
                 raise TitansInputError(f"{path}: line {number}: not valid JSON") from None
-            if str(document.get("id")) == record_id:
-                stream = io.BytesIO(str(document.get("text", "")).encode("utf-8"))
-                stream.name = f"{os.path.basename(path)}#{record_id}"
-                return stream
-    raise TitansInputError(f"{path}: no document with id {record_id!r}")
+            documents[str(document.get("id"))] = str(document.get("text", ""))
+    return documents
 
 
 def held_out(row: LabelRow, window_start: int | None) -> bool:

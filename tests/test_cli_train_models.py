@@ -1,0 +1,40 @@
+"""`titans train` (the wrapper of tasks/train.py) and `titans models` with heads."""
+
+from __future__ import annotations
+
+from test_cli_fixtures import lambda_sequence, run_in_process, tiny_models, titans_env, write_fasta  # noqa: F401
+
+
+def test_train_fine_tunes_into_a_loadable_model(titans_env, tmp_path, capsys, monkeypatch):
+    corpus = write_fasta(tmp_path / "corpus.fa", [("a", lambda_sequence()[:3000]), ("b", lambda_sequence()[5000:8000])])
+    run = tmp_path / "run"
+    result = run_in_process(["train", corpus, "--init-from", "dna", "-o", run, "--steps", "2", "--batch-size", "2",
+                             "--crop-len", "128", "--device", "cpu"], capsys)
+    assert result.code == 0, result.stderr
+    assert (run / "model" / "config.json").is_file() and (run / "checkpoint").is_dir()
+    assert "titans train" in (run / "model" / "README.md").read_text(), "the card records the command"
+    # the new model directory works with every command
+    surprise = run_in_process(["surprise", corpus, "--model", run / "model", "--window", "1000", "-q"], capsys)
+    assert surprise.code == 0, surprise.stderr
+    assert len(surprise.stdout.splitlines()) == 1 + 6
+
+
+def test_train_needs_a_preset_or_a_model(titans_env, tmp_path, capsys):
+    corpus = write_fasta(tmp_path / "corpus.fa", [("a", "ACGT" * 100)])
+    result = run_in_process(["train", corpus, "-o", tmp_path / "run", "--steps", "1"], capsys)
+    assert result.code == 2 and "--preset" in result.stderr
+
+
+def test_models_lists_models_and_heads(titans_env, tmp_path, capsys, monkeypatch):
+    labels = tmp_path / "labels.tsv"
+    sequence = lambda_sequence()
+    write_fasta(tmp_path / "x.fa", [("p", sequence[:800]), ("q", sequence[10000:10800])])
+    labels.write_text("x.fa#p\tone\nx.fa#q\ttwo\nx.fa#p\tone\ttest\nx.fa#q\ttwo\ttest\n")
+    heads_dir = titans_env / "heads"
+    trained = run_in_process(["heads", "train", labels, "-o", heads_dir / "tiny", "-q"], capsys)
+    assert trained.code == 0, trained.stderr
+    listing = run_in_process(["models"], capsys)
+    assert listing.code == 0
+    text = listing.stdout
+    assert "dna" in text and "Tiny random DNA model" in text and "text" in text
+    assert "tiny" in text.split("HEADS")[1] and "2 classes" in text

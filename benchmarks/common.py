@@ -103,12 +103,13 @@ def fmt(x, digits: int = 3) -> str:
     return f"{x:.{digits}f}"
 
 
-def write_section(name: str, title: str, body: str, quick: bool, elapsed_s: float) -> Path:
+def write_section(name: str, title: str, body: str, quick: bool, elapsed_s: float,
+                  script: str | None = None) -> Path:
     """Write benchmarks/results/<name>.md: a level-2 heading, the machine line, then `body`."""
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     mode = "quick mode (`--quick`: subsampled, see notes)" if quick else "full mode"
     text = (f"## {title}\n\n"
-            f"*Machine: {machine_line()}. Script: `benchmarks/{name}.py`, {mode}, "
+            f"*Machine: {machine_line()}. Script: `benchmarks/{script or name}.py`, {mode}, "
             f"ran in {elapsed_s / 60:.1f} min.*\n\n{body.rstrip()}\n")
     path = RESULTS_DIR / f"{name}.md"
     tmp = path.with_suffix(".md.tmp")

@@ -223,6 +223,8 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="evenly spaced subsample of each set")
     ap.add_argument("--jobs", type=int, default=min(2, mp.cpu_count()))
     ap.add_argument("--no-titans", action="store_true")
+    ap.add_argument("--section", default=NAME,
+                    help="section name: writes benchmarks/results/<section>.md (default summarization)")
     args = ap.parse_args(argv)
     timer = common.Timer()
     titans_fn = None if args.no_titans else titans_summarizer()
@@ -248,7 +250,7 @@ def main(argv=None) -> int:
         n_sent = [n for _, n in results]
         scores = {m: np.mean([r[m] for r, _ in results], axis=0) for m in BASELINES}
         titans_scores = None
-        titans_status = "pending (no `titans_cli.summarize` or no shipped text model at this commit)"
+        titans_status = "pending (no `titans_cli.summarize` or no loadable text model when this run started)"
         if args.no_titans:
             titans_status = "not run (--no-titans)"
         elif titans_fn is not None:
@@ -282,9 +284,12 @@ def main(argv=None) -> int:
     if args.quick:
         body.append("Quick mode: each set is an evenly spaced subsample of its documents "
                     "(`numpy.linspace` over the file order), so numbers differ from the full run.")
-    common.write_section(NAME, "Summarisation: ROUGE on long documents", "\n".join(body),
-                         args.quick, timer.elapsed)
-    common.log(f"wrote {common.RESULTS_DIR / (NAME + '.md')} in {timer.elapsed:.0f} s")
+    title = "Summarisation: ROUGE on long documents"
+    if args.section != NAME:
+        title += f" ({args.section})"
+    common.write_section(args.section, title, "\n".join(body), args.quick, timer.elapsed,
+                         script=NAME)
+    common.log(f"wrote {common.RESULTS_DIR / (args.section + '.md')} in {timer.elapsed:.0f} s")
     return 0
 
 

@@ -204,7 +204,7 @@ def main(argv=None) -> int:
     timer = common.Timer()
     embed = None if args.no_titans else titans_embedder()
     titans_status = ("not run (--no-titans)" if args.no_titans else
-                     "pending (no `titans_cli.embed` or no shipped dna/text model at this commit)")
+                     "pending (no `titans_cli.embed` or no loadable dna/text model when this run started)")
 
     tables = []
 

@@ -94,6 +94,14 @@ def ours_call(layer, x, backend: str, backward: bool):
     return call
 
 
+def triton_available() -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def titans_pytorch_layer():
     """titans_pytorch.NeuralMemory at the reference configuration, or None when not installed."""
     try:
@@ -145,7 +153,7 @@ def run_table(args) -> list[dict]:
         print(f"  {implementation:<24} {device:<5} batch {batch:<3} {mode:<12} {rate} {note}", file=sys.stderr)
 
     layer = NeuralMemory(D_MODEL, LAYER_CONFIG)
-    for batch in args.batches:
+    for batch in [] if args.skip_cpu else args.batches:
         x = torch.randn(batch, tokens, D_MODEL)
         for backend in ("torch", "numba"):
             seconds = time_cpu(ours_call(layer, x, backend, backward=False), args.repeats)
@@ -163,6 +171,10 @@ def run_table(args) -> list[dict]:
             mode = "fwd+bwd" if backward else "forward"
             seconds, peak = time_cuda(ours_call(gpu_layer, x, "torch", backward), args.repeats)
             add("ours (torch_chunked)", "cuda", batch, mode, seconds, peak)
+            if triton_available():
+                # backward recomputes through torch_chunked (triton_fused.py's default)
+                seconds, peak = time_cuda(ours_call(gpu_layer, x, "triton", backward), args.repeats)
+                add("ours (triton_fused)", "cuda", batch, mode, seconds, peak)
             if other is None:
                 add("titans-pytorch", "cuda", batch, mode, None, note="not installed")
             else:
@@ -224,6 +236,7 @@ def main(argv=None) -> int:
     parser.add_argument("--tokens", type=int, default=None, help="tokens per sequence (default 16384; quick 2048)")
     parser.add_argument("--repeats", type=int, default=None, help="timed repeats, median reported (default 3; quick 2)")
     parser.add_argument("--batches", type=int, nargs="+", default=None, help="batch sizes (default 8 1; quick 2 1); CUDA uses the first")
+    parser.add_argument("--skip-cpu", action="store_true", help="CUDA rows only (the CPU rows are measured on the CPU machine)")
     args = parser.parse_args(argv)
 
     if args.check_cuda:

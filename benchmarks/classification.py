@@ -275,7 +275,8 @@ def main(argv=None) -> int:
     rows = [["domain of origin", "k-mer (4-6) + LR", *map(common.fmt, scores(y_ev, pred)),
              f"C={model.best_params_['logisticregression__C']:g}", *domain_extra(pred)]]
     rows += titans_rows("domain of origin", "dna", [(i, s) for i, s, _ in dtrain],
-                        [(i, s) for i, s, _ in deval], y_tr, y_ev, domain_extra, len(per_class))
+                        [(i, s) for i, s, _ in deval], y_tr, y_ev, domain_extra, len(per_class),
+                        compute=not args.quick)
     domain_errors = confusion_note(y_ev, pred)
     tables.append((f"**DNA domain of origin** ({DOMAIN_WINDOW // 1000} kb windows; {len(dtrain)} train "
                    f"windows ({n_tr} per collection), {len(deval)} eval windows ({n_ev} per class)); "
@@ -308,8 +309,7 @@ def main(argv=None) -> int:
         body += [caption, common.md_table(headers, rows, "ll" + "r" * (len(headers) - 2)), ""]
     if args.quick:
         body.append("Quick mode: the domain task uses 150 train windows per collection and 100 eval "
-                    "windows per class (full mode: 1,000 and 600); titans probes for phage clusters "
-                    "and Brown genres use embeddings cached by a full run with the same code and "
+                    "windows per class (full mode: 1,000 and 600); titans probes use embeddings cached by a full run with the same code and "
                     "model, or say \"full mode only\".")
     common.write_section(NAME, "Classification: k-mer / TF-IDF baselines vs titans embeddings",
                          "\n".join(body), args.quick, timer.elapsed)

@@ -18,7 +18,7 @@ DEFAULT_MODELS = {"sequence": "dna", "text": "text"}
 # Typer help texts shared by the subcommands.
 HELP_MODEL = "Shipped model name or model directory (default: dna for FASTA/FASTQ, text for text)."
 HELP_DEVICE = "auto | cpu | cuda (auto: CUDA when a GPU is visible)."
-HELP_BACKEND = "Memory-update implementation: auto | torch | numba (auto: numba on CPU, torch on CUDA)."
+HELP_BACKEND = "Memory-update implementation: auto | torch | numba | triton (auto: numba on CPU, triton on CUDA)."
 HELP_OUTPUT = "Output file ('-' = stdout, the default)."
 HELP_QUIET = "No progress bar, no summary on stderr."
 

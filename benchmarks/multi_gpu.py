@@ -1,0 +1,91 @@
+"""More than one GPU: `titans train` and sharded `titans surprise` on 1 vs N GPUs under torchrun.
+
+    python benchmarks/multi_gpu.py --gpus 2 --train-fasta A.fa.gz B.fa.gz --surprise-fasta phages.fa.gz \
+        --out benchmarks/results/multi_gpu.md
+
+Training: the same per-rank batch on 1 and N ranks (DDP), throughput = the median tokens/s (all ranks)
+that `titans train` logs in metrics.jsonl, first interval (warm-up) dropped. Surprise: wall time of
+the whole command on a multi-record FASTA, 1 process vs torchrun with N ranks (records sharded by
+length, outputs gathered by rank 0), and whether the two bedGraphs are byte-identical.
+"""
+
+from __future__ import annotations
+
+import argparse
+import filecmp
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+
+def torchrun(nproc: int, args: list[str]) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", "-m", "titans_cli", *args]
+
+
+def train_rate(nproc: int, args, work: Path) -> float:
+    out = work / f"train{nproc}"
+    command = torchrun(nproc, ["train", *args.train_fasta, "--preset", "dna-small", "-o", str(out), "--steps", str(args.steps),
+                               "--batch-size", str(args.batch_size), "--device", "cuda", "--no-resume"])
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=(work / f"train{nproc}.log").open("w"))
+    rates = [json.loads(line)["tokens_per_s"] for line in (out / "metrics.jsonl").read_text().splitlines()
+             if "tokens_per_s" in line]
+    return statistics.median(rates[1:] if len(rates) > 1 else rates)
+
+
+def surprise_seconds(nproc: int, args, work: Path) -> tuple[float, Path]:
+    output = work / f"surprise{nproc}.bedgraph"
+    base = ["surprise", args.surprise_fasta, "--quiet", "-o", str(output), "--device", "cuda"]
+    command = [sys.executable, "-m", "titans_cli", *base] if nproc == 1 else torchrun(nproc, base)
+    started = time.perf_counter()
+    subprocess.run(command, check=True, stderr=(work / f"surprise{nproc}.log").open("w"))
+    return time.perf_counter() - started, output
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--gpus", type=int, default=2)
+    parser.add_argument("--train-fasta", nargs="+", required=True)
+    parser.add_argument("--surprise-fasta", required=True)
+    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--work", default="/tmp/titans_multi_gpu")
+    parser.add_argument("--out")
+    args = parser.parse_args()
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    card = torch.cuda.get_device_name(0)
+
+    rates = {n: train_rate(n, args, work) for n in (1, args.gpus)}
+    print(f"train tokens/s: {rates}", flush=True)
+    timings = {n: surprise_seconds(n, args, work) for n in (1, args.gpus)}
+    identical = filecmp.cmp(timings[1][1], timings[args.gpus][1], shallow=False)
+    print(f"surprise seconds: { {n: t for n, (t, _) in timings.items()} }, identical={identical}", flush=True)
+
+    n = args.gpus
+    lines = [
+        "## More than one GPU (torchrun)",
+        "",
+        f"Machine: {torch.cuda.device_count()} x {card}, torch {torch.__version__}. Produced by `benchmarks/multi_gpu.py`.",
+        "",
+        "| job | 1 GPU | %d GPUs | speed-up |" % n,
+        "|---|---:|---:|---:|",
+        f"| `titans train` dna-small, {args.batch_size} crops x 4096 per rank per step (tokens/s, all ranks) | "
+        f"{rates[1]:,.0f} | {rates[n]:,.0f} | {rates[n] / rates[1]:.2f}x |",
+        f"| `titans surprise` {Path(args.surprise_fasta).name} (wall seconds, whole command) | "
+        f"{timings[1][0]:.1f} | {timings[n][0]:.1f} | {timings[1][0] / timings[n][0]:.2f}x |",
+        "",
+        f"Sharded bedGraph byte-identical to the single-process one: {'yes' if identical else 'NO'}.",
+    ]
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.out:
+        Path(args.out).write_text(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -48,6 +48,14 @@ def memory_op(backend: str):
     return memory_update
 
 
+def _l2_normalize(t: torch.Tensor, heads: int) -> torch.Tensor:
+    """F.normalize(t split into heads, dim=-1) computed on the (B, T, H, d) layout -> (B, T, H*d)."""
+    batch, length, _ = t.shape
+    rows = t.reshape(batch, length, heads, -1)
+    norm = rows.square().sum(-1, keepdim=True).sqrt_().clamp_min_(1e-12)
+    return (rows / norm).view(batch, length, -1)
+
+
 @dataclass
 class MemoryStreamState:
     """Everything a NeuralMemory needs to continue a stream (size independent of its length).
@@ -179,6 +187,15 @@ class NeuralMemory(nn.Module):
             position=0,
         )
 
+    def _causal_conv(self, with_tail: torch.Tensor, length: int) -> torch.Tensor:
+        """F.conv1d(with_tail^T, conv.weight, conv.bias, groups=C)^T without the transposes:
+        out[:, t] = bias + sum_j weight[:, 0, j] * with_tail[:, t + j]."""
+        taps = self.conv.weight[:, 0, :].t().to(with_tail.dtype)  # (conv_size, C)
+        out = torch.addcmul(self.conv.bias.to(with_tail.dtype), with_tail[:, :length], taps[0])
+        for j in range(1, taps.shape[0]):
+            out.addcmul_(with_tail[:, j : j + length], taps[j])
+        return out
+
     def _split_heads(self, t: torch.Tensor) -> torch.Tensor:
         batch, length, _ = t.shape
         return t.view(batch, length, self.config.num_heads, -1).transpose(1, 2)
@@ -195,12 +212,21 @@ class NeuralMemory(nn.Module):
 
         projected = self.to_qkv(x)
         with_tail = torch.cat([state.conv_tail.to(projected.dtype), projected], dim=1)
-        convolved = F.conv1d(with_tail.transpose(1, 2), self.conv.weight, self.conv.bias, groups=self.conv.groups)
-        q, k, v = F.silu(convolved.transpose(1, 2)).chunk(3, dim=-1)
-        q = F.normalize(self._split_heads(q), dim=-1)
-        k = F.normalize(self._split_heads(k), dim=-1)
+        if torch.is_grad_enabled():
+            convolved = F.conv1d(with_tail.transpose(1, 2), self.conv.weight, self.conv.bias, groups=self.conv.groups)
+            q, k, v = F.silu(convolved.transpose(1, 2)).chunk(3, dim=-1)
+            q = F.normalize(self._split_heads(q), dim=-1)
+            k = F.normalize(self._split_heads(k), dim=-1)
+        else:
+            # Inference: the same depthwise conv as conv_size shifted multiply-adds on the (B, T, C)
+            # layout (~4x faster than conv1d's transposed path on CPU), SiLU in place, and the L2
+            # norms over contiguous rows.
+            convolved = self._causal_conv(with_tail, length)
+            q, k, v = F.silu(convolved, inplace=True).chunk(3, dim=-1)
+            q = self._split_heads(_l2_normalize(q, config.num_heads))
+            k = self._split_heads(_l2_normalize(k, config.num_heads))
         v = self._split_heads(v)
-        conv_tail = with_tail[:, with_tail.shape[1] - (config.conv_size - 1) :]
+        conv_tail = with_tail[:, with_tail.shape[1] - (config.conv_size - 1) :].clone()  # not a view of the piece
 
         gates = self.to_gates(x).view(batch, length, -1, config.num_heads).permute(2, 0, 3, 1)  # (G, B, H, T)
         lr = torch.sigmoid(gates[0]) * config.max_lr
@@ -210,7 +236,10 @@ class NeuralMemory(nn.Module):
 
         # Re-run the pending tokens of the current chunk from the boundary state (outputs discarded).
         pending = state.pending_tokens
-        cat = lambda old, new: torch.cat([old.to(new.dtype), new], dim=2)  # noqa: E731
+        if pending:
+            cat = lambda old, new: torch.cat([old.to(new.dtype), new], dim=2)  # noqa: E731
+        else:  # piece starts on a chunk boundary: nothing to prepend, no copies
+            cat = lambda old, new: new if new is not None else None  # noqa: E731
         all_k, all_v = cat(state.pending_k, k), cat(state.pending_v, v)
         all_q = cat(state.pending_k, q)  # the pending reads are discarded; any finite value will do
         all_lr, all_momentum, all_decay = cat(state.pending_lr, lr), cat(state.pending_momentum, momentum), cat(state.pending_decay, decay)
@@ -245,9 +274,10 @@ class NeuralMemory(nn.Module):
             outputs.append(partial.output), grad_norms.append(partial.grad_norm), momentum_norms.append(partial.momentum_norm)
 
         if outputs:
-            read = torch.cat(outputs, dim=2)[:, :, pending:]
-            grad_norm = torch.cat(grad_norms, dim=2)[:, :, pending:]
-            momentum_norm = torch.cat(momentum_norms, dim=2)[:, :, pending:]
+            join = lambda parts: parts[0] if len(parts) == 1 else torch.cat(parts, dim=2)  # noqa: E731
+            read = join(outputs)[:, :, pending:]
+            grad_norm = join(grad_norms)[:, :, pending:]
+            momentum_norm = join(momentum_norms)[:, :, pending:]
         else:
             read = q
             grad_norm = momentum_norm = lr

@@ -187,8 +187,12 @@ class StreamEngine:
         config = model.config
         self.chunk = int(config.memory.chunk_size)
         self.piece_tokens = max(self.chunk, (piece_tokens // self.chunk) * self.chunk)
-        # A GPU wants wide waves; on a CPU the memory kernels already use every core at ~16 lanes.
-        self.lanes = max(1, lanes if lanes is not None else (128 if runtime.device.type == "cuda" else 16))
+        if lanes is None:
+            # A GPU wants wide waves, as wide as the logits of a step (lanes x piece x vocabulary,
+            # float32) stay within ~2 GiB; on a CPU ~16 lanes already keep every core busy.
+            fit = (1 << 31) // (self.piece_tokens * int(config.vocab_size) * 4)
+            lanes = max(4, min(128, fit)) if runtime.device.type == "cuda" else 16
+        self.lanes = max(1, lanes)
         self.lane_tokens = max(1, lane_tokens)
         self.buffer_records = max(self.lanes, buffer_records)
         self.bos_id, self.pad_id = int(config.bos_id), int(config.pad_id)
@@ -285,9 +289,11 @@ class StreamEngine:
                     targets[row, : len(following)] = following
                 tokens = torch.from_numpy(inputs).to(device)
                 output, state = model.step(tokens, state, backend=self.runtime.backend)
-                log_probs = F.log_softmax(output.logits.float(), dim=-1)
+                # -log2 softmax(logits)[target] without materialising a second vocabulary-wide tensor
+                logits = output.logits.float()
                 target_tensor = torch.from_numpy(targets).to(device)
-                bits = (-log_probs.gather(-1, target_tensor.unsqueeze(-1)).squeeze(-1) / LN2).cpu().numpy()
+                chosen = logits.gather(-1, target_tensor.unsqueeze(-1)).squeeze(-1)
+                bits = ((torch.logsumexp(logits, dim=-1) - chosen) / LN2).cpu().numpy()
                 grad = output.grad.float().cpu().numpy()
                 momentum = output.momentum.float().cpu().numpy()
                 hidden = output.hidden.float().cpu().numpy() if self.want_hidden else None

@@ -15,6 +15,7 @@ HELP = "Classify records or windows with a head (TSV: id, start, end, label, pro
 def command(
     inputs: List[str] = typer.Argument(..., help="FASTA/FASTQ or text files ('-' for stdin)."),
     head: str = typer.Option(..., "--head", help="Shipped head name (titans models) or head directory."),
+    region: Optional[str] = typer.Option(None, "--region", help="Only chr:start-end (1-based inclusive; indexable FASTA; one input)."),
     output: str = typer.Option("-", "-o", "--output", help=common.HELP_OUTPUT),
     model: Optional[str] = typer.Option(None, "--model", help="Model (default: the one the head was trained on)."),
     device: str = typer.Option("auto", "--device", help=common.HELP_DEVICE),
@@ -27,6 +28,8 @@ def command(
     from titans_cli.tasks.heads import load_head
 
     loaded_head = load_head(head)
+    if region is not None and len(inputs) != 1:
+        raise TitansInputError("--region needs exactly one input file")
     kind = common.input_kind(inputs)
     head_kind = loaded_head.settings.get("kind")
     if head_kind and head_kind != kind:
@@ -34,9 +37,9 @@ def command(
     session = common.open_session(kind, model or loaded_head.settings.get("model"), device, backend)
     unit = "bases" if kind == "sequence" else "tokens"
     columns = ["id", "start", "end", "label"] + [f"p_{name}" for name in loaded_head.classes]
-    with common.sharded_run(session, inputs) as (mine, gather), common.Progress(None, unit, quiet) as progress:
+    with common.sharded_run(session, inputs, region) as (mine, gather), common.Progress(None, unit, quiet) as progress:
         engine = StreamEngine(session.model, session.runtime, progress=progress.advance)
-        records = mine(common.records_for(session, inputs))
+        records = mine(common.records_for(session, inputs, region))
         predictions = run_classify(engine, loaded_head, records, kind)
         if common.distributed():
             grouped: dict[int, list] = {}

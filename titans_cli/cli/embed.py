@@ -7,6 +7,7 @@ from typing import List, Optional
 import typer
 
 from titans_cli.cli import common
+from titans_cli.errors import TitansInputError
 
 HELP = "Embeddings of records or windows: mean hidden state or memory fingerprint (.npy/.npz/.tsv/-)."
 
@@ -18,6 +19,7 @@ def command(
     step: Optional[int] = typer.Option(None, "--step", help="Distance between window starts (default: --window)."),
     pool: str = typer.Option("mean", "--pool", help="mean (mean hidden state) | memory (fingerprint of the memory's change)."),
     format: Optional[str] = typer.Option(None, "--format", help="npy | npz | tsv (default: from the -o extension; '-' is TSV)."),
+    region: Optional[str] = typer.Option(None, "--region", help="Only chr:start-end (1-based inclusive; indexable FASTA; one input)."),
     output: str = typer.Option("-", "-o", "--output", help="Output .npy, .npz, .tsv or '-' (TSV on stdout)."),
     model: Optional[str] = typer.Option(None, "--model", help=common.HELP_MODEL),
     device: str = typer.Option("auto", "--device", help=common.HELP_DEVICE),
@@ -30,13 +32,15 @@ def command(
 
     window, step = check_settings(per, pool, window, step)
     embedding_format(output, format)  # a bad extension fails before any work
+    if region is not None and len(inputs) != 1:
+        raise TitansInputError("--region needs exactly one input file")
     kind = common.input_kind(inputs)
     session = common.open_session(kind, model, device, backend)
     unit = "bases" if kind == "sequence" else "tokens"
     total = common.estimate_units(inputs, kind) if kind == "sequence" else None
-    with common.sharded_run(session, inputs) as (mine, gather), common.Progress(total, unit, quiet) as progress:
+    with common.sharded_run(session, inputs, region) as (mine, gather), common.Progress(total, unit, quiet) as progress:
         engine = StreamEngine(session.model, session.runtime, progress=progress.advance)
-        records = mine(common.records_for(session, inputs))
+        records = mine(common.records_for(session, inputs, region))
         embeddings = run_embed(engine, records, kind, per, pool, window, step)
         if common.distributed():
             grouped: dict[int, list] = {}

@@ -140,7 +140,7 @@ def labelled_features(engine: StreamEngine, rows: list[LabelRow], tokenizer, set
             features.append(embedding.vector)
             labels.append(row.label)
             groups.append(embedding.meta["row"])
-            test.append(held_out(row, embedding.start if per == "window" else None))
+            test.append(held_out(row, f"{embedding.id}:{embedding.start}" if per == "window" else None))
             if progress is not None:
                 progress(1)
     if not features:

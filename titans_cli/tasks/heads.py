@@ -237,6 +237,8 @@ def head_summary(path: Path) -> str:
              f"model {settings.get('model', '?')}, per {settings.get('per', '?')}"]
     if held_out is not None:
         parts.append(f"held-out accuracy {held_out:.3f}")
+    for evaluation in metrics.get("evaluations", [])[-1:]:
+        parts.append(f"accuracy {evaluation['accuracy']:.3f} on {os.path.basename(str(evaluation.get('labels', 'eval')))}")
     return "; ".join(parts)
 
 
@@ -319,8 +321,10 @@ def _jsonl_documents(path: str) -> dict[str, str]:
     return documents
 
 
-def held_out(row: LabelRow, window_start: int | None) -> bool:
+def held_out(row: LabelRow, window: str | None) -> bool:
+    """Whether a sample is held out: the split column, else a deterministic fifth by a hash of the
+    row (per-record heads) or of the row and the window (`record:start`, per-window heads)."""
     if row.split is not None:
         return row.split == "test"
-    key = row.target if window_start is None else f"{row.target}@{window_start}"
+    key = row.target if window is None else f"{row.target}@{window}"
     return _bucket(key) == 0

@@ -7,7 +7,7 @@ import subprocess
 import sys
 import time
 
-from test_cli_fixtures import SAMPLE, REPO, run_subprocess, subprocess_env, tiny_models  # noqa: F401
+from test_cli_fixtures import REPO, SAMPLE, lambda_sequence, run_subprocess, subprocess_env, tiny_models, write_fasta  # noqa: F401
 
 
 def test_python_dash_m_is_the_titans_command(tiny_models):
@@ -42,9 +42,10 @@ def test_sigterm_leaves_no_partial_file_and_keeps_the_old_one(tiny_models, tmp_p
     assert sorted(p.name for p in tmp_path.iterdir()) == ["track.bedgraph"], "no temporary file left behind"
 
 
-def test_closed_pipe_ends_quietly(tiny_models):
-    command = (f"{sys.executable} -m titans_cli surprise {SAMPLE / 'lambda_reads_1.fq'} --window 1 | head -n 2;"
-               " echo \"status=${PIPESTATUS[0]}\"")
+def test_closed_pipe_ends_quietly(tiny_models, tmp_path):
+    # 4,000 one-base bedGraph lines (~100 kB) overflow the pipe buffer after head has gone
+    fasta = write_fasta(tmp_path / "r.fa", [("r1", lambda_sequence()[:4000])])
+    command = f"{sys.executable} -m titans_cli surprise {fasta} --window 1 | head -n 2; echo \"status=${{PIPESTATUS[0]}}\""
     result = subprocess.run(["bash", "-c", command], env=subprocess_env(tiny_models), cwd=REPO,
                             capture_output=True, text=True, timeout=300)
     lines = result.stdout.splitlines()

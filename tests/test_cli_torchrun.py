@@ -28,7 +28,7 @@ def torchrun(args: list[str], models) -> subprocess.CompletedProcess:
 def many_records(tmp_path):
     """Records of very different lengths, so the length balancing has something to balance."""
     sequence = lambda_sequence()
-    records = [(f"rec{i}", sequence[i * 1000 : i * 1000 + length]) for i, length in enumerate([2500, 300, 1200, 90, 700, 1600, 40])]
+    records = [(f"rec{i}", sequence[i * 1000 : i * 1000 + length]) for i, length in enumerate([1500, 300, 700, 90, 40])]
     return write_fasta(tmp_path / "many.fa", records)
 
 
@@ -58,4 +58,4 @@ def test_sharded_surprise_equals_single_process(tiny_models, many_records, tmp_p
     np.testing.assert_allclose(values_one, values_two, rtol=1e-4)
     # the per-record summary lines (rank 0 prints all of them)
     summary = lambda text: sorted(line.split("\t")[0] for line in text.splitlines() if "bits/base" in line)  # noqa: E731
-    assert summary(one.stderr) == summary(two.stderr) and len(summary(one.stderr)) == 7
+    assert summary(one.stderr) == summary(two.stderr) and len(summary(one.stderr)) == 5

@@ -39,6 +39,7 @@ class SummSet:
     reference: str        # field name
     quick_docs: int
     note: str = ""
+    cache_tag: str = ""   # changes when this set's sentence split changes (per-document cache key)
 
 
 SETS = [
@@ -47,7 +48,7 @@ SETS = [
     SummSet("GovReport", "govreport.jsonl.gz", "prose", "reference", 4),
     SummSet("Multi-News", "multinews.jsonl.gz", "prose", "reference", 4),
     SummSet("ScisummNet", "scisumm.jsonl.gz", "lines", "summary", 16,
-            "reference = `summary` (ScisummNet human summary), not the abstract"),
+            "reference = `summary` (ScisummNet human summary), not the abstract", "lines-punkt"),
     SummSet("CNN/DM (REALSumm)", "cnndm_realsumm.jsonl.gz", "ptb", "reference", 30,
             "reference = the highlights"),
 ]
@@ -70,8 +71,8 @@ to the remaining words, and the chosen sentences are output in document order. R
 x 100 from `rouge-score` (`use_stemmer=True`; ROUGE-L is sentence-agnostic `rougeL`), averaged over
 documents; SQuALITY takes the maximum over its 4 references for each metric. LexRank, TextRank and
 LSA are sumy's (default settings, sumy's English stop words, Snowball stemmer); all methods share
-one sentence split (`benchmarks/text_units.py`: Punkt with a fixed abbreviation list, one sentence
-per line for ScisummNet, PTB sentence ends for the tokenized CNN/DM text), since sumy's own
+one sentence split (`benchmarks/text_units.py`: Punkt with a fixed abbreviation list, each line
+its own paragraph for ScisummNet, PTB sentence ends for the tokenized CNN/DM text), since sumy's own
 tokenizer needs NLTK data that is not available offline."""
 
 
@@ -166,14 +167,14 @@ def score_summary(summary: str, refs: list[str]) -> tuple[float, ...]:
 BASELINE_VERSION = "1"
 
 
-def _cache_path(set_label: str, doc_id: str, budget: int) -> Path:
-    safe = "".join(c if c.isalnum() else "_" for c in set_label)
+def _cache_path(set_label: str, doc_id: str, budget: int, tag: str = "") -> Path:
+    safe = "".join(c if c.isalnum() else "_" for c in set_label) + (f".{tag}" if tag else "")
     return common.CACHE_DIR / "summarization" / f"v{BASELINE_VERSION}" / safe / f"{doc_id}.b{budget}.json"
 
 
 def _baselines_for_doc(job):
-    set_label, doc_id, text, refs, style, budget = job
-    cache = _cache_path(set_label, doc_id, budget)
+    set_label, doc_id, text, refs, style, budget, tag = job
+    cache = _cache_path(set_label, doc_id, budget, tag)
     if cache.exists():
         cached = json.loads(cache.read_text())
         return {m: tuple(v) for m, v in cached["scores"].items()}, cached["n_sentences"]
@@ -235,8 +236,8 @@ def main(argv=None) -> int:
         docs = load_set(s)
         budget = word_budget(docs, s)
         idx = subsample(len(docs), s.quick_docs) if args.quick else list(range(len(docs)))
-        jobs = [(s.label, str(docs[i]["id"]), docs[i]["text"], references(docs[i], s), s.style, budget)
-                for i in idx]
+        jobs = [(s.label, str(docs[i]["id"]), docs[i]["text"], references(docs[i], s), s.style, budget,
+                 s.cache_tag) for i in idx]
         common.log(f"{s.label}: {len(idx)} of {len(docs)} documents, budget {budget} words")
         if args.jobs > 1:
             with mp.get_context("fork").Pool(args.jobs, initializer=_init_worker) as pool:
@@ -255,7 +256,7 @@ def main(argv=None) -> int:
             titans_status = "not run (--no-titans)"
         elif titans_fn is not None:
             try:
-                per_doc = [score_summary(titans_fn(text, budget), refs) for _, _, text, refs, _, _ in jobs]
+                per_doc = [score_summary(titans_fn(text, budget), refs) for _, _, text, refs, _, _, _ in jobs]
                 titans_scores = np.mean(per_doc, axis=0)
             except Exception as exc:  # noqa: BLE001 - reported in the table
                 titans_status = f"failed: {str(exc)[:200]}"

@@ -8,7 +8,8 @@ list, cut by `split_sentences`:
   joined (SQuALITY keeps the magazine's line breaks mid-sentence), then NLTK's Punkt algorithm
   (`PunktSentenceTokenizer`, code only, no downloaded model) with a fixed list of common English
   abbreviations below as its parameters;
-* one sentence per line (ScisummNet, as shipped);
+* ScisummNet (`lines`): every line is its own paragraph (section titles stand alone as short
+  "sentences"; each body line is a whole section), split by Punkt as above;
 * PTB-tokenized lowercase text (CNN/DM from REALSumm): a sentence ends at a standalone `.`, `!` or
   `?` token (optionally followed by a closing quote token).
 
@@ -39,7 +40,8 @@ _PTB_END = re.compile(r"(?<=\s)([.!?])(\s+(?:''|\"|'))?\s+")
 
 def split_sentences(text: str, style: str = "prose") -> list[str]:
     if style == "lines":
-        return [s.strip() for s in text.split("\n") if s.strip()]
+        return [s.strip() for line in text.split("\n") if line.strip()
+                for s in _PUNKT.tokenize(line.strip()) if s.strip()]
     if style == "ptb":
         out, last = [], 0
         padded = " " + text.strip() + " "

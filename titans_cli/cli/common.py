@@ -183,7 +183,8 @@ class Progress:
 
 def format_rate(tokens: int, seconds: float, unit: str) -> str:
     rate = tokens / max(seconds, 1e-9)
-    return f"{tokens:,} {unit} in {seconds:.1f} s ({rate:,.0f} {unit}/s)"
+    where = f" on rank 0 of {world_size()}" if distributed() else ""
+    return f"{tokens:,} {unit} in {seconds:.1f} s ({rate:,.0f} {unit}/s){where}"
 
 
 # -----------------------------------------------------------------------------

@@ -32,6 +32,9 @@ SECTIONS = [
     ("novel_regions", "novel_regions.py", ["--quick"]),
     ("classification", "classification.py", ["--quick"]),
     ("summarization", "summarization.py", ["--quick"]),
+    # titans summaries on the quick subsample, written by
+    # `summarization.py --quick --section summarization_quick` when the full titans run is too slow
+    ("summarization_quick", None, None),
     ("compression", None, None),        # benchmarks/compression.py, three steps, GPU part
     ("memory_throughput", None, None),  # benchmarks/memory_throughput.py --out ..., CPU and CUDA rows
     ("speed_cpu", "speed_cpu.py", ["--quick"]),

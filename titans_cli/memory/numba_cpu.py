@@ -36,30 +36,35 @@ _BIASES = {"l2": 0, "lp": 1, "huber": 2}
 _RETENTIONS = {"decay": 0, "lq": 1, "kl": 2, "none": 3}
 
 
-@njit(cache=True, fastmath=False)
-def _silu_inplace(z):
-    for i in range(z.shape[0]):
-        for j in range(z.shape[1]):
-            z[i, j] = z[i, j] / (np.float32(1.0) + math.exp(-z[i, j]))
+# exp(x) = 2^k e^r with k = round(x / ln 2), |r| <= ln(2)/2, e^r by its degree-6 Taylor polynomial
+# (truncation error < 2e-7 relative, about one float32 ulp) and 2^k built from its exponent bits.
+# Unlike math.exp (a libm call per element), this loop vectorises (AVX2: 8 lanes).
+_LOG2E = np.float32(1.4426950408889634)
+_LN2_HI = np.float32(0.693359375)
+_LN2_LO = np.float32(-2.12194440e-4)
+_EXP_MIN = np.float32(-87.0)
+_EXP_MAX = np.float32(88.0)
+_HALF = np.float32(0.5)
+_ONE = np.float32(1.0)
+_C2, _C3, _C4 = np.float32(1.0 / 2), np.float32(1.0 / 6), np.float32(1.0 / 24)
+_C5, _C6 = np.float32(1.0 / 120), np.float32(1.0 / 720)
 
 
 @njit(cache=True, fastmath=False)
-def _mlp_read(weights_row, w_offsets, dims, x, scratch, out):
-    """out = M(x) for x (rows, d); scratch holds one activation of every hidden layer."""
-    depth = dims.shape[0] - 1
-    rows = x.shape[0]
-    current = x
-    for layer in range(depth):
-        fan_in, fan_out = dims[layer], dims[layer + 1]
-        weight = weights_row[w_offsets[layer] : w_offsets[layer] + fan_out * fan_in].reshape(fan_out, fan_in)
-        if layer == depth - 1:
-            np.dot(current, weight.T, out)
-        else:
-            half = (layer % 2) * (scratch.shape[0] // 2)  # ping-pong between the two halves
-            buffer = scratch[half : half + rows * fan_out].reshape(rows, fan_out)
-            np.dot(current, weight.T, buffer)
-            _silu_inplace(buffer)
-            current = buffer
+def _silu_sigmoid(z, a, sig, bits, offset, a_offset, n):
+    """sig[offset+i] = sigmoid(z[offset+i]), a[a_offset+i] = z * sig (SiLU) for i < n; bits: int32 scratch."""
+    for i in range(n):
+        x = -z[offset + i]
+        x = min(max(x, _EXP_MIN), _EXP_MAX)
+        k = np.floor(x * _LOG2E + _HALF)
+        r = (x - k * _LN2_HI) - k * _LN2_LO
+        sig[offset + i] = _ONE + r * (_ONE + r * (_C2 + r * (_C3 + r * (_C4 + r * (_C5 + r * _C6)))))
+        bits[i] = (np.int32(k) + np.int32(127)) << np.int32(23)
+    scale = bits.view(np.float32)
+    for i in range(n):
+        s = _ONE / (_ONE + sig[offset + i] * scale[i])
+        sig[offset + i] = s
+        a[a_offset + i] = z[offset + i] * s
 
 
 @njit(cache=True, fastmath=False)
@@ -122,14 +127,17 @@ def _update_lane(
     decays = retention == 0 or retention == 1
     clip_enabled = max_grad_norm < np.inf
 
-    # Scratch, once per lane: layer inputs X_l, pre-activations Z_l, deltas D_l (each chunk x width).
-    inputs = np.empty(chunk_size * (dim + activation_size), dtype=np.float32)
-    pre = np.empty(chunk_size * activation_size, dtype=np.float32)
-    deltas = np.empty(chunk_size * activation_size, dtype=np.float32)
+    # Scratch, once per lane: layer inputs X_l, pre-activations Z_l, sigmoids of Z_l, deltas D_l.
+    # X_l / Z_l hold the chunk's keys in their first rows and its queries in the next rows: the
+    # read y_t = M0(q_t) and the keys' forward pass through M0 are one matrix product per layer.
+    inputs = np.empty(2 * chunk_size * (dim + activation_size), dtype=np.float32)
+    pre = np.empty(2 * chunk_size * activation_size, dtype=np.float32)
+    sigmoids = np.empty(2 * chunk_size * activation_size, dtype=np.float32)
+    deltas = np.empty(2 * chunk_size * activation_size, dtype=np.float32)
+    bits = np.empty(2 * chunk_size * width, dtype=np.int32)
     scaled = np.empty(chunk_size * width, dtype=np.float32)
     products = np.empty(chunk_size * width, dtype=np.float32)
     update = np.empty(matrix_size, dtype=np.float32)
-    read_scratch = np.empty(2 * chunk_size * width, dtype=np.float32)
     gram = np.empty((chunk_size, chunk_size), dtype=np.float64)
     gram_part = np.empty(chunk_size * chunk_size, dtype=np.float32)
     gram_other = np.empty(chunk_size * chunk_size, dtype=np.float32)
@@ -144,31 +152,28 @@ def _update_lane(
     x_offsets[0] = 0
     z_offsets[0] = 0
     for layer in range(depth):
-        x_offsets[layer + 1] = x_offsets[layer] + chunk_size * dims[layer]
-        z_offsets[layer + 1] = z_offsets[layer] + chunk_size * dims[layer + 1]
+        x_offsets[layer + 1] = x_offsets[layer] + 2 * chunk_size * dims[layer]
+        z_offsets[layer + 1] = z_offsets[layer] + 2 * chunk_size * dims[layer + 1]
 
     for start in range(0, length, chunk_size):
         rows = min(chunk_size, length - start)
         end = start + rows
 
-        # 1. read: the chunk's queries see the chunk-start memory M0.
-        queries = q[start * dim : end * dim].reshape(rows, dim)
-        _mlp_read(W, w_offsets, dims, queries, read_scratch, output[start * dim : end * dim].reshape(rows, dim))
-
-        # 2. keys forward through M0, δ's back.
-        keys = inputs[0 : rows * dim].reshape(rows, dim)
-        keys[:, :] = k[start * dim : end * dim].reshape(rows, dim)
+        # 1-2. keys and queries forward through the chunk-start memory M0 (stacked rows).
+        stacked = 2 * rows
+        inputs[0 : rows * dim] = k[start * dim : end * dim]
+        inputs[rows * dim : stacked * dim] = q[start * dim : end * dim]
         for layer in range(depth):
             fan_in, fan_out = dims[layer], dims[layer + 1]
             weight = W[w_offsets[layer] : w_offsets[layer] + fan_out * fan_in].reshape(fan_out, fan_in)
-            x = inputs[x_offsets[layer] : x_offsets[layer] + rows * fan_in].reshape(rows, fan_in)
-            z = pre[z_offsets[layer] : z_offsets[layer] + rows * fan_out].reshape(rows, fan_out)
+            x = inputs[x_offsets[layer] : x_offsets[layer] + stacked * fan_in].reshape(stacked, fan_in)
+            z = pre[z_offsets[layer] : z_offsets[layer] + stacked * fan_out].reshape(stacked, fan_out)
             np.dot(x, weight.T, z)
             if layer < depth - 1:
-                a = inputs[x_offsets[layer + 1] : x_offsets[layer + 1] + rows * fan_out].reshape(rows, fan_out)
-                for i in range(rows):
-                    for j in range(fan_out):
-                        a[i, j] = z[i, j] / (np.float32(1.0) + math.exp(-z[i, j]))
+                _silu_sigmoid(pre, inputs, sigmoids, bits, z_offsets[layer], x_offsets[layer + 1], stacked * fan_out)
+        # the read: y_t = M0(q_t), the query rows of the last layer
+        read_from = z_offsets[depth - 1] + rows * dim
+        output[start * dim : end * dim] = pre[read_from : read_from + rows * dim]
         last = depth - 1
         y = pre[z_offsets[last] : z_offsets[last] + rows * dim].reshape(rows, dim)
         d_last = deltas[z_offsets[last] : z_offsets[last] + rows * dim].reshape(rows, dim)
@@ -188,11 +193,12 @@ def _update_lane(
             d = deltas[z_offsets[layer] : z_offsets[layer] + rows * fan_out].reshape(rows, fan_out)
             d_prev = deltas[z_offsets[layer - 1] : z_offsets[layer - 1] + rows * fan_in].reshape(rows, fan_in)
             z_prev = pre[z_offsets[layer - 1] : z_offsets[layer - 1] + rows * fan_in].reshape(rows, fan_in)
+            s_prev = sigmoids[z_offsets[layer - 1] : z_offsets[layer - 1] + rows * fan_in].reshape(rows, fan_in)
             np.dot(d, weight, d_prev)
             for i in range(rows):
                 for j in range(fan_in):
-                    s = 1.0 / (1.0 + math.exp(-z_prev[i, j]))
-                    d_prev[i, j] *= np.float32(s * (1.0 + z_prev[i, j] * (1.0 - s)))
+                    s = s_prev[i, j]  # σ'(z) = s (1 + z (1 - s)), s from the forward pass
+                    d_prev[i, j] *= s * (_ONE + z_prev[i, j] * (_ONE - s))
 
         # ||u_i||² = Σ_l ||δ_l,i||² ||x_l,i||², clipped to max_grad_norm; step_i = θ_i · clip_i.
         for i in range(rows):

@@ -1,0 +1,204 @@
+"""Whole-model streaming throughput on CPU over a real genome: bases/s, CPU-seconds per Mbase, peak RSS.
+
+    python benchmarks/speed_model_cpu.py                          # shipped DNA model, 1 Mbp of E. coli, 1 and 2 threads
+    python benchmarks/speed_model_cpu.py --model dna-small         # a preset at initialisation instead
+    python benchmarks/speed_model_cpu.py --bases 0 --threads 2     # the whole genome (4.64 Mbp)
+
+What is timed: `TitansLM.step` over the genome's first record (its first --bases bases, BOS first),
+one lane, in pieces of --piece tokens, the Numba memory backend, under torch.inference_mode. That is
+the model part of `titans surprise`; FASTA parsing, tokenisation and the track writing are not in
+it. Each thread count runs in a fresh process (so its peak RSS is its own): torch and Numba both
+get --threads threads; one piece is streamed first and discarded (JIT compilation, allocator).
+
+The machine is shared with other jobs, so wall-clock rates depend on their load. CPU-seconds per
+Mbase (process CPU time / bases) is the figure to compare versions with; the load average at the
+start and end of each row is recorded beside it. 25,000 bases/s (E. coli in about 3 minutes) on 2
+cores needs at most 80 CPU-s per Mbase at perfect 2-thread scaling.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+DEFAULT_GENOME = REPO / "sample_data" / "ecoli_k12_mg1655.fa.gz"
+DEFAULT_OUT = REPO / "benchmarks" / "results" / "speed_model_cpu.md"
+
+
+def read_first_record(path: Path, limit: int) -> str:
+    """The sequence of the first FASTA record (at most `limit` bases when limit > 0)."""
+    opener = gzip.open if path.read_bytes()[:2] == b"\x1f\x8b" else open
+    parts, total, started = [], 0, False
+    with opener(path, "rt") as handle:
+        for line in handle:
+            if line.startswith(">"):
+                if started:
+                    break
+                started = True
+                continue
+            line = line.strip()
+            parts.append(line)
+            total += len(line)
+            if limit and total >= limit:
+                break
+    sequence = "".join(parts)
+    return sequence[:limit] if limit else sequence
+
+
+def load(model_name: str):
+    """(model, tokenizer, description): a shipped/local model directory, or a preset at init."""
+    import torch
+
+    from titans_cli.model.config import PRESETS, preset
+    from titans_cli.model.lm import TitansLM
+    from titans_cli.model.tokenizers import DNATokenizer
+
+    if model_name in PRESETS:
+        torch.manual_seed(0)
+        return TitansLM(preset(model_name)).eval(), DNATokenizer(), f"preset {model_name} (weights at initialisation)"
+    from titans_cli.model.files import load_model
+
+    loaded = load_model(model_name)
+    return loaded.model.eval(), loaded.tokenizer, f"model {model_name} ({loaded.path.relative_to(REPO) if loaded.path.is_relative_to(REPO) else loaded.path})"
+
+
+def worker(args) -> dict:
+    """One measurement in this process; printed as JSON."""
+    import numpy as np
+    import torch
+
+    from titans_cli.device import configure_threads
+
+    configure_threads(args.threads)
+    model, tokenizer, description = load(args.model)
+    sequence = read_first_record(Path(args.genome), args.bases)
+    tokens = np.concatenate([[model.config.bos_id], tokenizer.encode(sequence)]).astype(np.int64)
+    stream = torch.from_numpy(tokens).unsqueeze(0)
+    with torch.inference_mode():
+        model.step(stream[:, : args.piece], None, backend=args.backend)  # warm-up: JIT, allocator
+        load_start = os.getloadavg()
+        wall, cpu = time.perf_counter(), time.process_time()
+        state, bits_sum = None, 0.0
+        for start in range(0, stream.shape[1], args.piece):
+            output, state = model.step(stream[:, start : start + args.piece], state, backend=args.backend)
+            bits_sum += float(output.logits[0, -1, 0])  # touch the outputs (as a consumer would)
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+        load_end = os.getloadavg()
+    bases = len(sequence)
+    return {
+        "model": description,
+        "bases": bases,
+        "threads": args.threads,
+        "piece": args.piece,
+        "backend": args.backend,
+        "wall_s": wall,
+        "cpu_s": cpu,
+        "bases_per_s": bases / wall,
+        "cpu_s_per_mbase": cpu / bases * 1e6,
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "load_start": load_start[0],
+        "load_end": load_end[0],
+    }
+
+
+def machine() -> str:
+    cpu = platform.processor() or "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import numba
+    import torch
+
+    return (
+        f"{platform.node()}: {cpu}, {os.cpu_count()} logical CPUs, {platform.system()} {platform.release()}; "
+        f"Python {platform.python_version()}, torch {torch.__version__}, numba {numba.__version__}"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="dna", help="shipped model name, model directory, or preset (dna-small)")
+    parser.add_argument("--genome", default=str(DEFAULT_GENOME))
+    parser.add_argument("--bases", type=int, default=1_000_000, help="prefix length of the first record (0 = all)")
+    parser.add_argument("--threads", default="1,2", help="comma-separated thread counts, one process each")
+    parser.add_argument("--piece", type=int, default=8192)
+    parser.add_argument("--backend", default="numba", choices=["numba", "torch"])
+    parser.add_argument("--out", default=str(DEFAULT_OUT), help="markdown table ('-' = stdout only)")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    if args.worker:
+        args.threads = int(args.threads)
+        print(json.dumps(worker(args)))
+        return
+
+    rows = []
+    for threads in (int(t) for t in args.threads.split(",")):
+        command = [
+            sys.executable, __file__, "--worker", "--model", args.model, "--genome", args.genome,
+            "--bases", str(args.bases), "--threads", str(threads), "--piece", str(args.piece),
+            "--backend", args.backend,
+        ]  # fmt: skip
+        done = subprocess.run(command, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            sys.exit(f"worker failed ({threads} threads):\n{done.stderr[-2000:]}")
+        row = json.loads(done.stdout.strip().splitlines()[-1])
+        rows.append(row)
+        print(
+            f"{threads} thread(s): {row['bases_per_s']:,.0f} bases/s wall, {row['cpu_s_per_mbase']:.1f} CPU-s/Mbase, "
+            f"peak RSS {row['peak_rss_mib']:.0f} MiB, load {row['load_start']:.1f}->{row['load_end']:.1f}",
+            flush=True,
+        )
+
+    genome_bases = 4_641_652  # E. coli K-12 MG1655
+    lines = [
+        "# Whole-model streaming speed on CPU",
+        "",
+        f"Measured {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')} by `python benchmarks/speed_model_cpu.py "
+        f"--model {args.model} --bases {args.bases} --threads {args.threads} --piece {args.piece}`.",
+        "",
+        f"Machine: {machine()}.",
+        f"Load average (1/5/15 min) when the table was written: {' / '.join(f'{x:.1f}' for x in os.getloadavg())} "
+        "(the machine is shared: wall-clock rates are what the other jobs left; CPU-s per Mbase is the comparable figure).",
+        "",
+        f"Input: the first {rows[0]['bases']:,} bases of `{Path(args.genome).name}` (one record, one lane), "
+        f"{rows[0]['model']}, memory backend {args.backend}, pieces of {args.piece} tokens; model time only "
+        "(no FASTA parsing or output writing).",
+        "",
+        "| threads | bases/s (wall) | CPU-s per Mbase | bases per CPU-s | E. coli (4.64 Mbp) at this rate | peak RSS (MiB) | load avg start -> end |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in rows:
+        minutes = genome_bases / row["bases_per_s"] / 60
+        lines.append(
+            f"| {row['threads']} | {row['bases_per_s']:,.0f} | {row['cpu_s_per_mbase']:.1f} | {1e6 / row['cpu_s_per_mbase']:,.0f} | "
+            f"{minutes:.1f} min | {row['peak_rss_mib']:.0f} | {row['load_start']:.1f} -> {row['load_end']:.1f} |"
+        )
+    text = "\n".join(lines) + "\n"
+    if args.out != "-":
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_suffix(".tmp")
+        tmp.write_text(text)
+        tmp.replace(out)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -217,8 +217,11 @@ def _train(config, corpus_paths, out_dir, tokenizer, init_from, device_name, res
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if autocast_dtype is not None else nullcontext()
     piece_loss = _PieceLoss(torch.compile(model) if opts.compile else model, autocast_dtype)
     if world > 1:
+        # Under truncated BPTT only the first piece of a crop reaches the learned initial memory
+        # weights, while gradients are reduced after the last piece: DDP must look for parameters
+        # that the synchronising piece did not use (their gradients accumulated under no_sync).
         piece_loss = torch.nn.parallel.DistributedDataParallel(
-            piece_loss, device_ids=[device.index] if device.type == "cuda" else None
+            piece_loss, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True
         )
     val_crops = validation_batches(val_corpus, opts.crop_len, opts.val_crops)
     tokens_per_step = opts.batch_size * opts.crop_len * world

@@ -54,13 +54,14 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--work", default="/tmp/titans_multi_gpu")
+    parser.add_argument("--skip-train", action="store_true")
     parser.add_argument("--out")
     args = parser.parse_args()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     card = torch.cuda.get_device_name(0)
 
-    rates = {n: train_rate(n, args, work) for n in (1, args.gpus)}
+    rates = {} if args.skip_train else {n: train_rate(n, args, work) for n in (1, args.gpus)}
     print(f"train tokens/s: {rates}", flush=True)
     timings = {n: surprise_seconds(n, args, work) for n in (1, args.gpus)}
     identical = filecmp.cmp(timings[1][1], timings[args.gpus][1], shallow=False)
@@ -74,8 +75,8 @@ def main() -> None:
         "",
         "| job | 1 GPU | %d GPUs | speed-up |" % n,
         "|---|---:|---:|---:|",
-        f"| `titans train` dna-small, {args.batch_size} crops x 4096 per rank per step (tokens/s, all ranks) | "
-        f"{rates[1]:,.0f} | {rates[n]:,.0f} | {rates[n] / rates[1]:.2f}x |",
+        *([f"| `titans train` dna-small, {args.batch_size} crops x 4096 per rank per step (tokens/s, all ranks) | "
+           f"{rates[1]:,.0f} | {rates[n]:,.0f} | {rates[n] / rates[1]:.2f}x |"] if rates else []),
         f"| `titans surprise` {Path(args.surprise_fasta).name} (wall seconds, whole command) | "
         f"{timings[1][0]:.1f} | {timings[n][0]:.1f} | {timings[1][0] / timings[n][0]:.2f}x |",
         "",

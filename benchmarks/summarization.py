@@ -253,7 +253,8 @@ def main(argv=None) -> int:
         titans_scores = None
         titans_status = "pending (no `titans_cli.summarize` or no loadable text model when this run started)"
         if args.no_titans:
-            titans_status = "not run (--no-titans)"
+            titans_status = ("not run here (--no-titans: titans on every document takes hours on a 2-core "
+                             "CPU); see the quick-subsample section for titans rows")
         elif titans_fn is not None:
             try:
                 per_doc = [score_summary(titans_fn(text, budget), refs) for _, _, text, refs, _, _, _ in jobs]

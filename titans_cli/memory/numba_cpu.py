@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numba
@@ -324,7 +325,7 @@ def _run_lanes(arrays, scalars):
     the whole lane kernel in its own context: measured ~2x the JIT time for no speed gain, since
     each lane is already one long sequential job."""
     lanes = arrays[0].shape[0]
-    workers = min(lanes, numba.get_num_threads())
+    workers = min(lanes, numba.get_num_threads() if _LOCAL.lane_workers is None else _LOCAL.lane_workers)
 
     def lane_job(lane):
         (q, k, v, lr, eta, alpha, huber_delta, weights, momenta, output, grad_norm, momentum_norm) = arrays
@@ -349,6 +350,48 @@ def _run_lanes(arrays, scalars):
 
 _POOL: ThreadPoolExecutor | None = None
 _BLAS_CONTROLLER = None
+_BLAS_LOCK = threading.Lock()
+_BLAS_USERS = 0
+_BLAS_LIMIT = None
+
+
+class _Local(threading.local):
+    lane_workers: int | None = None  # None: numba.get_num_threads()
+
+
+_LOCAL = _Local()
+
+
+@contextlib.contextmanager
+def sequential_lanes():
+    """Within this context (in this thread), memory_update runs its lanes one after another: for
+    callers that already keep every core busy with threads of their own (TitansLM's layer pipeline)."""
+    previous = _LOCAL.lane_workers
+    _LOCAL.lane_workers = 1
+    try:
+        yield
+    finally:
+        _LOCAL.lane_workers = previous
+
+
+@contextlib.contextmanager
+def _blas_limited():
+    """One BLAS thread while any thread is inside memory_update (reference-counted: concurrent
+    callers must not restore the limit under each other's feet)."""
+    global _BLAS_USERS, _BLAS_LIMIT
+    with _BLAS_LOCK:
+        if _BLAS_USERS == 0:
+            _BLAS_LIMIT = _single_threaded_blas()
+            _BLAS_LIMIT.__enter__()
+        _BLAS_USERS += 1
+    try:
+        yield
+    finally:
+        with _BLAS_LOCK:
+            _BLAS_USERS -= 1
+            if _BLAS_USERS == 0:
+                _BLAS_LIMIT.__exit__(None, None, None)
+                _BLAS_LIMIT = None
 
 
 def _single_threaded_blas():
@@ -395,7 +438,7 @@ def memory_update(q, k, v, lr, momentum, decay, huber_delta, weights, momenta, c
     grad_norm = np.empty((lanes, length), dtype=np.float32)
     momentum_norm = np.empty((lanes, length), dtype=np.float32)
     if length > 0:
-        with _single_threaded_blas():
+        with _blas_limited():
             _run_lanes(
                 (*vectors, *gates, delta, memory, surprise_momentum, output, grad_norm, momentum_norm),
                 (

@@ -104,6 +104,14 @@ class SlidingWindowAttention(nn.Module):
             position=torch.zeros(batch, dtype=torch.long, device=device),
         )
 
+    def _rotary_offsets(self, length: int, device) -> torch.Tensor:
+        """rotary(arange(length)) (complex128 (length, dh/2)), cached at the largest length seen."""
+        table = getattr(self, "_offset_table", None)
+        if table is None or table.shape[0] < length or table.device != torch.device(device):
+            table = rotary(torch.arange(max(length, 1), device=device), self.head_dim)
+            self._offset_table = table
+        return table[:length]
+
     def _heads(self, x):  # (B, T, D) -> (B, H, T, dh)
         return x.view(x.shape[0], x.shape[1], self.n_heads, self.head_dim).transpose(1, 2)
 
@@ -116,8 +124,14 @@ class SlidingWindowAttention(nn.Module):
         positions (keys/values only). Returns (y (B,P,D), updated cache)."""
         B, P, D = x.shape
         W, H, dh, S = self.window, self.n_heads, self.head_dim, self.n_streams
-        positions = cache.position.unsqueeze(1) + torch.arange(P, device=x.device)  # (B, P)
-        rotation = rotary(positions, dh).unsqueeze(1)  # (B, 1, P, dh/2)
+        if torch.is_grad_enabled():
+            positions = cache.position.unsqueeze(1) + torch.arange(P, device=x.device)  # (B, P)
+            rotation = rotary(positions, dh).unsqueeze(1)  # (B, 1, P, dh/2)
+        else:
+            # e^{i (p0 + j) f} = e^{i p0 f} e^{i j f}: a cached table for j < P and one polar per lane,
+            # both in float64 (as `rotary`), instead of P polar evaluations per lane; then complex64.
+            rotation = (rotary(cache.position, dh).unsqueeze(1) * self._rotary_offsets(P, x.device)).unsqueeze(1)
+            rotation = rotation.to(torch.promote_types(torch.promote_types(x.dtype, torch.float32), torch.complex64))
 
         q = apply_rotary(self._heads(self.query(x)), rotation)
         keys, values = [], []

@@ -9,6 +9,7 @@ footprint that does not depend on how much has been read.
 from __future__ import annotations
 
 import math
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Iterable, Iterator
 
@@ -19,6 +20,9 @@ from torch import nn
 
 from titans_cli.model.blocks import BLOCKS, BlockState
 from titans_cli.model.config import ModelConfig
+
+
+_PIPELINE_POOL: ThreadPoolExecutor | None = None
 
 
 @dataclass
@@ -119,6 +123,75 @@ class TitansLM(nn.Module):
         n = len(self.blocks)
         return StepOutput(logits, hidden, grad / n, momentum / n), ModelState(new_blocks)
 
+    def _pipeline_parts(self, tokens: torch.Tensor, backend: str) -> int:
+        """How many sub-pieces the layer pipeline splits this step into (0: no pipeline).
+
+        On a CPU with >= 2 torch threads, inference steps of >= 2048 tokens run as a two-stage
+        pipeline over sub-pieces: while one thread runs the first half of the layers on sub-piece
+        j + 1, another runs the second half on sub-piece j, each single-threaded. Each stage syncs
+        once per sub-piece instead of at every op's parallel region, which keeps both cores busy
+        even while other processes hold the CPU (intra-op OpenMP barriers then stall on a
+        descheduled thread). Exact: the streaming state makes any split give the same outputs."""
+        if (
+            torch.is_grad_enabled()
+            or tokens.device.type != "cpu"
+            or len(self.blocks) < 2
+            or torch.get_num_threads() < 2
+            or backend not in ("numba", "torch")
+        ):
+            return 0
+        parts = min(8, tokens.shape[1] // 1024)
+        return parts if parts >= 2 else 0
+
+    def _run_pipelined(self, tokens: torch.Tensor, state: ModelState, backend: str, parts: int):
+        global _PIPELINE_POOL
+        from titans_cli.memory.numba_cpu import sequential_lanes
+
+        length = tokens.shape[1]
+        chunk = self.config.memory.chunk_size
+        size = -(-length // parts)
+        size = -(-size // chunk) * chunk  # sub-pieces of whole memory chunks
+        spans = [(start, min(start + size, length)) for start in range(0, length, size)]
+        half = (len(self.blocks) + 1) // 2
+        first, second = list(zip(self.blocks, state.blocks))[:half], list(zip(self.blocks, state.blocks))[half:]
+        first_states = [s for _, s in first]
+        second_states = [s for _, s in second]
+
+        def run_blocks(x, modules, states):
+            grad, momentum = 0.0, 0.0
+            for i, block in enumerate(modules):
+                x, states[i], signals = block(x, states[i], backend=backend, frozen=self.frozen_memory)
+                grad = grad + signals["grad"]
+                momentum = momentum + signals["momentum"]
+            return x, grad, momentum
+
+        def stage_two(x, grad, momentum):
+            torch.set_num_threads(1)
+            with sequential_lanes():
+                x, g2, m2 = run_blocks(x, [b for b, _ in second], second_states)
+            hidden = self.norm(x)
+            return F.linear(hidden, self.embed.weight), hidden, grad + g2, momentum + m2
+
+        threads = torch.get_num_threads()
+        if _PIPELINE_POOL is None:
+            _PIPELINE_POOL = ThreadPoolExecutor(max_workers=1, thread_name_prefix="titans-pipeline")
+        futures = []
+        try:
+            torch.set_num_threads(1)
+            with sequential_lanes():
+                for start, end in spans:
+                    x = self.embed(tokens[:, start:end])
+                    x, grad, momentum = run_blocks(x, [b for b, _ in first], first_states)
+                    futures.append(_PIPELINE_POOL.submit(stage_two, x, grad, momentum))
+            results = [future.result() for future in futures]
+        finally:
+            for future in futures:
+                future.cancel()
+            torch.set_num_threads(threads)
+        logits, hidden, grad, momentum = (torch.cat([r[i] for r in results], dim=1) for i in range(4))
+        n = len(self.blocks)
+        return StepOutput(logits, hidden, grad / n, momentum / n), ModelState(first_states + second_states)
+
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         """Training pass: tokens (B, T), tokens[:, 0] = BOS -> logits (B, T, V)."""
         output, _ = self._run(tokens, self.init_state(tokens.shape[0]), backend="torch")
@@ -128,6 +201,9 @@ class TitansLM(nn.Module):
         """Feed the next piece (B, P) of each lane's stream -> (StepOutput, new state)."""
         if state is None:
             state = self.init_state(tokens.shape[0], tokens.device)
+        parts = self._pipeline_parts(tokens, backend)
+        if parts:
+            return self._run_pipelined(tokens, state, backend, parts)
         return self._run(tokens, state, backend)
 
     @torch.no_grad()

@@ -165,12 +165,15 @@ class TitansLM(nn.Module):
                 momentum = momentum + signals["momentum"]
             return x, grad, momentum
 
+        # Grad and inference modes are thread-local: the pipeline thread runs under the caller's.
+        inference, grad_enabled = torch.is_inference_mode_enabled(), torch.is_grad_enabled()
+
         def stage_two(x, grad, momentum):
             torch.set_num_threads(1)
-            with sequential_lanes():
+            with torch.inference_mode(inference), torch.set_grad_enabled(grad_enabled), sequential_lanes():
                 x, g2, m2 = run_blocks(x, [b for b, _ in second], second_states)
-            hidden = self.norm(x)
-            return F.linear(hidden, self.embed.weight), hidden, grad + g2, momentum + m2
+                hidden = self.norm(x)
+                return F.linear(hidden, self.embed.weight), hidden, grad + g2, momentum + m2
 
         threads = torch.get_num_threads()
         if _PIPELINE_POOL is None:

@@ -37,8 +37,11 @@ SECTIONS = [
     ("summarization_quick", None, None),
     ("compression", None, None),        # benchmarks/compression.py, three steps, GPU part
     ("memory_throughput", None, None),  # benchmarks/memory_throughput.py --out ..., CPU and CUDA rows
+    ("memory_throughput_gpu", None, None),  # memory_throughput.py --skip-cpu on the GPU machine
     ("speed_cpu", "speed_cpu.py", ["--quick"]),
+    ("speed_model_cpu", None, None),    # benchmarks/speed_model_cpu.py
     ("speed_gpu", None, None),
+    ("multi_gpu", None, None),          # benchmarks/multi_gpu.py on a 2-GPU machine
     ("gpu_memory_kernel", None, None),
     ("miras", None, None),
 ]

@@ -7,7 +7,6 @@ flat memory: vectors are spooled to a temporary file and the .npy/.npz is assemb
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import tempfile
@@ -17,7 +16,7 @@ from typing import Sequence
 import numpy as np
 
 from titans_cli.errors import TitansInputError
-from titans_cli.io.atomic import atomic_output, atomic_path
+from titans_cli.io.atomic import AtomicWriter, atomic_output, atomic_path
 
 EMBEDDING_FORMATS = ("npy", "npz", "tsv")
 
@@ -44,7 +43,7 @@ def _tsv_text(value: str) -> str:
     return str(value).replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n")
 
 
-class EmbeddingWriter:
+class EmbeddingWriter(AtomicWriter):
     """Collects (id, start, end, vector) rows; use as a context manager or call close().
 
     starts/ends are 0-based half-open positions of what each vector covers (0 and the record
@@ -60,8 +59,7 @@ class EmbeddingWriter:
         self.ids: list[str] = []
         self.starts: list[int] = []
         self.ends: list[int] = []
-        self._stack = contextlib.ExitStack()
-        self._closed = False
+        super().__init__()
         if self.format == "tsv":
             self._handle = self._stack.enter_context(atomic_output(destination, "w"))
         else:
@@ -126,27 +124,6 @@ class EmbeddingWriter:
                 for name, array in extras.items():
                     with archive.open(f"{name}.npy", "w", force_zip64=True) as member:
                         np.lib.format.write_array(member, array, allow_pickle=False)
-
-    def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        try:
-            self._finish()
-        except BaseException as error:
-            self._stack.__exit__(type(error), error, error.__traceback__)
-            raise
-        self._stack.close()
-
-    def __enter__(self) -> "EmbeddingWriter":
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc is None:
-            self.close()
-        elif not self._closed:
-            self._closed = True
-            self._stack.__exit__(exc_type, exc, tb)
 
 
 def _fits_v1(header: dict) -> bool:

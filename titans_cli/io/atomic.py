@@ -104,6 +104,50 @@ def atomic_output(path: str, mode: str = "w", encoding: str = "utf-8", newline: 
             os.fsync(handle.fileno())  # the rename must not land before the data on a crash
 
 
+class AtomicWriter:
+    """An output made of atomic files and temporaries held in one ExitStack (the base of the track
+    and embedding writers). `close()` runs the subclass's `_finish()` and moves every file into
+    place; an exception inside the `with` block, or `abort()`, discards them all and keeps any
+    previous file of the same name."""
+
+    def __init__(self) -> None:
+        self._stack = contextlib.ExitStack()
+        self._closed = False
+
+    def _finish(self) -> None:
+        """Write what is still buffered (subclasses)."""
+
+    def close(self) -> None:
+        """Finish the output and move it into place."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._finish()
+        except BaseException as error:
+            self._stack.__exit__(type(error), error, error.__traceback__)
+            raise
+        self._stack.close()
+
+    def abort(self, error: BaseException | None = None) -> None:
+        """Discard the output (temporary files removed, a previous file kept)."""
+        if self._closed:
+            return
+        self._closed = True
+        failure = error if error is not None else RuntimeError(f"writing {type(self).__name__} aborted")
+        with contextlib.suppress(BaseException):
+            self._stack.__exit__(type(failure), failure, failure.__traceback__)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc is None:
+            self.close()
+        else:
+            self.abort(exc)
+
+
 def _remove_quietly(path: str) -> None:
     with contextlib.suppress(FileNotFoundError):
         os.remove(path)

@@ -21,7 +21,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from titans_cli.errors import TitansInputError
-from titans_cli.io.atomic import atomic_output, atomic_path
+from titans_cli.io.atomic import AtomicWriter, atomic_output, atomic_path
 
 TRACK_FORMATS = ("bedgraph", "bigwig", "wig", "tsv", "jsonl")
 ROW_FORMATS = ("tsv", "jsonl")
@@ -51,7 +51,7 @@ def format_value(value: float) -> str:
 # Base class: ordering checks shared by every track format
 
 
-class TrackWriter:
+class TrackWriter(AtomicWriter):
     """Accepts intervals per chrom in order; subclasses turn them into one file format."""
 
     binary = False
@@ -66,8 +66,7 @@ class TrackWriter:
         self._chrom: str | None = None
         self._last_end = 0
         self._finished_chroms: set[str] = set()
-        self._stack = contextlib.ExitStack()
-        self._closed = False
+        super().__init__()
         self._open()
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -78,39 +77,6 @@ class TrackWriter:
 
     def _write_preamble(self) -> None:
         pass
-
-    def _finish(self) -> None:
-        pass
-
-    def close(self) -> None:
-        """Finish the file and move it into place."""
-        if self._closed:
-            return
-        self._closed = True
-        try:
-            self._finish()
-        except BaseException as error:
-            self._stack.__exit__(type(error), error, error.__traceback__)
-            raise
-        self._stack.close()
-
-    def abort(self, error: BaseException | None = None) -> None:
-        """Discard the output (the temporary file is removed, a previous file kept)."""
-        if self._closed:
-            return
-        self._closed = True
-        failure = error if error is not None else RuntimeError("track writing aborted")
-        with contextlib.suppress(BaseException):
-            self._stack.__exit__(type(failure), failure, failure.__traceback__)
-
-    def __enter__(self) -> "TrackWriter":
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc is None:
-            self.close()
-        else:
-            self.abort(exc)
 
     # -- input --------------------------------------------------------------------------------
 

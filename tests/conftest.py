@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -20,3 +21,13 @@ def require_shared_data(*parts: str) -> Path:
 @pytest.fixture
 def shared_data():
     return require_shared_data()
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny ops: one intra-op thread avoids spin contention on small, busy CI machines
+    (used by modules through `pytestmark = pytest.mark.usefixtures("one_torch_thread")`)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

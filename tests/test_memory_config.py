@@ -10,13 +10,8 @@ from titans_cli.memory import torch_chunked
 from titans_cli.memory.mlp import initial_memory_weights
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny ops: one intra-op thread avoids spin contention on small, busy CI machines."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Tiny ops: one intra-op thread (conftest.one_torch_thread).
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.mark.parametrize(

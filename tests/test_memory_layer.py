@@ -11,13 +11,8 @@ D_MODEL = 12
 TINY = dict(num_heads=2, head_dim=8, chunk_size=8, max_grad_norm=1.0)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny ops: one intra-op thread avoids spin contention on small, busy CI machines."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Tiny ops: one intra-op thread (conftest.one_torch_thread).
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def make_layer(config, dtype=torch.float64, seed=0):

@@ -16,13 +16,8 @@ from conftest import require_shared_data
 TINY = dict(num_heads=2, head_dim=8, expansion=2)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny ops: one intra-op thread avoids spin contention on small, busy CI machines."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Tiny ops: one intra-op thread (conftest.one_torch_thread).
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.mark.parametrize("chunk_size", [1, 16, 64])

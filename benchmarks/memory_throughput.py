@@ -28,6 +28,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from titans_cli.memory import PRESETS, MemoryConfig, NeuralMemory  # noqa: E402
+from titans_cli.device import triton_available  # noqa: E402
 from titans_cli.memory import reference, torch_chunked  # noqa: E402
 from titans_cli.memory.testing import random_memory_inputs, relative_errors  # noqa: E402
 
@@ -92,14 +93,6 @@ def ours_call(layer, x, backend: str, backward: bool):
                 layer(x, backend=backend)
 
     return call
-
-
-def triton_available() -> bool:
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 def titans_pytorch_layer():

@@ -46,6 +46,22 @@ def surprise_seconds(nproc: int, args, work: Path) -> tuple[float, Path]:
     return time.perf_counter() - started, output
 
 
+def bedgraph_difference(a: Path, b: Path) -> tuple[bool, float, int]:
+    """(same intervals in the same order, max |value difference|, number of lines) of two bedGraphs."""
+    same_intervals, worst, lines = True, 0.0, 0
+    with a.open() as fa, b.open() as fb:
+        for line_a, line_b in zip(fa, fb, strict=True):
+            if line_a.startswith(("track", "#")) or line_b.startswith(("track", "#")):
+                same_intervals &= line_a == line_b
+                continue
+            lines += 1
+            *where_a, value_a = line_a.split()
+            *where_b, value_b = line_b.split()
+            same_intervals &= where_a == where_b
+            worst = max(worst, abs(float(value_a) - float(value_b)))
+    return same_intervals, worst, lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--gpus", type=int, default=2)
@@ -65,7 +81,9 @@ def main() -> None:
     print(f"train tokens/s: {rates}", flush=True)
     timings = {n: surprise_seconds(n, args, work) for n in (1, args.gpus)}
     identical = filecmp.cmp(timings[1][1], timings[args.gpus][1], shallow=False)
-    print(f"surprise seconds: { {n: t for n, (t, _) in timings.items()} }, identical={identical}", flush=True)
+    same_intervals, worst, n_lines = bedgraph_difference(timings[1][1], timings[args.gpus][1])
+    print(f"surprise seconds: { {n: t for n, (t, _) in timings.items()} }, identical={identical}, "
+          f"same intervals={same_intervals}, max |diff|={worst:.3g} over {n_lines:,} lines", flush=True)
 
     n = args.gpus
     lines = [
@@ -80,7 +98,9 @@ def main() -> None:
         f"| `titans surprise` {Path(args.surprise_fasta).name} (wall seconds, whole command) | "
         f"{timings[1][0]:.1f} | {timings[n][0]:.1f} | {timings[1][0] / timings[n][0]:.2f}x |",
         "",
-        f"Sharded bedGraph byte-identical to the single-process one: {'yes' if identical else 'NO'}.",
+        f"Sharded bedGraph byte-identical to the single-process one: {'yes' if identical else 'NO'}; "
+        f"same intervals in the same order: {'yes' if same_intervals else 'NO'}; largest difference of a value "
+        f"(mean bits/base of a window) over its {n_lines:,} lines: {worst:.3g}.",
     ]
     text = "\n".join(lines) + "\n"
     print(text)

@@ -176,8 +176,9 @@ class StreamEngine:
         runtime: Runtime,
         piece_tokens: int = 4096,
         lanes: int | None = None,
-        lane_tokens: int = 1 << 16,
+        lane_tokens: int | None = None,
         buffer_records: int = 256,
+        buffer_tokens: int | None = None,
         want_hidden: bool = False,
         want_memory: bool = False,
         progress: Callable[[int], None] | None = None,
@@ -193,8 +194,19 @@ class StreamEngine:
             fit = (1 << 31) // (self.piece_tokens * int(config.vocab_size) * 4)
             lanes = max(4, min(128, fit)) if runtime.device.type == "cuda" else 16
         self.lanes = max(1, lanes)
+        on_gpu = runtime.device.type == "cuda"
+        if lane_tokens is None:
+            # Records up to this length are held (compactly, see _compact) and share waves; a longer
+            # one streams alone. A GPU is only busy with many lanes, and genomes of phages, plasmids
+            # and contigs run to a few 100 kb, so it holds records of up to 4M tokens; a CPU is busy
+            # with one lane and keeps its footprint small.
+            lane_tokens = (1 << 22) if on_gpu else (1 << 16)
         self.lane_tokens = max(1, lane_tokens)
+        if buffer_tokens is None:
+            buffer_tokens = (1 << 28) if on_gpu else self.lanes * self.lane_tokens
+        self.buffer_tokens = max(self.lane_tokens, buffer_tokens)
         self.buffer_records = max(self.lanes, buffer_records)
+        self._token_dtype = _compact_dtype(int(config.vocab_size))
         self.bos_id, self.pad_id = int(config.bos_id), int(config.pad_id)
         self.want_hidden, self.want_memory = want_hidden, want_memory
         self.sketch = MemorySketch()
@@ -218,9 +230,9 @@ class StreamEngine:
         for record in records:
             head, rest, complete = _take(record.pieces, self.lane_tokens + 1)
             if complete and len(head) <= self.lane_tokens:
-                buffered.append((record, head))
+                buffered.append((record, head.astype(self._token_dtype)))
                 buffered_tokens += len(head)
-                if len(buffered) >= self.buffer_records or buffered_tokens >= self.lanes * self.lane_tokens:
+                if len(buffered) >= self.buffer_records or buffered_tokens >= self.buffer_tokens:
                     yield from self._run_buffer(buffered, make_reducer)
                     buffered, buffered_tokens = [], 0
                 continue
@@ -243,13 +255,19 @@ class StreamEngine:
         results: dict[int, list] = {}
         for first in range(0, len(order), self.lanes):
             wave = [order[i] for i in range(first, min(first + self.lanes, len(order)))]
-            lanes = [self._new_lane(buffered[i][0], make_reducer(buffered[i][0]), iter([buffered[i][1]])) for i in wave]
+            lanes = [self._new_lane(buffered[i][0], make_reducer(buffered[i][0]), self._pieces_of(buffered[i][1]))
+                     for i in wave]
             for _ in self._run_wave(lanes):
                 pass
             for i, lane in zip(wave, lanes):
                 results[i] = lane.items
         for i, (record, _) in enumerate(buffered):
             yield record, iter(results.pop(i))
+
+    def _pieces_of(self, tokens: np.ndarray) -> Iterator[np.ndarray]:
+        """A held record fed a piece at a time, so that only the pieces in flight are widened to int64."""
+        step = self.piece_tokens
+        return (tokens[i : i + step] for i in range(0, len(tokens), step))
 
     def stream_lanes(self, lanes: Sequence[tuple[RecordInput, Reducer, Iterable[np.ndarray]]]) -> Iterator[list]:
         """Run given records side by side in one wave (novelty's paired passes); yields, after each
@@ -382,6 +400,14 @@ class StreamEngine:
 
 # -----------------------------------------------------------------------------
 # Helpers
+
+
+def _compact_dtype(vocab_size: int):
+    """The smallest integer type that holds every token id (held records cost 1-2 bytes a token)."""
+    for dtype in (np.uint8, np.uint16, np.int32):
+        if vocab_size <= np.iinfo(dtype).max + 1:
+            return dtype
+    return np.int64
 
 
 def _round_up(n: int, multiple: int) -> int:

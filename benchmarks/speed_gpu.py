@@ -68,6 +68,21 @@ def measure(model: Model, data, label: str) -> dict:
     }
 
 
+def profile_run(model: Model, data, path: str) -> None:
+    import cProfile
+    import io
+    import pstats
+
+    profiler = cProfile.Profile()
+    profiler.enable()
+    surprise(model, data, metric="bits", window=50)
+    torch.cuda.synchronize()
+    profiler.disable()
+    report = io.StringIO()
+    pstats.Stats(profiler, stream=report).sort_stats("tottime").print_stats(40)
+    Path(path).write_text(report.getvalue())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="dna")
@@ -75,6 +90,8 @@ def main() -> None:
     parser.add_argument("--long-fasta", help="a genome to repeat into one long record")
     parser.add_argument("--sizes", default="1,10,100", help="input sizes in Mbp")
     parser.add_argument("--backends", default="torch,triton")
+    parser.add_argument("--unfused-sizes", default="1", help="sizes (Mbp) run with the torch backend (slow)")
+    parser.add_argument("--profile", help="write a cProfile summary of the fused backend's second size here")
     parser.add_argument("--long-backends", default="triton", help="backends that also run the one-record input")
     parser.add_argument("--long-mbp", type=float, default=10.0)
     parser.add_argument("--out")
@@ -91,9 +108,12 @@ def main() -> None:
     for backend in args.backends.split(","):
         model = Model(args.model, loaded, Runtime(device=device, backend=backend))
         measure(model, multi_genome_input(records, 200_000), "warm-up")  # compile kernels, fill caches
-        for size in sizes:
+        backend_sizes = [float(s) for s in args.unfused_sizes.split(",")] if backend == "torch" else sizes
+        for size in backend_sizes:
             data = multi_genome_input(records, int(size * 1e6))
             row = measure(model, data, f"{size:g} Mbp, {len(data)} records")
+            if args.profile and backend != "torch" and len(sizes) > 1 and size == sizes[1]:
+                profile_run(model, data, args.profile)  # an extra, unreported run under cProfile
             row["backend"] = backend
             if size == sizes[0]:
                 reference_tracks[backend] = row["tracks"]

@@ -72,6 +72,9 @@ except ImportError:  # pragma: no cover - depends on the install
     TRITON_AVAILABLE = False
 
 _BIAS_CODES = {"l2": 0, "lp": 1, "huber": 2}
+# Kernel arguments that change with the number of tokens in a call (batch and head strides of the
+# (B, H, T, ·) inputs, and T itself); see the kernels' do_not_specialize.
+_LENGTH_DEPENDENT = ["length", "q_sb", "q_sh", "k_sb", "k_sh", "v_sb", "v_sh", "g_sb", "g_sh"]
 _RETENTION_CODES = {"decay": 0, "lq": 1, "kl": 2, "none": 3}
 _MAX_HEAD_DIM, _MAX_HIDDEN = 128, 256
 # Hidden units per block of the depth-2 passes and warps per program (chosen by measurement,
@@ -187,8 +190,9 @@ if TRITON_AVAILABLE:
         )
         return tl.sqrt(tl.maximum(momentum_sq, 1.1754943508222875e-38))
 
-    # `length` is not specialised: one compiled kernel serves every sequence length.
-    @triton.jit(do_not_specialize=["length"])
+    # Neither `length` nor the strides that scale with it are specialised (Triton would otherwise
+    # compile a variant per divisibility of each): one compiled kernel serves every step length.
+    @triton.jit(do_not_specialize=_LENGTH_DEPENDENT)
     def _memory_chunks_kernel(
         q_ptr, k_ptr, v_ptr, lr_ptr, eta_ptr, alpha_ptr, hd_ptr,
         w1_ptr, w2_ptr, s1_ptr, s2_ptr,
@@ -430,7 +434,7 @@ if TRITON_AVAILABLE:
             d_delta1 += d_s0_dot_u[:, None] * _mm(keys, tl.trans(s1), PRECISION)
         return d_delta1
 
-    @triton.jit(do_not_specialize=["length"])
+    @triton.jit(do_not_specialize=_LENGTH_DEPENDENT)
     def _memory_chunks_backward_kernel(
         q_ptr, k_ptr, v_ptr, lr_ptr, eta_ptr, alpha_ptr, ckpt_ptr,
         dw1_ptr, dw2_ptr, ds1_ptr, ds2_ptr,
@@ -772,7 +776,7 @@ def _fused_forward(q, k, v, lr, momentum, decay, huber_delta, weights, momenta, 
     momentum_norm = torch.empty(batch, heads, length, device=device, dtype=out_dtype)
     if length > 0 and batch * heads > 0:
         hidden = config.hidden_dim if depth == 2 else dim
-        block_t = _block(min(config.chunk_size, length))
+        block_t = _block(config.chunk_size)  # not min(chunk, length): one variant for every step length
         block_h = _block(hidden)
         if depth == 2 and config.retention not in ("lq", "kl"):  # those need whole matrices at chunk end
             block_h = min(block_h, _block(block_hidden or _DEFAULT_BLOCK_HIDDEN))
@@ -881,7 +885,7 @@ def _triton_backward(config, precision, saved, checkpoints, grads, block_hidden:
             vs.stride(0), vs.stride(1), vs.stride(2), lr_c.stride(0), lr_c.stride(1), lr_c.stride(2),
             heads, length, config.chunk_size, dim, hidden,
             float(config.max_grad_norm) if config.max_grad_norm != float("inf") else 1.0,
-            BT=_block(min(config.chunk_size, length)), BD=_block(dim), BHID=_block(hidden), HB=block_h,
+            BT=_block(config.chunk_size), BD=_block(dim), BHID=_block(hidden), HB=block_h,
             RETENTION=_RETENTION_CODES[config.retention], GD=config.algorithm == "gd",
             CLIP=config.max_grad_norm != float("inf"),
             PRECISION=kernel_precision, num_warps=_DEFAULT_NUM_WARPS, num_stages=1,

@@ -71,21 +71,24 @@ class WindowMeans:
         windows this completed."""
         if values.size == 0:
             return np.zeros(0, np.int64), np.zeros(0)
-        positions = start + np.arange(values.size)
-        index = positions // self.window
-        bounds = np.flatnonzero(np.diff(index)) + 1
-        groups = np.split(np.arange(values.size), bounds)
+        first = start // self.window
+        index = (start + np.arange(values.size)) // self.window
+        group_starts = np.concatenate(([0], np.flatnonzero(np.diff(index)) + 1))
+        sums = np.add.reduceat(values.astype(np.float64), group_starts)
+        counts = np.diff(np.append(group_starts, values.size))
+        windows = index[group_starts]
         done_index, done_mean = [], []
-        for group in groups:
-            window_index = int(index[group[0]])
-            if window_index != self.current:
-                if self.count:
-                    done_index.append(self.current)
-                    done_mean.append(self.total / self.count)
-                self.current, self.total, self.count = window_index, 0.0, 0
-            self.total += float(np.sum(values[group], dtype=np.float64))
-            self.count += group.size
-        return np.asarray(done_index, dtype=np.int64), np.asarray(done_mean)
+        if first == self.current:  # the first group continues the window being filled
+            sums[0] += self.total
+            counts[0] += self.count
+        elif self.count:
+            done_index.append(self.current)
+            done_mean.append(self.total / self.count)
+        # every group but the last is a whole window; the last stays open
+        done_index = np.concatenate((np.asarray(done_index, dtype=np.int64), windows[:-1].astype(np.int64)))
+        done_mean = np.concatenate((np.asarray(done_mean, dtype=np.float64), sums[:-1] / counts[:-1]))
+        self.current, self.total, self.count = int(windows[-1]), float(sums[-1]), int(counts[-1])
+        return done_index, done_mean
 
     def flush(self) -> tuple[np.ndarray, np.ndarray]:
         if not self.count:

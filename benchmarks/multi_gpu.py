@@ -46,6 +46,20 @@ def surprise_seconds(nproc: int, args, work: Path) -> tuple[float, Path]:
     return time.perf_counter() - started, output
 
 
+def repeated_fasta(source: Path, copies: int, work: Path) -> Path:
+    """`copies` copies of every record of `source` (ids suffixed _copyN), as one plain FASTA."""
+    import gzip
+
+    opener = gzip.open if source.suffix == ".gz" else open
+    with opener(source, "rt") as handle:
+        text = handle.read()
+    target = work / f"{source.name.split('.')[0]}_x{copies}.fa"
+    with target.open("w") as out:
+        for copy in range(copies):
+            out.write(text.replace(">", ">copy%d_" % copy) if copy else text)
+    return target
+
+
 def bedgraph_difference(a: Path, b: Path) -> tuple[bool, float, int]:
     """(same intervals in the same order, max |value difference|, number of lines) of two bedGraphs."""
     same_intervals, worst, lines = True, 0.0, 0
@@ -67,6 +81,8 @@ def main() -> None:
     parser.add_argument("--gpus", type=int, default=2)
     parser.add_argument("--train-fasta", nargs="+", required=True)
     parser.add_argument("--surprise-fasta", required=True)
+    parser.add_argument("--surprise-copies", type=int, default=1,
+                        help="repeat the records of --surprise-fasta this many times (new ids) into the input")
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--work", default="/tmp/titans_multi_gpu")
@@ -76,6 +92,8 @@ def main() -> None:
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     card = torch.cuda.get_device_name(0)
+    if args.surprise_copies > 1:
+        args.surprise_fasta = str(repeated_fasta(Path(args.surprise_fasta), args.surprise_copies, work))
 
     rates = {} if args.skip_train else {n: train_rate(n, args, work) for n in (1, args.gpus)}
     print(f"train tokens/s: {rates}", flush=True)

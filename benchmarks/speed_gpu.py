@@ -91,6 +91,8 @@ def main() -> None:
     parser.add_argument("--sizes", default="1,10,100", help="input sizes in Mbp")
     parser.add_argument("--backends", default="torch,triton")
     parser.add_argument("--unfused-sizes", default="1", help="sizes (Mbp) run with the torch backend (slow)")
+    parser.add_argument("--hyena-batches", default="",
+                        help="also time the HyenaDNA-shaped small-32k baseline (hyena_baseline.py) at these batches of 32k")
     parser.add_argument("--profile", help="write a cProfile summary of the fused backend's second size here")
     parser.add_argument("--long-backends", default="triton", help="backends that also run the one-record input")
     parser.add_argument("--long-mbp", type=float, default=10.0)
@@ -131,6 +133,14 @@ def main() -> None:
             rows.append(row)
             print(f"{backend:7s} {row['label']:28s} {row['rate'] / 1e6:7.3f} M bases/s", flush=True)
 
+    hyena_rows = []
+    if args.hyena_batches:
+        from hyena_baseline import throughput as hyena_throughput
+
+        for batch in (int(b) for b in args.hyena_batches.split(",")):
+            hyena_rows.append(hyena_throughput(batch, 32768, device))
+            print(f"hyena   batch {batch} x 32768 {hyena_rows[-1]['rate'] / 1e6:7.3f} M bases/s", flush=True)
+
     agreement = ""
     if len(reference_tracks) == 2:
         first, second = reference_tracks.values()
@@ -157,6 +167,19 @@ def main() -> None:
                      f"{row['rate'] / 1e6:.3f} | {row['gpu_peak_gib']:.2f} | {row['rss_peak_gib']:.2f} | {row['mean_bits']:.4f} |")
     if agreement:
         lines += ["", agreement]
+    if hyena_rows:
+        lines += [
+            "",
+            f"Beside it, in the same run on the same card: a HyenaDNA-shaped model (`benchmarks/hyena_baseline.py`: our "
+            f"own implementation of the small-32k shape, {hyena_rows[0]['parameters']:,} parameters, random weights, "
+            "fp32 without tf32, whole 32k sequences with FFT long convolutions, not streaming), forward + per-base bits:",
+            "",
+            "| model | batch x length | seconds | M bases/s | peak GPU GiB |",
+            "|---|---|---:|---:|---:|",
+        ]
+        for row in hyena_rows:
+            lines.append(f"| HyenaDNA-shaped small-32k | {row['batch']} x {row['length']:,} | {row['seconds']:.3f} | "
+                         f"{row['rate'] / 1e6:.3f} | {row['peak_gib']:.2f} |")
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out:

@@ -1,6 +1,7 @@
 """Classification: k-mer / TF-IDF baselines vs linear probes on titans embeddings, same splits.
 
-Usage: python benchmarks/classification.py [--quick] [--no-titans]
+Usage: python benchmarks/classification.py [--quick] [--no-titans] [--titans-from DIR ...]
+(--titans-from: embeddings computed on the GPU machine by benchmarks/titans_stages.py)
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ NAME = "classification"
 SEED = 20240611
 KS = (4, 5, 6)
 DOMAIN_WINDOW = 2000
+FULL_DOMAIN_SAMPLE = (1000, 600)   # train windows per collection, eval windows per class
+QUICK_DOMAIN_SAMPLE = (150, 100)
 MAX_N_FRACTION = 0.01
 
 TRAIN_COLLECTIONS = {   # file in dna/train -> domain label
@@ -192,6 +195,19 @@ def titans_embedder():
     return fn
 
 
+def staged_embedder(staged):
+    """The same function, reading embeddings computed elsewhere by `titans_stages.py compute`."""
+    import titans_bridge
+    import titans_stages
+
+    def embed(kind, items, pool, compute=True):
+        try:
+            return staged.embeddings(kind, [i for i, _ in items], pool)
+        except titans_stages.NotComputed as exc:
+            raise titans_bridge.NotCached(str(exc)) from exc
+    return embed
+
+
 # ----------------------------------------------------------------------------- main
 
 
@@ -200,18 +216,28 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true",
                     help="fewer domain windows (train 150 per collection, eval 100 per class)")
     ap.add_argument("--no-titans", action="store_true")
+    ap.add_argument("--titans-from", metavar="DIR", nargs="+",
+                    help="titans embeddings from the output folder(s) of `benchmarks/titans_stages.py "
+                         "compute` (run on another machine) instead of running the model here")
     args = ap.parse_args(argv)
     timer = common.Timer()
-    embed = None if args.no_titans else titans_embedder()
+    staged = None
+    if args.titans_from and not args.no_titans:
+        import titans_stages
+        staged = titans_stages.StagedResults(args.titans_from)
+        embed = staged_embedder(staged)
+    else:
+        embed = None if args.no_titans else titans_embedder()
     titans_status = ("not run (--no-titans)" if args.no_titans else
                      "pending (no `titans_cli.embed` or no loadable dna/text model when this run started)")
 
     tables = []
 
     def titans_rows(task, kind, train_items, eval_items, y_train, y_eval, extra, n_extra,
-                    compute=True):
+                    compute=True, stage_task=""):
         """Linear-probe rows for both pools; `extra(pred)` gives the task's extra columns. With
-        compute=False (quick mode) only cached embeddings are used."""
+        compute=False (quick mode) only cached embeddings are used; with --titans-from only the
+        staged ones (`stage_task`: their task name there)."""
         import titans_bridge
         out = []
         for pool in ("mean", "memory"):
@@ -222,12 +248,24 @@ def main(argv=None) -> int:
             try:
                 Xtr = embed(kind, train_items, pool, compute)
                 Xev = embed(kind, eval_items, pool, compute)
-                model = fit_probe(Xtr, y_train)
+                ytr, yev = np.asarray(y_train), np.asarray(y_eval)
+                subset = ""
+                keep_tr, keep_ev = np.isfinite(Xtr).all(1), np.isfinite(Xev).all(1)
+                if not (keep_tr.all() and keep_ev.all()):
+                    if staged is None or not staged.test_run:
+                        raise titans_bridge.NotCached("some items have no embedding")
+                    # a test run of the staged chain: probe the items it embedded, and say so
+                    Xtr, ytr, Xev, yev = Xtr[keep_tr], ytr[keep_tr], Xev[keep_ev], yev[keep_ev]
+                    subset = f" (TEST: {len(ytr)} train / {len(yev)} eval items)"
+                model = fit_probe(Xtr, ytr)
                 pred = model.predict(Xev)
-                out.append([task, label, *map(common.fmt, scores(y_eval, pred)),
-                            f"C={model.best_params_['logisticregression__C']:g}", *extra(pred)])
+                out.append([task, label + subset, *map(common.fmt, scores(yev, pred)),
+                            f"C={model.best_params_['logisticregression__C']:g}",
+                            *(extra(pred) if not subset else [""] * n_extra)])
             except titans_bridge.NotCached:
-                out.append([task, label, "full mode only", "", ""] + [""] * n_extra)
+                why = ("full mode only" if staged is None else
+                       staged.missing(f"embed:{stage_task}:"))
+                out.append([task, label, why, "", ""] + [""] * n_extra)
             except Exception as exc:  # noqa: BLE001 - a failing titans run is reported, not hidden
                 common.log(f"titans {task} pool={pool} failed: {exc}")
                 out.append([task, label, f"failed: {str(exc)[:160]}", "", ""] + [""] * n_extra)
@@ -249,7 +287,7 @@ def main(argv=None) -> int:
              f"C={model.best_params_['logisticregression__C']:g}", *phage_extra(pred)]]
     rows += titans_rows("phage clusters", "dna", [(i, s) for i, s, _, _ in ph["train"]],
                         [(i, s) for i, s, _, _ in ph["eval"]], y_tr, y_ev, phage_extra, 2,
-                        compute=not args.quick)
+                        compute=not args.quick, stage_task="phage")
     n_clusters = len(set(y_tr) | set(y_ev))
     tables.append((f"**Mycobacteriophage clusters** ({len(y_tr)} train / {len(y_ev)} eval genomes, "
                    f"{n_clusters} clusters; {int(novel.sum())} eval genomes with "
@@ -260,7 +298,7 @@ def main(argv=None) -> int:
     common.log(f"phage clusters done at {timer.elapsed:.0f} s")
 
     # (b) domain of origin
-    n_tr, n_ev = (150, 100) if args.quick else (1000, 600)
+    n_tr, n_ev = QUICK_DOMAIN_SAMPLE if args.quick else FULL_DOMAIN_SAMPLE
     dtrain, deval = domain_items(n_tr, n_ev)
     y_tr = [lab for *_, lab in dtrain]
     y_ev = [lab for *_, lab in deval]
@@ -276,7 +314,7 @@ def main(argv=None) -> int:
              f"C={model.best_params_['logisticregression__C']:g}", *domain_extra(pred)]]
     rows += titans_rows("domain of origin", "dna", [(i, s) for i, s, _ in dtrain],
                         [(i, s) for i, s, _ in deval], y_tr, y_ev, domain_extra, len(per_class),
-                        compute=not args.quick)
+                        compute=not args.quick, stage_task="domain")
     domain_errors = confusion_note(y_ev, pred)
     tables.append((f"**DNA domain of origin** ({DOMAIN_WINDOW // 1000} kb windows; {len(dtrain)} train "
                    f"windows ({n_tr} per collection), {len(deval)} eval windows ({n_ev} per class)); "
@@ -298,7 +336,7 @@ def main(argv=None) -> int:
              f"C={model.best_params_['logisticregression__C']:g}"]]
     rows += titans_rows("Brown genres", "text", [(i, t) for i, t, _ in br["train"]],
                         [(i, t) for i, t, _ in br["test"]], y_tr, y_ev, lambda pred: [], 0,
-                        compute=not args.quick)
+                        compute=not args.quick, stage_task="brown")
     tables.append((f"**Brown genres** ({len(y_tr)} train / {len(y_ev)} test documents, 15 genres; "
                    "the data README's 5-fold CV of all 500 gave accuracy 0.48, macro-F1 0.34):\n",
                    ["task", "method", "accuracy", "macro-F1", "chosen C"], rows))
@@ -307,6 +345,8 @@ def main(argv=None) -> int:
     body = [METHOD, ""]
     for caption, headers, rows in tables:
         body += [caption, common.md_table(headers, rows, "ll" + "r" * (len(headers) - 2)), ""]
+    if staged is not None:
+        body.append(staged.describe("The titans embeddings") + "\n")
     if args.quick:
         body.append("Quick mode: the domain task uses 150 train windows per collection and 100 eval "
                     "windows per class (full mode: 1,000 and 600); titans probes use embeddings cached by a full run with the same code and "

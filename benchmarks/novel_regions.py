@@ -23,7 +23,8 @@ Per genome and window size (2 kb, 5 kb):
 Only the records named in the BED files are scored (V. cholerae chromosome II has no annotation,
 and absence of a line is not evidence of no prophage).
 
-Usage: python benchmarks/novel_regions.py [--quick]
+Usage: python benchmarks/novel_regions.py [--quick] [--no-titans] [--titans-from DIR ...]
+(--titans-from: tracks computed on the GPU machine by benchmarks/titans_stages.py)
 """
 
 from __future__ import annotations
@@ -183,7 +184,7 @@ def window_labels(rec: RecordTracks, starts: np.ndarray, window: int, kind: str)
 def auroc(labels: np.ndarray, scores: np.ndarray) -> float:
     ok = (labels >= 0) & np.isfinite(scores)
     y, s = labels[ok], scores[ok]
-    if y.min() == y.max():
+    if y.size == 0 or y.min() == y.max():   # nothing scored, or one class only
         return float("nan")
     return float(roc_auc_score(y, s))
 
@@ -304,12 +305,19 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true",
                     help="titans cells only from cached tracks (baselines always run in full)")
     ap.add_argument("--no-titans", action="store_true", help="skip the titans rows")
+    ap.add_argument("--titans-from", metavar="DIR", nargs="+",
+                    help="titans tracks from the output folder(s) of `benchmarks/titans_stages.py "
+                         "compute` (run on another machine) instead of running `titans surprise` here")
     args = ap.parse_args(argv)
     timer = common.Timer()
+    staged = None
+    if args.titans_from and not args.no_titans:
+        import titans_stages
+        staged = titans_stages.StagedResults(args.titans_from)
 
     prophages = common.read_bed(common.DNA_EVAL / "prophages.bed")
     islands = common.read_bed(common.DNA_EVAL / "islands.bed")
-    tcmd = None if args.no_titans else common.titans_cmd()
+    tcmd = None if args.no_titans or staged is not None else common.titans_cmd()
     if tcmd is not None and not titans_bridge.model_available("dna"):
         tcmd = None
     # Quick mode computes titans tracks only for these (genome, metric) pairs and otherwise reuses
@@ -318,7 +326,7 @@ def main(argv=None) -> int:
     # takes tens of minutes, so quick mode computes none.)
     quick_live: set | None = set() if args.quick else None
     titans_note = ""
-    if tcmd is None:
+    if tcmd is None and staged is None:
         titans_note = ("the titans CLI or the shipped DNA model is missing at this commit"
                        if not args.no_titans else "--no-titans")
 
@@ -339,6 +347,15 @@ def main(argv=None) -> int:
 
         tracks = {}
         for metric in TITANS_METRICS:
+            if staged is not None:
+                try:
+                    tracks[metric] = {rec.name: staged.track(metric, rec.name, rec.length) for rec in recs}
+                    if metric == "novelty":
+                        p, r, f, n = nucleotide_prf(recs, {rec.name: staged.regions(rec.name) for rec in recs})
+                        cli_rows.append([genome.label, common.fmt(p), common.fmt(r), common.fmt(f), f"{n:,}"])
+                except titans_stages.NotComputed:
+                    tracks[metric] = staged.missing(f"tracks:{genome.label}")
+                continue
             if tcmd is None:
                 continue
             try:
@@ -383,10 +400,11 @@ def main(argv=None) -> int:
     by_key = {(g, w, m): (a, p, r, f, n) for g, w, m, a, p, r, f, n in rows}
     auc_rows, prf_rows = [], []
     for m in methods:
+        shown = f"{m} (TEST RUN)" if staged is not None and staged.test_run and m.startswith("titans") else m
         for w in WINDOWS:
             vals = [by_key[(g, w, m)] for g in genomes]
-            auc_rows.append([m, f"{w // 1000} kb"] + [common.fmt(v[0], 2) for v in vals])
-            prf_rows.append([m, f"{w // 1000} kb"] + [
+            auc_rows.append([shown, f"{w // 1000} kb"] + [common.fmt(v[0], 2) for v in vals])
+            prf_rows.append([shown, f"{w // 1000} kb"] + [
                 v[1] if isinstance(v[1], str) else f"{v[1]:.2f} / {v[2]:.2f} / **{v[3]:.2f}**"
                 for v in vals])
     body.append("**AUROC** of the windowed score against the labels:\n")
@@ -398,6 +416,11 @@ def main(argv=None) -> int:
     body.append("")
     if titans_note:
         body.append(f"Titans rows are **pending**: {titans_note}.")
+    elif staged is not None:
+        body.append(staged.describe("The titans tracks") + " Each track is what `titans surprise --metric "
+                    "M --window 500` writes: novelty streams a record twice (learn, then score with the "
+                    "frozen host-adapted memory); bits and grad are read from its first pass, which is "
+                    "the plain online stream.")
     elif quick_live is not None:
         body.append("Quick mode: no titans track is computed; titans cells come from tracks cached by "
                     "an earlier full run with the same code and model, or say \"full mode only\".")

@@ -88,10 +88,17 @@ def main(argv: list[str] | None = None) -> int:
     except TitansInputError as error:
         _error(str(error))
         code = 2
+    except (click.exceptions.NoArgsIsHelpError, typer_click.exceptions.NoArgsIsHelpError) as error:
+        error.show()  # `titans` alone prints the help
+        code = 2
+    except (click.UsageError, typer_click.exceptions.UsageError) as error:
+        # one line like every other bad input (click's own is three: usage, hint, error)
+        command_path = error.ctx.command_path if error.ctx is not None else "titans"
+        _error(f"{error.format_message().rstrip('.')} (see '{command_path} --help')")
+        code = 2
     except (click.ClickException, typer_click.exceptions.ClickException) as error:
-        # usage errors: click's own message (usage line + error line), exit 2
         error.show()
-        code = 2 if isinstance(error, (click.UsageError, typer_click.exceptions.UsageError)) else 1
+        code = 1
     except (click.exceptions.Exit, typer.Exit) as error:
         code = error.exit_code
     except TerminatedBySignal as error:

@@ -20,6 +20,7 @@ def command(
     model: Optional[str] = typer.Option(None, "--model", help="Model (default: the one the head was trained on)."),
     device: str = typer.Option("auto", "--device", help=common.HELP_DEVICE),
     backend: str = typer.Option("auto", "--backend", help=common.HELP_BACKEND),
+    encoding: str = typer.Option("utf-8", "--encoding", help=common.HELP_ENCODING),
     quiet: bool = typer.Option(False, "--quiet", "-q", help=common.HELP_QUIET),
 ) -> None:
     from titans_cli.io.tracks import RowWriter
@@ -30,11 +31,11 @@ def command(
     loaded_head = load_head(head)
     if region is not None and len(inputs) != 1:
         raise TitansInputError("--region needs exactly one input file")
-    kind = common.input_kind(inputs)
+    kind = common.input_kind(inputs, encoding)
     head_kind = loaded_head.settings.get("kind")
     if head_kind and head_kind != kind:
         raise TitansInputError(f"head {head!r} classifies {head_kind} input, the input is {kind}")
-    session = common.open_session(kind, model or loaded_head.settings.get("model"), device, backend)
+    session = common.open_session(kind, model or loaded_head.settings.get("model"), device, backend, encoding)
     unit = "bases" if kind == "sequence" else "tokens"
     columns = ["id", "start", "end", "label"] + [f"p_{name}" for name in loaded_head.classes]
     with common.sharded_run(session, inputs, region) as (mine, gather), common.Progress(None, unit, quiet) as progress:

@@ -21,6 +21,7 @@ HELP_DEVICE = "auto | cpu | cuda (auto: CUDA when a GPU is visible)."
 HELP_BACKEND = "Memory-update implementation: auto | torch | numba | triton (auto: numba on CPU, triton on CUDA)."
 HELP_OUTPUT = "Output file ('-' = stdout, the default)."
 HELP_QUIET = "No progress bar, no summary on stderr."
+HELP_ENCODING = "Encoding of text input (e.g. latin-1, cp1252, utf-16); FASTA/FASTQ are read as ASCII."
 
 stderr = Console(stderr=True, highlight=False, soft_wrap=True)
 
@@ -40,18 +41,19 @@ def info(message: str, quiet: bool = False) -> None:
         stderr.print(message, markup=False)
 
 
-def input_kind(sources: list[str]) -> str:
-    """"sequence" or "text" for all inputs (they must agree)."""
+def input_kind(sources: list[str], encoding: str = "utf-8") -> str:
+    """"sequence" or "text" for all inputs (they must agree). Under a UTF-16/32 `encoding` every
+    input is text: their NUL bytes would make the content sniffer call them binary."""
     from titans_cli.io.sequences import sniff_kind
+    from titans_cli.io.text import codec_name
 
+    if codec_name(encoding).startswith(("utf-16", "utf-32")):
+        return "text"
     kinds = {}
     for source in sources:
         kinds[source] = sniff_kind(source)
         if kinds[source] == "text" and _sequence_name(source):
-            raise TitansInputError(
-                f"{source}: named like FASTA/FASTQ but does not start with a '>' or '@' header line "
-                "(sequence before any header?)"
-            )
+            raise _not_sequence_error(source)
     found = set(kinds.values())
     if len(found) > 1:
         listed = ", ".join(f"{name} ({kind})" for name, kind in kinds.items())
@@ -60,6 +62,21 @@ def input_kind(sources: list[str]) -> str:
 
 
 SEQUENCE_SUFFIXES = (".fa", ".fasta", ".fna", ".ffn", ".frn", ".fas", ".fq", ".fastq", ".seq")
+
+
+def _not_sequence_error(source: str) -> TitansInputError:
+    """For a file named like FASTA/FASTQ that does not start with a header: the reader's own
+    message, which gives the line and what was found there."""
+    from titans_cli.io.sequences import iter_records
+
+    try:
+        next(iter(iter_records(source)), None)
+    except TitansInputError as error:
+        return error
+    return TitansInputError(
+        f"{source}: named like FASTA/FASTQ but does not start with a '>' or '@' header line "
+        "(sequence before any header?)"
+    )
 
 
 def _sequence_name(source: str) -> bool:
@@ -75,6 +92,7 @@ class Session:
     runtime: object  # titans_cli.device.Runtime
     kind: str
     model_name: str
+    encoding: str = "utf-8"  # of text inputs
 
     @property
     def model(self):
@@ -85,7 +103,7 @@ class Session:
         return self.loaded.tokenizer
 
 
-def open_session(kind: str, model: str | None, device: str, backend: str) -> Session:
+def open_session(kind: str, model: str | None, device: str, backend: str, encoding: str = "utf-8") -> Session:
     from titans_cli.device import choose_runtime
     from titans_cli.model import load_model
 
@@ -98,7 +116,7 @@ def open_session(kind: str, model: str | None, device: str, backend: str) -> Ses
             f"model {name!r} reads {'DNA' if model_kind == 'sequence' else 'text'}, but the input is "
             f"{'FASTA/FASTQ' if kind == 'sequence' else 'text'}; pick another --model"
         )
-    return Session(loaded, runtime, kind, name)
+    return Session(loaded, runtime, kind, name, encoding)
 
 
 def check_positive(name: str, value: int | float | None) -> None:
@@ -279,4 +297,4 @@ def records_for(session: Session, sources: list[str], region: str | None = None,
         return sequence_records(sources, session.tokenizer, region=region)
     if region is not None:
         raise TitansInputError("--region applies to FASTA input, not text")
-    return text_records(sources, session.tokenizer, keep_text=keep_text)
+    return text_records(sources, session.tokenizer, encoding=session.encoding, keep_text=keep_text)

@@ -24,6 +24,7 @@ def command(
     model: Optional[str] = typer.Option(None, "--model", help=common.HELP_MODEL),
     device: str = typer.Option("auto", "--device", help=common.HELP_DEVICE),
     backend: str = typer.Option("auto", "--backend", help=common.HELP_BACKEND),
+    encoding: str = typer.Option("utf-8", "--encoding", help=common.HELP_ENCODING),
     quiet: bool = typer.Option(False, "--quiet", "-q", help=common.HELP_QUIET),
 ) -> None:
     from titans_cli.io.arrays import EmbeddingWriter, embedding_format
@@ -34,8 +35,8 @@ def command(
     embedding_format(output, format)  # a bad extension fails before any work
     if region is not None and len(inputs) != 1:
         raise TitansInputError("--region needs exactly one input file")
-    kind = common.input_kind(inputs)
-    session = common.open_session(kind, model, device, backend)
+    kind = common.input_kind(inputs, encoding)
+    session = common.open_session(kind, model, device, backend, encoding)
     unit = "bases" if kind == "sequence" else "tokens"
     total = common.estimate_units(inputs, kind) if kind == "sequence" else None
     with common.sharded_run(session, inputs, region) as (mine, gather), common.Progress(total, unit, quiet) as progress:

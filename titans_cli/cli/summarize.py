@@ -23,6 +23,7 @@ def command(
     model: Optional[str] = typer.Option(None, "--model", help=common.HELP_MODEL),
     device: str = typer.Option("auto", "--device", help=common.HELP_DEVICE),
     backend: str = typer.Option("auto", "--backend", help=common.HELP_BACKEND),
+    encoding: str = typer.Option("utf-8", "--encoding", help=common.HELP_ENCODING),
     quiet: bool = typer.Option(False, "--quiet", "-q", help=common.HELP_QUIET),
 ) -> None:
     from titans_cli.io.atomic import atomic_output
@@ -37,10 +38,10 @@ def command(
         raise TitansInputError(f"--sentences must be at least 1, got {sentences}")
     if ratio is not None and not 0 < ratio <= 1:
         raise TitansInputError(f"--ratio must be in (0, 1], got {ratio}")
-    kind = common.input_kind([input])
+    kind = common.input_kind([input], encoding)
     if kind != "text":
         raise TitansInputError(f"{input}: summarize reads text, this is FASTA/FASTQ")
-    session = common.open_session(kind, model, device, backend)
+    session = common.open_session(kind, model, device, backend, encoding)
     with common.Progress(None, "tokens", quiet) as progress:
         engine = StreamEngine(session.model, session.runtime, progress=progress.advance)
         records = common.records_for(session, [input])

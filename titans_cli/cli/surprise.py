@@ -30,6 +30,7 @@ def command(
     model: Optional[str] = typer.Option(None, "--model", help=common.HELP_MODEL),
     device: str = typer.Option("auto", "--device", help=common.HELP_DEVICE),
     backend: str = typer.Option("auto", "--backend", help=common.HELP_BACKEND),
+    encoding: str = typer.Option("utf-8", "--encoding", help=common.HELP_ENCODING),
     quiet: bool = typer.Option(False, "--quiet", "-q", help=common.HELP_QUIET),
 ) -> None:
     from titans_cli.io.tracks import ROW_FORMATS, TRACK_FORMATS
@@ -52,7 +53,7 @@ def command(
     if plot is not None:
         check_plot_path(plot)
 
-    kind = common.input_kind([input])
+    kind = common.input_kind([input], encoding)
     if kind == "text":
         format = (format or "tsv").lower()
         if format not in ROW_FORMATS:
@@ -62,7 +63,7 @@ def command(
     else:
         format = (format or "bedgraph").lower()
         window = window or 50
-    session = common.open_session(kind, model, device, backend)
+    session = common.open_session(kind, model, device, backend, encoding)
     if kind == "text":
         from titans_cli.cli.surprise_text import run_text
 

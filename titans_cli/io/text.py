@@ -43,7 +43,8 @@ class Sentence:
 # Reading
 
 
-def _codec_name(encoding: str) -> str:
+def codec_name(encoding: str) -> str:
+    """Python's canonical name of a text encoding; TitansInputError when there is none."""
     try:
         name = codecs.lookup(encoding).name
     except LookupError:
@@ -59,7 +60,7 @@ def iter_text_pieces(source: Source, encoding: str = "utf-8",
     gzip/bgzip input is decompressed. Binary input and undecodable bytes raise
     TitansInputError; the latter names the byte offset (in the decompressed stream).
     """
-    codec = _codec_name(encoding)
+    codec = codec_name(encoding)
     opened = open_input(source)
     owns = opened is not source
     try:
@@ -86,7 +87,7 @@ def iter_text_pieces(source: Source, encoding: str = "utf-8",
                 bad = error.object[error.start : error.start + 1]
                 raise TitansInputError(
                     f"{name}: not valid {encoding} text: byte 0x{bad.hex() or '??'} at byte offset "
-                    f"{position}{suffix} ({error.reason}); give the right encoding, e.g. latin-1"
+                    f"{position}{suffix} ({error.reason}); name its encoding, e.g. --encoding latin-1"
                 ) from None
             except UnicodeError as error:  # e.g. UTF-16 without a byte-order mark
                 raise TitansInputError(

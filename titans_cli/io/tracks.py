@@ -66,6 +66,7 @@ class TrackWriter(AtomicWriter):
         self._chrom: str | None = None
         self._last_end = 0
         self._finished_chroms: set[str] = set()
+        self._begun = False
         super().__init__()
         self._open()
 
@@ -73,10 +74,21 @@ class TrackWriter(AtomicWriter):
 
     def _open(self) -> None:
         self.handle = self._stack.enter_context(atomic_output(self.destination, "w"))
-        self._write_preamble()
+
+    def _begin(self) -> None:
+        """The preamble goes out with the first interval (or at close): a run that fails before
+        any value, e.g. on a bad --region, leaves nothing on stdout either."""
+        if not self._begun:
+            self._begun = True
+            self._write_preamble()
 
     def _write_preamble(self) -> None:
         pass
+
+    def close(self) -> None:
+        if not self._closed:
+            self._begin()
+        super().close()
 
     # -- input --------------------------------------------------------------------------------
 
@@ -113,6 +125,7 @@ class TrackWriter(AtomicWriter):
         if starts.size == 0:
             return
         self._check(chrom, starts, ends, values)
+        self._begin()
         self._write(chrom, starts, ends, values)
 
     def _check(self, chrom: str, starts, ends, values) -> None:
@@ -326,10 +339,16 @@ class RowWriter:
         self.format = key
         self._stack = contextlib.ExitStack()
         self.handle = self._stack.enter_context(atomic_output(destination, "w"))
-        if key == "tsv":
-            self.handle.write("\t".join(self.columns) + "\n")
+        self._header_written = False  # with the first row or at close, as for the tracks
+
+    def _write_header(self) -> None:
+        if not self._header_written:
+            self._header_written = True
+            if self.format == "tsv":
+                self.handle.write("\t".join(self.columns) + "\n")
 
     def write_row(self, values: Sequence | dict) -> None:
+        self._write_header()
         if isinstance(values, dict):
             values = [values[column] for column in self.columns]
         if len(values) != len(self.columns):
@@ -341,12 +360,15 @@ class RowWriter:
             self.handle.write(json.dumps(row, ensure_ascii=False) + "\n")
 
     def close(self) -> None:
+        self._write_header()
         self._stack.close()
 
     def __enter__(self) -> "RowWriter":
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
+        if exc is None:
+            self._write_header()
         self._stack.__exit__(exc_type, exc, tb)
 
 

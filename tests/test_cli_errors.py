@@ -1,111 +1,110 @@
 """Bad input and bad usage: exit code 2, one line `titans: error: ...` naming the problem, no
-traceback, no output file. Internal errors: exit 1, one line, traceback only under --debug."""
+traceback, no output file (and a previous file of the same name kept). Internal errors: exit 1,
+one line, traceback only under --debug.
+
+The cases are tests/bad_input_catalogue.py, the same ones benchmarks/bad_inputs.py runs through the
+real CLI for the table in docs/RESULTS.md."""
 
 from __future__ import annotations
 
-import gzip
-import json
+import os
 from pathlib import Path
 
 import pytest
-from test_cli_fixtures import lambda_sequence, run_in_process, tiny_models, titans_env, write_fasta  # noqa: F401
+from bad_input_catalogue import CASES, PREVIOUS, damage_models, drop_file_mode_override, fill, make_inputs, problems
+from test_cli_fixtures import run_in_process, run_subprocess, tiny_models, titans_env, write_fasta  # noqa: F401
 
-GOOD = "ACGT" * 50
-
-
-def make_inputs(d: Path) -> dict[str, Path]:
-    files = {}
-    files["empty"] = d / "empty.fa"
-    files["empty"].write_bytes(b"")
-    files["header_only"] = d / "header_only.fa"
-    files["header_only"].write_text(">lonely\n")
-    files["no_header"] = d / "no_header.fa"
-    files["no_header"].write_text("ACGTACGT\n>r\nACGT\n")
-    files["digits"] = d / "digits.fa"
-    files["digits"].write_text(f">r\n{GOOD}\nACG7T\n")
-    files["truncated_gz"] = d / "truncated.fa.gz"
-    whole = gzip.compress(f">r\n{lambda_sequence()[:20000]}\n".encode())
-    files["truncated_gz"].write_bytes(whole[: len(whole) // 2])
-    files["png"] = d / "picture.fa"
-    files["png"].write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4)
-    files["fastq_quality"] = d / "bad.fq"
-    files["fastq_quality"].write_text("@r1\nACGTACGT\n+\nIIII\n")
-    files["latin1_text"] = d / "latin1.txt"
-    files["latin1_text"].write_bytes("Caf\xe9 au lait. Tr\xe8s bien.\n".encode("latin-1"))
-    files["good"] = write_fasta(d / "good.fa", [("chr1", lambda_sequence()[:400])])
-    files["text"] = d / "doc.txt"
-    files["text"].write_text("One sentence here. Another one there.\n")
-    return files
+MUST_FAIL = [c for c in CASES if c.must_fail and not c.modes_bind_root]
+MUST_WORK = [c for c in CASES if c.ok_like is not None]
+UNREADABLE = [c for c in CASES if c.modes_bind_root]
 
 
-# (case name, arguments with {placeholders}, words the message must contain)
-CASES = [
-    ("empty file", ["surprise", "{empty}"], ["empty"]),
-    ("header with no sequence", ["surprise", "{header_only}"], ["lonely"]),
-    ("sequence before any header", ["surprise", "{no_header}"], ["no_header.fa"]),
-    ("digit in sequence", ["surprise", "{digits}"], ["digits.fa", "'7'"]),
-    ("truncated gzip", ["surprise", "{truncated_gz}"], ["truncated"]),
-    ("PNG given as FASTA", ["surprise", "{png}"], ["PNG"]),
-    ("FASTQ quality length", ["surprise", "{fastq_quality}"], ["bad.fq", "quality"]),
-    ("non-UTF-8 text", ["summarize", "{latin1_text}"], ["latin1.txt", "byte offset"]),
-    ("missing file", ["surprise", "{dir}/nope.fa"], ["nope.fa"]),
-    ("directory", ["surprise", "{dir}"], ["directory"]),
-    ("region outside record", ["surprise", "{good}", "--region", "chr1:300-900"], ["chr1"]),
-    ("region of absent record", ["surprise", "{good}", "--region", "chrZ:1-10"], ["chrZ"]),
-    ("window 0", ["surprise", "{good}", "--window", "0"], ["--window"]),
-    ("negative window", ["surprise", "{good}", "--window", "-5"], ["--window"]),
-    ("unknown format", ["surprise", "{good}", "--format", "bam"], ["--format", "bam"]),
-    ("unknown metric", ["surprise", "{good}", "--metric", "entropy"], ["--metric"]),
-    ("plot extension", ["surprise", "{good}", "--plot", "{dir}/x.pdf"], [".png"]),
-    ("unknown model", ["surprise", "{good}", "--model", "nosuchmodel"], ["nosuchmodel"]),
-    ("text model on DNA", ["surprise", "{good}", "--model", "text"], ["text"]),
-    ("unknown device", ["surprise", "{good}", "--device", "tpu"], ["--device"]),
-    ("embed step 0", ["embed", "{good}", "--per", "window", "--window", "100", "--step", "0"], ["--step"]),
-    ("embed extension", ["embed", "{good}", "-o", "{dir}/out.parquet"], ["parquet"]),
-    ("summarize DNA", ["summarize", "{good}"], ["text"]),
-    ("summarize ratio", ["summarize", "{text}", "--ratio", "1.5"], ["--ratio"]),
-    ("unknown head", ["classify", "{good}", "--head", "nosuchhead"], ["nosuchhead"]),
-    ("output in missing directory", ["surprise", "{good}", "-o", "{dir}/missing/out.bg"], ["does not exist"]),
-]
+@pytest.fixture(scope="session")
+def damaged_models(tiny_models, tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("damaged-models")
+    damage_models(tiny_models / "dna", tiny_models / "text" / "model.safetensors", folder)
+    return folder
 
 
-@pytest.mark.parametrize("name,args,words", CASES, ids=[c[0] for c in CASES])
-def test_bad_input_exits_2_with_one_line(titans_env, tmp_path, capsys, name, args, words):
-    files = make_inputs(tmp_path)
-    before = set(tmp_path.rglob("*"))
-    filled = [a.format(dir=tmp_path, **files) for a in args] + ["-o" if "-o" not in args else "", ""]
-    filled = [a for a in filled if a]
-    if "-o" not in args:
-        filled += [str(tmp_path / "result.out")] if filled[-1] == "-o" else []
-    result = run_in_process(filled, capsys)
-    assert result.code == 2, f"{name}: exit {result.code}, stderr: {result.stderr}"
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, f"{name}: expected one line, got: {result.stderr}"
-    assert lines[0].startswith("titans: error: "), lines[0]
-    assert "Traceback" not in result.stderr
-    for word in words:
-        assert word in lines[0], f"{name}: {word!r} missing from: {lines[0]}"
+def inputs(tmp_path: Path, damaged_models: Path) -> dict[str, str]:
+    """The catalogue's files in tmp_path/in, and the places its arguments refer to."""
+    (tmp_path / "in").mkdir()
+    (tmp_path / "out").mkdir()
+    files = make_inputs(tmp_path / "in")
+    return {"dir": str(tmp_path / "in"), "models": str(damaged_models), **{k: str(v) for k, v in files.items()}}
+
+
+def listing(root: Path) -> set[Path]:
     # an index beside an indexable FASTA is what samtools faidx would leave too
-    after = {path for path in tmp_path.rglob("*") if path.suffix not in (".fai", ".gzi")}
-    assert after == before, f"{name}: files were created: {sorted(map(str, after - before))}"
+    return {path for path in root.rglob("*") if path.suffix not in (".fai", ".gzi")}
 
 
-def test_usage_error_is_exit_2(titans_env, capsys):
-    result = run_in_process(["surprise", "--no-such-option", "x.fa"], capsys)
-    assert result.code == 2
-    assert "Traceback" not in result.stderr and "no-such-option" in result.stderr
+@pytest.mark.parametrize("case", MUST_FAIL, ids=[c.input for c in MUST_FAIL])
+def test_bad_input_exits_2_with_one_line_and_no_output(titans_env, damaged_models, tmp_path, capsys, monkeypatch, case):
+    args = fill(case.args, inputs(tmp_path, damaged_models))
+    # once into a new -o file (it must not appear), once over an existing one (it must stay as it was)
+    for previous in ([False, True] if case.output is not None else [None]):
+        out = tmp_path / "out" / f"{'previous' if previous else 'new'}{case.output}"
+        if previous:
+            out.write_text(PREVIOUS)
+        before = listing(tmp_path)
+        result = run_in_process(args + (["-o", out] if previous is not None else []), capsys, stdin=b"",
+                                monkeypatch=monkeypatch)
+        assert not problems(case, result.code, result.stderr), f"{case.input}: {problems(case, result.code, result.stderr)}; stderr: {result.stderr}"
+        assert listing(tmp_path) == before, f"{case.input}: files created: {sorted(map(str, listing(tmp_path) - before))}"
+        if previous:
+            assert out.read_text() == PREVIOUS, f"{case.input}: the previous -o file was changed"
 
 
-def test_corrupted_model_is_exit_2(titans_env, tmp_path, capsys):
-    import shutil
+STDOUT_CASES = [c for c in MUST_FAIL if c.input.startswith(("`--region` past", "`--region` naming", "digit",
+                                                              "FASTQ quality shorter", "model: corrupted"))]
 
-    broken = tmp_path / "broken"
-    shutil.copytree(titans_env / "dna", broken)
-    weights = broken / "model.safetensors"
-    weights.write_bytes(weights.read_bytes()[:-10] + b"0123456789")
-    fasta = write_fasta(tmp_path / "a.fa", [("a", "ACGT" * 20)])
-    result = run_in_process(["surprise", fasta, "--model", broken], capsys)
-    assert result.code == 2 and "sha256" in result.stderr and "Traceback" not in result.stderr
+
+@pytest.mark.parametrize("case", STDOUT_CASES, ids=[c.input for c in STDOUT_CASES])
+def test_error_before_any_value_leaves_stdout_empty(titans_env, damaged_models, tmp_path, capsys, case):
+    """Without -o the track goes to stdout: a run that fails before its first value writes
+    nothing there, not even the track or header line."""
+    result = run_in_process(fill(case.args, inputs(tmp_path, damaged_models)), capsys)
+    assert result.code == 2 and result.stdout == "", f"{case.input}: stdout {result.stdout!r}"
+
+
+@pytest.mark.parametrize("case", MUST_WORK, ids=[c.input for c in MUST_WORK])
+def test_inputs_that_must_work_give_their_controls_output(titans_env, damaged_models, tmp_path, capsys, case):
+    places = inputs(tmp_path, damaged_models)
+    control = next(c for c in CASES if c.input == case.ok_like)
+    outputs = []
+    for run in (control, case):
+        out = tmp_path / "out" / f"{len(outputs)}.out"
+        result = run_in_process(fill(run.args, places) + ["-o", out], capsys)
+        assert result.code == 0 and "Traceback" not in result.stderr, f"{run.input}: exit {result.code}: {result.stderr}"
+        outputs.append(out.read_bytes())
+    assert outputs[0], f"{control.input}: empty output"
+    assert outputs[1] == outputs[0], f"{case.input}: output differs from {control.input}'s"
+
+
+@pytest.mark.parametrize("case", UNREADABLE, ids=[c.input for c in UNREADABLE])
+def test_unreadable_file(tiny_models, damaged_models, tmp_path, case):
+    """Root reads mode-000 files (CAP_DAC_OVERRIDE): as root, the child drops that capability
+    (and CAP_DAC_READ_SEARCH) so that file modes bind it like any user."""
+    out = tmp_path / "out" / "previous.bg"
+    args = fill(case.args, inputs(tmp_path, damaged_models)) + ["-o", out]
+    out.write_text(PREVIOUS)
+    before = listing(tmp_path)
+    as_root = os.geteuid() == 0
+    result = run_subprocess(args, tiny_models, preexec_fn=drop_file_mode_override if as_root else None)
+    assert not problems(case, result.returncode, result.stderr), f"{problems(case, result.returncode, result.stderr)}: {result.stderr}"
+    assert listing(tmp_path) == before and out.read_text() == PREVIOUS
+
+
+def test_catalogue_names_every_bad_input_of_the_issue():
+    """Issue 6's list, each matched by at least one case."""
+    topics = ["empty file", "header with no sequence", "sequence before any header", "digit", "`*`",
+              "control byte", "truncated gzip", "PNG given as FASTA", "PNG given as text", "FASTQ quality",
+              "`--region` past the end", "`--region` naming an absent record", "unreadable", "directory",
+              "non-UTF-8", "--encoding", "Windows line endings", "`--window 0`", "`--window -5`",
+              "unknown `--format`", "model: corrupted", "model: truncated", "model: weights of another model"]
+    names = [c.input for c in CASES]
+    assert not [t for t in topics if not any(t in name for name in names)]
 
 
 def test_internal_error_is_exit_1_and_traceback_only_with_debug(titans_env, tmp_path, capsys, monkeypatch):

@@ -21,25 +21,29 @@ def test_python_dash_m_is_the_titans_command(tiny_models):
 
 
 def test_sigterm_leaves_no_partial_file_and_keeps_the_old_one(tiny_models, tmp_path):
-    out = tmp_path / "track.bedgraph"
+    # lambda 20 times (~1 Mbp): the tiny model must still be busy a second after it starts writing
+    fasta = write_fasta(tmp_path / "long.fa", [(f"copy{i}", lambda_sequence()) for i in range(20)])
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    out = out_dir / "track.bedgraph"
     out.write_text("previous result\n")
     process = subprocess.Popen(
-        [sys.executable, "-m", "titans_cli", "surprise", str(SAMPLE / "lambda_phage.fa"), "--window", "1", "-o", str(out)],
+        [sys.executable, "-m", "titans_cli", "surprise", str(fasta), "--window", "1", "-o", str(out)],
         env=subprocess_env(tiny_models), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     deadline = time.time() + 120
     # wait until the run is writing (its temporary file exists), then terminate it
-    while time.time() < deadline and not list(tmp_path.glob(".track.bedgraph.*")):
+    while time.time() < deadline and not list(out_dir.glob(".track.bedgraph.*")):
         assert process.poll() is None, f"finished before it could be interrupted: {process.stderr.read()}"
         time.sleep(0.1)
-    assert list(tmp_path.glob(".track.bedgraph.*")), "the run never started writing"
+    assert list(out_dir.glob(".track.bedgraph.*")), "the run never started writing"
     time.sleep(1.0)
     process.send_signal(signal.SIGTERM)
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 128 + signal.SIGTERM, stderr
     assert "Traceback" not in stderr
     assert out.read_text() == "previous result\n", "the previous output is intact"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["track.bedgraph"], "no temporary file left behind"
+    assert sorted(p.name for p in out_dir.iterdir()) == ["track.bedgraph"], "no temporary file left behind"
 
 
 def test_closed_pipe_ends_quietly(tiny_models, tmp_path):

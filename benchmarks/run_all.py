@@ -44,6 +44,9 @@ SECTIONS = [
     ("multi_gpu", None, None),          # benchmarks/multi_gpu.py on a 2-GPU machine
     ("gpu_memory_kernel", None, None),
     ("miras", None, None),
+    ("bad_inputs", "bad_inputs.py", None),  # issue 6: each bad input through the real CLI (5-12 min; full runs only)
+    ("stability", None, None),          # benchmarks/stability.py: 1-2 Mbp here, 20 Mbp on the GPU machine
+    ("fuzz_parsers", None, None),       # benchmarks/fuzz_parsers.py --write-section
 ]
 RESULTS_MD = common.REPO / "docs" / "RESULTS.md"
 

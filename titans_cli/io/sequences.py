@@ -17,6 +17,7 @@ import os
 import re
 import shutil
 import tempfile
+import zlib
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator
 
@@ -572,6 +573,11 @@ def resolve_region(region: Region, length: int, name: str = "") -> tuple[int, in
     return region.start, end
 
 
+# What reading damaged BGZF data through pyfaidx raises (Biopython's bgzf: RuntimeError "Decompressed
+# to N, not M", zlib.error, EOFError on a cut block), besides pyfaidx's own errors.
+_DAMAGED_BGZF = (RuntimeError, zlib.error, EOFError)
+
+
 def _faidx_error(name: str, error: Exception) -> TitansInputError:
     return TitansInputError(f"{name}: cannot index for region queries: {' '.join(str(error).split())}")
 
@@ -624,6 +630,12 @@ def _open_faidx(path: str, compression: str, name: str):
     except (pyfaidx.FastaIndexingError, ValueError, OSError, UnicodeDecodeError) as error:
         cleanup()
         raise _faidx_error(name, error) from None
+    except _DAMAGED_BGZF as error:
+        cleanup()
+        raise TitansInputError(
+            f"{name}: corrupt or truncated bgzf data while indexing for region queries "
+            f"({' '.join(str(error).split()) or type(error).__name__})"
+        ) from None
     except BaseException:
         cleanup()
         raise
@@ -633,6 +645,8 @@ def _open_faidx(path: str, compression: str, name: str):
 def _region_record(
     opened: InputFile, region_text: str, on_invalid: str, piece_size: int
 ) -> Iterator[SequenceRecord]:
+    import pyfaidx
+
     name = opened.name
     if opened.path is None:
         raise TitansInputError(f"{name}: a region needs an indexable FASTA file on disk, not a stream")
@@ -671,10 +685,10 @@ def _region_record(
                 try:
                     text = faidx.fetch(region.chrom, position + 1, stop)
                     raw = text.encode("ascii") if isinstance(text, str) else str(text).encode("ascii")
-                except (UnicodeError, pyfaidx.FetchError, OSError, ValueError) as error:
+                except (UnicodeError, pyfaidx.FetchError, OSError, ValueError, *_DAMAGED_BGZF) as error:
                     raise TitansInputError(
                         f"{name}: record {region.chrom!r}: cannot read bases {position + 1}-{stop}: "
-                        f"{' '.join(str(error).split())}"
+                        f"{' '.join(str(error).split()) or type(error).__name__} (damaged file or stale index?)"
                     ) from None
                 bases = raw.translate(table)
                 if len(bases) != stop - position:

@@ -81,6 +81,12 @@ CASES = [
     case("`--region` starting past the end", S + ["{good.fa}", "--region", "chr1:5001-6000"], ["good.fa", "chr1"]),
     case("`--region` naming an absent record", S + ["{good.fa}", "--region", "chrZ:1-100"], ["good.fa", "chrZ"]),
     case("`--region` start after end", S + ["{good.fa}", "--region", "chr1:900-100"], ["chr1:900-100"]),
+    case("damaged bgzip (bytes flipped inside a block)", S + ["{damaged.fa.gz}"], ["damaged.fa.gz", "corrupt"]),
+    case("`--region` in a damaged bgzip (index built now)", S + ["{damaged.fa.gz}", "--region", "chr1:235001-235100"],
+         ["damaged.fa.gz", "bgzf"]),
+    case("`--region` in a damaged bgzip (index from before the damage)",
+         S + ["{damaged_indexed.fa.gz}", "--region", "chr1:235001-235100"],
+         ["damaged_indexed.fa.gz", "chr1", "235001-235100"]),
     case("`--region` on plain gzip (not indexable)", S + ["{plain_gzip.fa.gz}", "--region", "chr1:1-100"],
          ["plain_gzip.fa.gz", "bgzip"]),
     case("unreadable file (mode 000)", S + ["{unreadable.fa}"], ["unreadable.fa", "permission"], modes_bind_root=True),
@@ -214,6 +220,14 @@ def make_inputs(d: Path) -> dict[str, Path]:
     put("truncated_bgzip.fa.gz", blocks[: len(blocks) // 2])
     put("no_eof_block.fa.gz", blocks[:-BGZF_EOF_BYTES])
     put("plain_gzip.fa.gz", gzip.compress(fasta_text([("chr1", good)]).encode()))
+    # 240 kb in four BGZF blocks; bytes flipped in the last one, past what is read to sniff the file
+    intact = bgzip(fasta_text([("chr1", (sequence * 5)[:240_000])]).encode(), d / "scratch.bgz")
+    damaged = bytearray(intact)
+    at = int(len(intact) * 0.9)
+    damaged[at : at + 200] = bytes(byte ^ 0x55 for byte in damaged[at : at + 200])
+    put("damaged.fa.gz", bytes(damaged))
+    put("damaged_indexed.fa.gz", intact)
+    index_stale_copy(files["damaged_indexed.fa.gz"], bytes(damaged))
     png = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(256)) * 8
     for name in ("picture.fa", "picture.txt", "picture.png"):
         put(name, png)
@@ -224,6 +238,20 @@ def make_inputs(d: Path) -> dict[str, Path]:
     files["folder.fa"] = d / "folder.fa"
     files["folder.fa"].mkdir()
     return files
+
+
+def index_stale_copy(path: Path, damaged: bytes) -> None:
+    """Index the intact BGZF file at `path` (.fai, .gzi), then damage it while keeping the index
+    newer than the file, so that pyfaidx trusts the index and only a read of the bases fails."""
+    import os
+
+    import pyfaidx
+
+    pyfaidx.Faidx(str(path), build_index=True).close()
+    path.write_bytes(damaged)
+    later = path.stat().st_mtime + 100
+    for index in (Path(f"{path}.fai"), Path(f"{path}.gzi")):
+        os.utime(index, (later, later))
 
 
 def damage_models(dna_model: Path, other_weights: Path, d: Path) -> None:

@@ -25,7 +25,7 @@ def command(
     min_length: int = typer.Option(1000, "--min-length", help="Shortest region reported (bases)."),
     plot: Optional[str] = typer.Option(None, "--plot", help="Draw the track (and regions) into OUT.png or OUT.svg."),
     region: Optional[str] = typer.Option(None, "--region", help="Only chr:start-end (1-based inclusive, samtools syntax; indexable FASTA)."),
-    novelty_form: Optional[str] = typer.Option(None, "--novelty-form", help="adapted | contrast | memory (default: the measured best)."),
+    novelty_form: Optional[str] = typer.Option(None, "--novelty-form", help="combined | adapted | profile | contrast | memory (default combined, the best on a train-only check)."),
     output: str = typer.Option("-", "-o", "--output", help=common.HELP_OUTPUT),
     model: Optional[str] = typer.Option(None, "--model", help=common.HELP_MODEL),
     device: str = typer.Option("auto", "--device", help=common.HELP_DEVICE),

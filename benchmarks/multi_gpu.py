@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import filecmp
+import itertools
 import json
 import statistics
 import subprocess
@@ -60,20 +61,35 @@ def repeated_fasta(source: Path, copies: int, work: Path) -> Path:
     return target
 
 
-def bedgraph_difference(a: Path, b: Path) -> tuple[bool, float, int]:
-    """(same intervals in the same order, max |value difference|, number of lines) of two bedGraphs."""
-    same_intervals, worst, lines = True, 0.0, 0
-    with a.open() as fa, b.open() as fb:
-        for line_a, line_b in zip(fa, fb, strict=True):
-            if line_a.startswith(("track", "#")) or line_b.startswith(("track", "#")):
-                same_intervals &= line_a == line_b
-                continue
-            lines += 1
-            *where_a, value_a = line_a.split()
-            *where_b, value_b = line_b.split()
-            same_intervals &= where_a == where_b
-            worst = max(worst, abs(float(value_a) - float(value_b)))
-    return same_intervals, worst, lines
+def bedgraph_difference(a: Path, b: Path) -> tuple[bool, float, int, str]:
+    """Compare two bedGraphs: (same intervals in the same order, max |value difference| over the
+    intervals both have, data lines of `a`, a note on the first mismatch or '')."""
+
+    def data(path: Path):
+        with path.open() as handle:
+            for number, line in enumerate(handle, 1):
+                if not line.startswith(("track", "#", "browser")):
+                    *where, value = line.split()
+                    yield number, where, float(value)
+
+    same_intervals, worst, lines, note = True, 0.0, 0, ""
+    for pair in itertools.zip_longest(data(a), data(b)):
+        first, second = pair
+        if first is None or second is None:
+            same_intervals = False
+            lines += first is not None
+            if not note:
+                extra, name = (first, a.name) if second is None else (second, b.name)
+                note = f"{name} has more data lines, from its line {extra[0]} ({' '.join(extra[1])}) on"
+            continue
+        lines += 1
+        if first[1] != second[1]:
+            same_intervals = False
+            if not note:
+                note = f"first differing interval: {a.name} line {first[0]} {first[1]} vs {b.name} line {second[0]} {second[1]}"
+            continue
+        worst = max(worst, abs(first[2] - second[2]))
+    return same_intervals, worst, lines, note
 
 
 def main() -> None:
@@ -99,9 +115,9 @@ def main() -> None:
     print(f"train tokens/s: {rates}", flush=True)
     timings = {n: surprise_seconds(n, args, work) for n in (1, args.gpus)}
     identical = filecmp.cmp(timings[1][1], timings[args.gpus][1], shallow=False)
-    same_intervals, worst, n_lines = bedgraph_difference(timings[1][1], timings[args.gpus][1])
+    same_intervals, worst, n_lines, note = bedgraph_difference(timings[1][1], timings[args.gpus][1])
     print(f"surprise seconds: { {n: t for n, (t, _) in timings.items()} }, identical={identical}, "
-          f"same intervals={same_intervals}, max |diff|={worst:.3g} over {n_lines:,} lines", flush=True)
+          f"same intervals={same_intervals}, max |diff|={worst:.3g} over {n_lines:,} lines {note}", flush=True)
 
     n = args.gpus
     lines = [
@@ -118,7 +134,7 @@ def main() -> None:
         "",
         f"Sharded bedGraph byte-identical to the single-process one: {'yes' if identical else 'NO'}; "
         f"same intervals in the same order: {'yes' if same_intervals else 'NO'}; largest difference of a value "
-        f"(mean bits/base of a window) over its {n_lines:,} lines: {worst:.3g}.",
+        f"(mean bits/base of a window) over its {n_lines:,} lines: {worst:.3g}" + (f"; {note}." if note else "."),
     ]
     text = "\n".join(lines) + "\n"
     print(text)

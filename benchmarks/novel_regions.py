@@ -418,8 +418,8 @@ def main(argv=None) -> int:
         body.append(f"Titans rows are **pending**: {titans_note}.")
     elif staged is not None:
         body.append(staged.describe("The titans tracks") + " Each track is what `titans surprise --metric "
-                    "M --window 500` writes: novelty streams a record twice (learn, then score with the "
-                    "frozen host-adapted memory); bits and grad are read from its first pass, which is "
+                    f"M --window 500` writes: novelty (form `{staged.novelty_form()}`) streams a record twice "
+                    "(learn, then score with the frozen host-adapted memory); bits and grad are read from its first pass, which is "
                     "the plain online stream.")
     elif quick_live is not None:
         body.append("Quick mode: no titans track is computed; titans cells come from tracks cached by "

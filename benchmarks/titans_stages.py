@@ -444,6 +444,7 @@ def compute(args) -> int:
             "commit": common.git_commit(), "titans_fingerprint": titans_bridge.fingerprint(),
             "manifest_sha256": _sha256(inputs / "manifest.json"), "host": platform.node(),
             "cpu": common.cpu_model(), "workers": args.workers, "time_limit_s": args.time_limit,
+            "novelty_form": _novelty_form(),
             "limit_items": args.limit_items, "limit_bases": args.limit_bases,
             "test_run": args.limit_items is not None or args.limit_bases is not None,
             "command": " ".join(sys.argv)}
@@ -517,6 +518,12 @@ class NotComputed(Exception):
     """The staged results lack what a table cell needs."""
 
 
+def _novelty_form() -> str:
+    from titans_cli.tasks.novelty import DEFAULT_FORM
+
+    return DEFAULT_FORM
+
+
 class StagedResults:
     """The outputs of one or more `compute` runs (e.g. a second run with --only for what the
     first one did not finish), read by novel_regions.py and classification.py (--titans-from)."""
@@ -539,6 +546,12 @@ class StagedResults:
             self.embedding_kinds.update(info["embedding_kinds"])
         self._tracks = None
         self._embeddings = None
+
+    def novelty_form(self) -> str:
+        """The novelty form of the run that supplied the tracks (the last run with them done)."""
+        forms = [info.get("novelty_form", "adapted (the default before the combined form)") for _, info in self.runs
+                 if any(name.startswith("tracks") and state["status"] == "done" for name, state in info["tasks"].items())]
+        return forms[-1] if forms else "unknown"
 
     @property
     def test_run(self) -> bool:

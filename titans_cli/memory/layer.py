@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -200,15 +201,19 @@ class NeuralMemory(nn.Module):
         batch, length, _ = t.shape
         return t.view(batch, length, self.config.num_heads, -1).transpose(1, 2)
 
-    def forward(self, x: torch.Tensor, state: MemoryStreamState | None = None, backend: str = "torch"):
-        """x (B, T, D) -> (y (B, T, D), state, {"grad": (B, T), "momentum": (B, T)})."""
+    def forward(self, x: torch.Tensor, state: MemoryStreamState | None = None, backend: str = "torch",
+                momentum: bool = True):
+        """x (B, T, D) -> (y (B, T, D), state, {"grad": (B, T), "momentum": (B, T)}).
+        momentum=False lets the numba inference path skip ||S_t|| (then NaN)."""
         config = self.config
-        op = memory_op(backend)
         batch, length, _ = x.shape
         if state is None:
             state = self.initial_state(batch, x.device)
         elif state.batch_size != batch:
             raise ValueError(f"state holds {state.batch_size} batch rows, input has {batch}")
+        if backend == "numba" and length > 0 and not torch.is_grad_enabled() and x.device.type == "cpu":
+            return self._forward_numba(x, state, momentum)
+        op = memory_op(backend)
 
         projected = self.to_qkv(x)
         with_tail = torch.cat([state.conv_tail.to(projected.dtype), projected], dim=1)
@@ -299,4 +304,90 @@ class NeuralMemory(nn.Module):
             position=state.position + length,
         )
         signals = {"grad": grad_norm.mean(dim=1), "momentum": momentum_norm.mean(dim=1)}
+        return y, new_state, signals
+
+    def _forward_numba(self, x: torch.Tensor, state: MemoryStreamState, want_momentum: bool = True):
+        """forward() for CPU inference with the Numba kernels: the conv, SiLU, L2 norms and gates in
+        one fused pass per batch row (numba_cpu.prepare_inputs), q/k/v written per head as the
+        update reads them, and the update writing its reads in the (B, T, H, d) layout the output
+        projection takes: none of the torch path's intermediate (B, T, 3HD) tensors or copies."""
+        from .numba_cpu import flatten_weights, prepare_inputs, unflatten_weights, update_lanes
+
+        config = self.config
+        batch, length, _ = x.shape
+        heads, dim, chunk = config.num_heads, config.head_dim, config.chunk_size
+        lanes = batch * heads
+        numpy32 = lambda t: np.ascontiguousarray(t.detach().to(torch.float32).numpy())  # noqa: E731
+
+        projected = numpy32(self.to_qkv(x))
+        tail = numpy32(state.conv_tail)
+        q, k, v, gates = prepare_inputs(
+            projected, tail, numpy32(self.conv.weight[:, 0, :].t()), numpy32(self.conv.bias), numpy32(self.to_gates(x)),
+            heads, config.max_lr,
+        )
+        # the last conv_size - 1 rows of [tail; projected], copied out of the piece
+        kept = tail.shape[1]
+        conv_tail = projected[:, length - kept :].copy() if length >= kept else np.concatenate([tail[:, length:], projected], axis=1)
+
+        # Re-run the pending tokens of the current chunk from the boundary state (outputs discarded).
+        pending = state.pending_tokens
+        pending_gates = [state.pending_lr, state.pending_momentum, state.pending_decay]
+        if self.uses_huber:
+            pending_gates.append(state.pending_huber_delta)
+        if pending:
+            join = lambda old, new: np.concatenate([numpy32(old), new], axis=2)  # noqa: E731
+            q = join(state.pending_k, q)  # the pending reads are discarded; any finite value will do
+            k, v = join(state.pending_k, k), join(state.pending_v, v)
+            gates = np.stack([join(old, new) for old, new in zip(pending_gates, gates)])
+        total = pending + length
+        boundary = (total // chunk) * chunk
+        q, k, v = (t.reshape(lanes, total, dim) for t in (q, k, v))  # lane = batch row * heads + head
+        lr, eta, alpha = (g.reshape(lanes, total) for g in gates[:3])
+        delta = gates[3].reshape(lanes, total) if self.uses_huber else np.ones((lanes, total), np.float32)
+        output = np.empty((batch, total, heads, dim), dtype=np.float32)
+        grad_norm = np.empty((lanes, total), dtype=np.float32)
+        momentum_norm = np.empty((lanes, total), dtype=np.float32)
+
+        def run(start: int, end: int, memory: np.ndarray, momenta: np.ndarray) -> None:
+            update_lanes(
+                q[:, start:end], k[:, start:end], v[:, start:end], lr[:, start:end], eta[:, start:end],
+                alpha[:, start:end], delta[:, start:end], memory, momenta, output[:, start:end],
+                grad_norm[:, start:end], momentum_norm[:, start:end], config, want_momentum,
+            )  # fmt: skip
+
+        memory, momenta = flatten_weights(state.weights), flatten_weights(state.momenta)
+        if boundary > 0:
+            run(0, boundary, memory, momenta)
+        weights = unflatten_weights(memory, batch, config, state.weights)
+        momenta_out = unflatten_weights(momenta, batch, config, state.momenta)
+        current_weights = weights
+        if total > boundary:  # the partial chunk: its writes are the current weights, not the boundary state
+            run(boundary, total, memory, momenta)
+            current_weights = unflatten_weights(memory, batch, config, state.weights)
+
+        read = torch.from_numpy(output[:, pending:].reshape(batch, length, heads * dim))
+        y = self.to_out(read.to(x.dtype))
+
+        def pending_tensor(lane_array: np.ndarray) -> torch.Tensor:  # (lanes, total, ...) -> (B, H, kept, ...)
+            per_head = lane_array.reshape(batch, heads, total, *lane_array.shape[2:])
+            return torch.from_numpy(per_head[:, :, boundary:].copy()).to(x.dtype)
+
+        def heads_mean(signal: np.ndarray) -> torch.Tensor:  # (lanes, total) -> (B, length)
+            return torch.from_numpy(signal.reshape(batch, heads, total)[:, :, pending:].mean(axis=1)).to(x.dtype)
+
+        new_state = replace(
+            state,
+            weights=weights,
+            momenta=momenta_out,
+            current_weights=current_weights,
+            pending_k=pending_tensor(k),
+            pending_v=pending_tensor(v),
+            pending_lr=pending_tensor(lr),
+            pending_momentum=pending_tensor(eta),
+            pending_decay=pending_tensor(alpha),
+            pending_huber_delta=pending_tensor(delta) if self.uses_huber else None,
+            conv_tail=torch.from_numpy(conv_tail).to(x.dtype),
+            position=state.position + length,
+        )
+        signals = {"grad": heads_mean(grad_norm), "momentum": heads_mean(momentum_norm)}
         return y, new_state, signals

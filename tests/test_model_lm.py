@@ -227,3 +227,31 @@ def test_bfloat16_autocast_forward_matches_float32():
     assert torch.isfinite(low_precision).all()
     error = (low_precision.float() - reference).abs().max().item()
     assert error < 0.1 * reference.abs().max().item() + 0.05, f"bf16 autocast logits off by {error:.3f}"
+
+
+@pytest.mark.parametrize("streams", [1, 2])
+def test_numba_attention_equals_the_torch_path(streams):
+    """The CPU inference kernel (model/numba_cpu.attend_lane) against the torch path, in pieces
+    shorter and longer than the window, from a fresh cache (unfilled slots masked), with one lane
+    reset mid-stream, and with a second key stream (MAC)."""
+    config = tiny_config(window=16)
+    torch.manual_seed(5)
+    attention = SlidingWindowAttention(config, n_streams=streams).eval()
+    B, D = 3, config.d_model
+    generator = torch.Generator().manual_seed(6)
+    caches = {"torch": attention.init_cache(B), "numba": attention.init_cache(B)}
+    with torch.no_grad():
+        for step, length in enumerate((5, 40, 1, 17, 70)):
+            x = torch.randn(B, length, D, generator=generator)
+            context = [torch.randn(B, length, D, generator=generator) for _ in range(streams - 1)]
+            if step == 3:
+                caches = {name: cache.reset_lanes(torch.tensor([False, True, False])) for name, cache in caches.items()}
+            y_torch, caches["torch"] = attention(x, caches["torch"], context, backend="torch")
+            y_numba, caches["numba"] = attention(x, caches["numba"], context, backend="numba")
+            error = (y_numba - y_torch).abs().max().item()
+            assert error < 1e-5, f"step {step} ({length} tokens, {streams} streams): numba attention differs by {error:.2e}"
+            for what in ("keys", "values", "valid", "position"):
+                ours, theirs = getattr(caches["numba"], what), getattr(caches["torch"], what)
+                assert ours.shape == theirs.shape and torch.allclose(ours.float(), theirs.float(), atol=1e-5), (
+                    f"step {step}: numba attention cache {what} differs from the torch path")
+

@@ -3,7 +3,8 @@
 Read top to bottom in data-flow order: rotary positions -> sliding-window attention (one banded,
 blockwise kernel used both for training and for streaming) -> SwiGLU FFN -> the four blocks.
 
-Every block maps `(x (B,P,D), BlockState) -> (x, BlockState, signals)` and can be fed a sequence in
+Every block maps `(x (B,P,D), BlockState) -> (x, BlockState, signals)` (`momentum=False`: the
+memory may skip its ||S_t|| signal, which is then NaN) and can be fed a sequence in
 any pieces: the attention keeps a bounded cache of the last `window` keys/values, the memory keeps
 its own MemoryStreamState (titans_cli.memory). Neither grows with the length of the stream.
 """
@@ -17,6 +18,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from titans_cli.memory.layer import NeuralMemory
+
+NORM_EPS = 1e-6  # every RMSNorm of the blocks (the fused CPU path relies on them sharing it)
 
 # -----------------------------------------------------------------------------
 # Rotary position embedding
@@ -39,6 +42,19 @@ def apply_rotary(x: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
     wide = x.to(torch.promote_types(x.dtype, torch.float32))
     pairs = torch.view_as_complex(wide.reshape(*x.shape[:-1], -1, 2))
     return torch.view_as_real(pairs * rotation.to(pairs.dtype)).flatten(-2).to(x.dtype)
+
+
+def _numpy32(t: torch.Tensor):
+    """A float32 C-contiguous numpy array of a CPU tensor (no copy when it already is one)."""
+    import numpy as np
+
+    return np.ascontiguousarray(t.detach().to(torch.float32).numpy())
+
+
+def _fused_cpu(x: torch.Tensor, backend: str) -> bool:
+    """Whether a block runs its CPU inference path (Numba kernels, numba_cpu.py): the numba memory
+    backend, no autograd, float32 on the CPU."""
+    return backend == "numba" and not torch.is_grad_enabled() and x.device.type == "cpu" and x.dtype == torch.float32
 
 
 # -----------------------------------------------------------------------------
@@ -119,19 +135,19 @@ class SlidingWindowAttention(nn.Module):
         """(B, H, L, dh) -> (B, H, n_blocks, keys per block, dh): one gather, one copy."""
         return sequence[:, :, index]
 
-    def forward(self, x: torch.Tensor, cache: AttentionCache, context: list[torch.Tensor] = ()):
+    def forward(self, x: torch.Tensor, cache: AttentionCache, context: list[torch.Tensor] = (), backend: str = "torch"):
         """x: (B,P,D) new tokens; context: n_streams-1 tensors (B,P,D) of extra tokens at the same
-        positions (keys/values only). Returns (y (B,P,D), updated cache)."""
+        positions (keys/values only). Returns (y (B,P,D), updated cache). With backend "numba"
+        (CPU inference, float32) the band is walked by a Numba kernel (attention_numba.py)."""
+        if _fused_cpu(x, backend):
+            return self._forward_numba(x, cache, context)
         B, P, D = x.shape
         W, H, dh, S = self.window, self.n_heads, self.head_dim, self.n_streams
         if torch.is_grad_enabled():
             positions = cache.position.unsqueeze(1) + torch.arange(P, device=x.device)  # (B, P)
             rotation = rotary(positions, dh).unsqueeze(1)  # (B, 1, P, dh/2)
         else:
-            # e^{i (p0 + j) f} = e^{i p0 f} e^{i j f}: a cached table for j < P and one polar per lane,
-            # both in float64 (as `rotary`), instead of P polar evaluations per lane; then complex64.
-            rotation = (rotary(cache.position, dh).unsqueeze(1) * self._rotary_offsets(P, x.device)).unsqueeze(1)
-            rotation = rotation.to(torch.promote_types(torch.promote_types(x.dtype, torch.float32), torch.complex64))
+            rotation = self._inference_rotation(cache.position, P, x.dtype)
 
         q = apply_rotary(self._heads(self.query(x)), rotation)
         keys, values = [], []
@@ -186,6 +202,29 @@ class SlidingWindowAttention(nn.Module):
         y = y.reshape(B, H, n_blocks * b, dh)[:, :, :P].transpose(1, 2).reshape(B, P, D)
         return self.out(y), new_cache
 
+    def _inference_rotation(self, position: torch.Tensor, length: int, dtype) -> torch.Tensor:
+        """Rotations of positions position[b] + j, j < length: (B, 1, length, dh/2) complex.
+        e^{i (p0 + j) f} = e^{i p0 f} e^{i j f}: a cached table for j < length and one polar per
+        lane, both in float64 (as `rotary`), instead of length polar evaluations per lane."""
+        rotation = (rotary(position, self.head_dim).unsqueeze(1) * self._rotary_offsets(length, position.device)).unsqueeze(1)
+        return rotation.to(torch.promote_types(torch.promote_types(dtype, torch.float32), torch.complex64))
+
+    def _forward_numba(self, x: torch.Tensor, cache: AttentionCache, context) -> tuple[torch.Tensor, AttentionCache]:
+        from titans_cli.model.numba_cpu import sliding_window_attention
+
+        B, P, D = x.shape
+        W, H, dh = self.window, self.n_heads, self.head_dim
+        rotation = torch.view_as_real(self._inference_rotation(cache.position, P, x.dtype)[:, 0])  # (B, P, dh/2, 2)
+        key_values = torch.stack([self.key_value(t) for t in (x, *context)], dim=1) if context else self.key_value(x).unsqueeze(1)
+        persistent = self.key_value(self.persistent.to(x.dtype)).view(-1, 2, H, dh).permute(1, 2, 0, 3)  # (2, H, n_p, dh)
+        out, new_keys, new_values = sliding_window_attention(
+            _numpy32(self.query(x)), _numpy32(key_values), _numpy32(cache.keys), _numpy32(cache.values),
+            cache.valid.numpy(), _numpy32(rotation), _numpy32(persistent[0]), _numpy32(persistent[1]), dh**-0.5,
+        )  # fmt: skip
+        valid = torch.cat([cache.valid, cache.valid.new_ones(B, P)], dim=1)[:, -W:].clone()
+        new_cache = AttentionCache(torch.from_numpy(new_keys), torch.from_numpy(new_values), valid, cache.position + P)
+        return self.out(torch.from_numpy(out)), new_cache
+
 
 # -----------------------------------------------------------------------------
 # Feed-forward
@@ -201,6 +240,17 @@ class SwiGLU(nn.Module):
     def forward(self, x):
         gate, up = self.gate_up(x).chunk(2, dim=-1)
         return self.down(F.silu(gate) * up)
+
+    def residual_cpu(self, x: torch.Tensor, normed: torch.Tensor) -> torch.Tensor:
+        """x + forward(normed) for CPU inference in float32: silu(gate)·up in one Numba pass, the
+        residual added inside the output projection's matrix product (addmm)."""
+        from titans_cli.model.numba_cpu import swiglu
+
+        width = x.shape[-1]
+        gate_up = self.gate_up(normed).reshape(-1, self.down.in_features * 2)
+        hidden = torch.empty(gate_up.shape[0], self.down.in_features)
+        swiglu(_numpy32(gate_up), hidden.numpy())
+        return torch.addmm(x.reshape(-1, width), hidden, self.down.weight.t()).view(x.shape)
 
 
 # -----------------------------------------------------------------------------
@@ -242,11 +292,11 @@ class TitansBlock(nn.Module):
 
     def __init__(self, config):
         super().__init__()
-        self.norm = nn.RMSNorm(config.d_model, eps=1e-6)
+        self.norm = nn.RMSNorm(config.d_model, eps=NORM_EPS)
         self.memory = NeuralMemory(config.d_model, config.memory)
         if self.has_attention:
             self.attention = SlidingWindowAttention(config, n_streams=self.attention_streams)
-        self.ffn_norm = nn.RMSNorm(config.d_model, eps=1e-6)
+        self.ffn_norm = nn.RMSNorm(config.d_model, eps=NORM_EPS)
         self.ffn = SwiGLU(config)
         self.dropout = nn.Dropout(config.dropout)
 
@@ -257,13 +307,13 @@ class TitansBlock(nn.Module):
     def feed_forward(self, x):
         return x + self.dropout(self.ffn(self.ffn_norm(x)))
 
-    def read_write_memory(self, h, state: BlockState, backend: str, frozen: bool):
+    def read_write_memory(self, h, state: BlockState, backend: str, frozen: bool, momentum: bool = True):
         if not frozen:
-            return self.memory(h, state=state.memory, backend=backend)
+            return self.memory(h, state=state.memory, backend=backend, momentum=momentum)
         heads = self.memory.config.num_heads
         handle = self.memory.to_gates.register_forward_hook(lambda module, inputs, gates: _without_writes(gates, heads))
         try:
-            return self.memory(h, state=state.memory, backend=backend)
+            return self.memory(h, state=state.memory, backend=backend, momentum=momentum)
         finally:
             handle.remove()
 
@@ -285,18 +335,39 @@ class MAGBlock(TitansBlock):
 
     def __init__(self, config):
         super().__init__(config)
-        self.attention_out_norm = nn.RMSNorm(config.d_model, eps=1e-6)
-        self.memory_out_norm = nn.RMSNorm(config.d_model, eps=1e-6)
+        self.attention_out_norm = nn.RMSNorm(config.d_model, eps=NORM_EPS)
+        self.memory_out_norm = nn.RMSNorm(config.d_model, eps=NORM_EPS)
         self.gate = nn.Linear(config.d_model, config.d_model)
 
-    def forward(self, x, state: BlockState, backend="torch", frozen=False):
+    def forward(self, x, state: BlockState, backend="torch", frozen=False, momentum=True):
+        if _fused_cpu(x, backend) and not self.training:
+            return self._forward_fused(x, state, frozen, momentum)
         h = self.norm(x)
-        attended, cache = self.attention(h, state.attention)
-        remembered, memory_state, signals = self.read_write_memory(h, state, backend, frozen)
+        attended, cache = self.attention(h, state.attention, backend=backend)
+        remembered, memory_state, signals = self.read_write_memory(h, state, backend, frozen, momentum)
         gate = torch.sigmoid(self.gate(h))
         mixed = gate * self.attention_out_norm(attended) + (1 - gate) * self.memory_out_norm(remembered)
         x = self.feed_forward(x + self.dropout(mixed))
         return x, BlockState(memory_state, cache), signals
+
+    def _forward_fused(self, x, state: BlockState, frozen: bool, momentum: bool):
+        """forward() for CPU inference (no dropout): Numba attention and memory, and the gate mix,
+        residual and FFN norm as one pass (numba_cpu.mag_mix) instead of ~10 torch ops."""
+        from titans_cli.model.numba_cpu import mag_mix
+
+        batch, length, width = x.shape
+        h = self.norm(x)
+        attended, cache = self.attention(h, state.attention, backend="numba")
+        remembered, memory_state, signals = self.read_write_memory(h, state, "numba", frozen, momentum)
+        mixed = torch.empty_like(x)
+        ffn_input = torch.empty_like(x)
+        rows = lambda t: _numpy32(t).reshape(batch * length, -1)  # noqa: E731
+        mag_mix(
+            rows(x), rows(attended), rows(remembered), rows(self.gate(h)), _numpy32(self.attention_out_norm.weight),
+            _numpy32(self.memory_out_norm.weight), _numpy32(self.ffn_norm.weight), NORM_EPS,
+            mixed.numpy().reshape(batch * length, width), ffn_input.numpy().reshape(batch * length, width),
+        )  # fmt: skip
+        return self.ffn.residual_cpu(mixed, ffn_input), BlockState(memory_state, cache), signals
 
 
 class MALBlock(TitansBlock):
@@ -304,12 +375,12 @@ class MALBlock(TitansBlock):
 
     def __init__(self, config):
         super().__init__(config)
-        self.attention_norm = nn.RMSNorm(config.d_model, eps=1e-6)
+        self.attention_norm = nn.RMSNorm(config.d_model, eps=NORM_EPS)
 
-    def forward(self, x, state: BlockState, backend="torch", frozen=False):
-        remembered, memory_state, signals = self.read_write_memory(self.norm(x), state, backend, frozen)
+    def forward(self, x, state: BlockState, backend="torch", frozen=False, momentum=True):
+        remembered, memory_state, signals = self.read_write_memory(self.norm(x), state, backend, frozen, momentum)
         x = x + self.dropout(remembered)
-        attended, cache = self.attention(self.attention_norm(x), state.attention)
+        attended, cache = self.attention(self.attention_norm(x), state.attention, backend=backend)
         x = self.feed_forward(x + self.dropout(attended))
         return x, BlockState(memory_state, cache), signals
 
@@ -319,8 +390,8 @@ class LMMBlock(TitansBlock):
 
     has_attention = False
 
-    def forward(self, x, state: BlockState, backend="torch", frozen=False):
-        remembered, memory_state, signals = self.read_write_memory(self.norm(x), state, backend, frozen)
+    def forward(self, x, state: BlockState, backend="torch", frozen=False, momentum=True):
+        remembered, memory_state, signals = self.read_write_memory(self.norm(x), state, backend, frozen, momentum)
         x = self.feed_forward(x + self.dropout(remembered))
         return x, BlockState(memory_state, None), signals
 
@@ -336,12 +407,12 @@ class MACBlock(TitansBlock):
 
     def __init__(self, config):
         super().__init__(config)
-        self.context_norm = nn.RMSNorm(config.d_model, eps=1e-6)
+        self.context_norm = nn.RMSNorm(config.d_model, eps=NORM_EPS)
 
-    def forward(self, x, state: BlockState, backend="torch", frozen=False):
+    def forward(self, x, state: BlockState, backend="torch", frozen=False, momentum=True):
         h = self.norm(x)
-        remembered, memory_state, signals = self.read_write_memory(h, state, backend, frozen)
-        attended, cache = self.attention(h, state.attention, context=[self.context_norm(remembered)])
+        remembered, memory_state, signals = self.read_write_memory(h, state, backend, frozen, momentum)
+        attended, cache = self.attention(h, state.attention, context=[self.context_norm(remembered)], backend=backend)
         x = self.feed_forward(x + self.dropout(attended))
         return x, BlockState(memory_state, cache), signals
 

@@ -255,3 +255,16 @@ def test_numba_attention_equals_the_torch_path(streams):
                 assert ours.shape == theirs.shape and torch.allclose(ours.float(), theirs.float(), atol=1e-5), (
                     f"step {step}: numba attention cache {what} differs from the torch path")
 
+
+@pytest.mark.parametrize("block", BLOCK_TYPES)
+def test_numba_step_without_momentum_signal_changes_nothing_else(block):
+    model = tiny_model(block)
+    tokens = torch.randint(0, 8, (2, 50), generator=torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        full, state = model.step(tokens, None, backend="numba")
+        skipped, state_skipped = model.step(tokens, None, backend="numba", momentum=False)
+    assert torch.isnan(skipped.momentum).all(), f"{block}: a skipped momentum signal should be NaN"
+    for name in ("logits", "hidden", "grad"):
+        assert torch.equal(getattr(full, name), getattr(skipped, name)), f"{block}: momentum=False changed {name}"
+    for a, b in zip(state.blocks, state_skipped.blocks):
+        assert all(torch.equal(x, y) for x, y in zip(a.memory.current_weights, b.memory.current_weights))

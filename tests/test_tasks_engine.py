@@ -33,7 +33,7 @@ class Collect:
 
     def finish(self, end):
         cat = lambda name: None if self.parts[0].hidden is None and name == "hidden" else np.concatenate([getattr(p, name) for p in self.parts])  # noqa: E731
-        return [{"tokens": cat("tokens"), "bits": cat("bits"), "grad": cat("grad"), "hidden": cat("hidden"),
+        return [{"tokens": cat("tokens"), "bits": cat("bits"), "grad": cat("grad"), "momentum": cat("momentum"), "hidden": cat("hidden"),
                  "starts": [p.start for p in self.parts], "end": end}]
 
 
@@ -74,6 +74,28 @@ def test_engine_outputs_equal_one_whole_pass(tiny_dna_model, sequences, lanes, p
         np.testing.assert_allclose(result["grad"], grad, atol=1e-5)
         np.testing.assert_allclose(result["hidden"], hidden, atol=1e-5)
     assert engine.throughput.tokens == sum(len(s) for s in sequences)
+
+
+def test_engine_computes_the_momentum_signal_only_for_reducers_that_read_it(sequences):
+    """A wave whose reducers all say uses_momentum = False gets NaN momentum and the same bits and
+    grad as one that reads it (numba backend, float32: the skipped work is the Gram matrices)."""
+    from titans_cli.model import TitansLM
+
+    torch.manual_seed(0)
+    model = TitansLM(tiny_config("dna")).eval()
+
+    class BitsOnly(Collect):
+        uses_momentum = False
+
+    engine = StreamEngine(model, Runtime(torch.device("cpu"), "numba"), piece_tokens=128)
+    records = lambda: [RecordInput(i, f"r{i}", [s], None) for i, s in enumerate(sequences[:3])]  # noqa: E731
+    every = [next(iter(items)) for _, items in engine.run(records(), Collect)]
+    bits_only = [next(iter(items)) for _, items in engine.run(records(), BitsOnly)]
+    for full, skipped in zip(every, bits_only):
+        assert np.isfinite(full["momentum"]).all() and np.isnan(skipped["momentum"]).all(), (
+            "the momentum signal should be computed exactly when a reducer reads it")
+        assert np.array_equal(full["bits"], skipped["bits"]) and np.array_equal(full["grad"], skipped["grad"]), (
+            "skipping the momentum signal changed bits or grad")
 
 
 def test_memory_fingerprint_depends_only_on_the_record(tiny_dna_model, sequences):

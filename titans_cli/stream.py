@@ -21,6 +21,7 @@ and yields `(record, items)` in input order, where items are whatever the reduce
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections import deque
@@ -32,6 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from titans_cli.device import Runtime
+from titans_cli.model.lm import streaming_threads
 
 LN2 = math.log(2.0)
 
@@ -55,7 +57,7 @@ class TokenOutputs:
     tokens: np.ndarray  # (n,) int64
     bits: np.ndarray  # (n,) float32: -log2 p(t_j | t_<j)
     grad: np.ndarray  # (n,) float32: ||u_t|| of the memory, mean over heads and layers
-    momentum: np.ndarray  # (n,) float32: ||S_t||
+    momentum: np.ndarray  # (n,) float32: ||S_t|| (NaN when no reducer of the wave reads it)
     hidden: np.ndarray | None  # (n, D) float32, only when the engine was asked for it
 
     def __len__(self) -> int:
@@ -69,6 +71,7 @@ class RecordEnd:
 
 
 class Reducer(Protocol):
+    # Optional attribute `uses_momentum` (default True): False lets the engine skip ||S_t||.
     def add(self, outputs: TokenOutputs) -> Iterable[Any]: ...
 
     def finish(self, end: RecordEnd) -> Iterable[Any]: ...
@@ -290,7 +293,11 @@ class StreamEngine:
         """Feed every lane to its end; yields after each step (items accumulate on the lanes)."""
         model, device = self.model, self.runtime.device
         state = self.state_factory(len(lanes)) if self.state_factory else model.init_state(len(lanes), device)
-        with torch.inference_mode():
+        # On a CPU, torch ops on one thread; the other cores run the layer pipeline and Numba lanes.
+        threads = streaming_threads() if device.type == "cpu" else contextlib.nullcontext()
+        # ||S_t|| only when a reducer reads it (reducers say so by `uses_momentum`; default: yes).
+        want_momentum = any(getattr(lane.reducer, "uses_momentum", True) for lane in lanes)
+        with torch.inference_mode(), threads:
             while not all(lane.done for lane in lanes):
                 for lane in lanes:
                     if not lane.done:
@@ -306,7 +313,7 @@ class StreamEngine:
                     following = lane.buffer[1 : step + 1]
                     targets[row, : len(following)] = following
                 tokens = torch.from_numpy(inputs).to(device)
-                output, state = model.step(tokens, state, backend=self.runtime.backend)
+                output, state = model.step(tokens, state, backend=self.runtime.backend, momentum=want_momentum)
                 # -log2 softmax(logits)[target] without materialising a second vocabulary-wide tensor
                 logits = output.logits.float()
                 target_tensor = torch.from_numpy(targets).to(device)

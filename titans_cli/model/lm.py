@@ -8,7 +8,9 @@ footprint that does not depend on how much has been read.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Iterable, Iterator
@@ -23,6 +25,32 @@ from titans_cli.model.config import ModelConfig
 
 
 _PIPELINE_POOL: ThreadPoolExecutor | None = None
+
+
+class _StreamingCores(threading.local):
+    cores: int | None = None  # inside streaming_threads(): the cores the pipeline may use
+
+
+_STREAMING = _StreamingCores()
+
+
+@contextlib.contextmanager
+def streaming_threads():
+    """Context for a CPU streaming loop: torch ops run on one thread, and the cores torch was given
+    serve the layer pipeline (TitansLM._run_pipelined) and the Numba lane pool instead.
+
+    Intra-op OpenMP parallelism makes each small op wait at its parallel region for a thread the
+    OS may have descheduled. Measured on the 2-core machine under load ~7: a 2 MB torch.cat took
+    33 ms with 2 threads and 0.65 ms with 1, a logsumexp over (4096, 8) 33 vs 1.6 ms; and switching
+    the thread count back and forth around every step costs nearly as much (5 ms)."""
+    previous_threads, previous_cores = torch.get_num_threads(), _STREAMING.cores
+    _STREAMING.cores = previous_threads if previous_cores is None else previous_cores
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous_threads)
+        _STREAMING.cores = previous_cores
 
 
 @dataclass
@@ -110,11 +138,11 @@ class TitansLM(nn.Module):
         dtype = self.embed.weight.dtype
         return ModelState([block.init_state(batch, device, dtype) for block in self.blocks])
 
-    def _run(self, tokens: torch.Tensor, state: ModelState, backend: str):
+    def _run(self, tokens: torch.Tensor, state: ModelState, backend: str, want_momentum: bool = True):
         x = self.embed(tokens)
         grad, momentum, new_blocks = 0.0, 0.0, []
         for block, block_state in zip(self.blocks, state.blocks):
-            x, block_state, signals = block(x, block_state, backend=backend, frozen=self.frozen_memory)
+            x, block_state, signals = block(x, block_state, backend=backend, frozen=self.frozen_memory, momentum=want_momentum)
             new_blocks.append(block_state)
             grad = grad + signals["grad"]
             momentum = momentum + signals["momentum"]
@@ -126,24 +154,27 @@ class TitansLM(nn.Module):
     def _pipeline_parts(self, tokens: torch.Tensor, backend: str) -> int:
         """How many sub-pieces the layer pipeline splits this step into (0: no pipeline).
 
-        On a CPU with >= 2 torch threads, inference steps of >= 2048 tokens run as a two-stage
-        pipeline over sub-pieces: while one thread runs the first half of the layers on sub-piece
-        j + 1, another runs the second half on sub-piece j, each single-threaded. Each stage syncs
-        once per sub-piece instead of at every op's parallel region, which keeps both cores busy
-        even while other processes hold the CPU (intra-op OpenMP barriers then stall on a
-        descheduled thread). Exact: the streaming state makes any split give the same outputs."""
+        On a CPU with >= 2 cores (torch threads, or the cores kept by `streaming_threads`),
+        inference steps of >= 2048 tokens (lanes x length) run as a two-stage pipeline over
+        sub-pieces of whole memory chunks: while one thread runs the first half of the layers on
+        sub-piece j + 1, another runs the second half on sub-piece j, each single-threaded. Each
+        stage syncs once per sub-piece instead of at every op's parallel region, which keeps both
+        cores busy even while other processes hold the CPU (intra-op OpenMP barriers then stall on
+        a descheduled thread). Exact: the streaming state makes any split give the same outputs."""
+        cores = _STREAMING.cores if _STREAMING.cores is not None else torch.get_num_threads()
         if (
             torch.is_grad_enabled()
             or tokens.device.type != "cpu"
             or len(self.blocks) < 2
-            or torch.get_num_threads() < 2
+            or cores < 2
             or backend not in ("numba", "torch")
         ):
             return 0
-        parts = min(8, tokens.shape[1] // 1024)
+        batch, length = tokens.shape
+        parts = min(8, batch * length // 1024, length // self.config.memory.chunk_size)
         return parts if parts >= 2 else 0
 
-    def _run_pipelined(self, tokens: torch.Tensor, state: ModelState, backend: str, parts: int):
+    def _run_pipelined(self, tokens: torch.Tensor, state: ModelState, backend: str, parts: int, want_momentum: bool = True):
         global _PIPELINE_POOL
         from titans_cli.memory.numba_cpu import sequential_lanes
 
@@ -160,7 +191,7 @@ class TitansLM(nn.Module):
         def run_blocks(x, modules, states):
             grad, momentum = 0.0, 0.0
             for i, block in enumerate(modules):
-                x, states[i], signals = block(x, states[i], backend=backend, frozen=self.frozen_memory)
+                x, states[i], signals = block(x, states[i], backend=backend, frozen=self.frozen_memory, momentum=want_momentum)
                 grad = grad + signals["grad"]
                 momentum = momentum + signals["momentum"]
             return x, grad, momentum
@@ -169,29 +200,29 @@ class TitansLM(nn.Module):
         inference, grad_enabled = torch.is_inference_mode_enabled(), torch.is_grad_enabled()
 
         def stage_two(x, grad, momentum):
-            torch.set_num_threads(1)
+            if torch.get_num_threads() != 1:
+                torch.set_num_threads(1)
             with torch.inference_mode(inference), torch.set_grad_enabled(grad_enabled), sequential_lanes():
                 x, g2, m2 = run_blocks(x, [b for b, _ in second], second_states)
                 hidden = self.norm(x)
                 return F.linear(hidden, self.embed.weight), hidden, grad + g2, momentum + m2
 
-        threads = torch.get_num_threads()
         if _PIPELINE_POOL is None:
             _PIPELINE_POOL = ThreadPoolExecutor(max_workers=1, thread_name_prefix="titans-pipeline")
         futures = []
-        try:
-            torch.set_num_threads(1)
-            with sequential_lanes():
-                for start, end in spans:
-                    x = self.embed(tokens[:, start:end])
-                    x, grad, momentum = run_blocks(x, [b for b, _ in first], first_states)
-                    futures.append(_PIPELINE_POOL.submit(stage_two, x, grad, momentum))
-            results = [future.result() for future in futures]
-        finally:
-            for future in futures:
-                future.cancel()
-            torch.set_num_threads(threads)
-        logits, hidden, grad, momentum = (torch.cat([r[i] for r in results], dim=1) for i in range(4))
+        # Outside streaming_threads() the thread count is switched for this step only.
+        with streaming_threads() if torch.get_num_threads() != 1 else contextlib.nullcontext():
+            try:
+                with sequential_lanes():
+                    for start, end in spans:
+                        x = self.embed(tokens[:, start:end])
+                        x, grad, momentum = run_blocks(x, [b for b, _ in first], first_states)
+                        futures.append(_PIPELINE_POOL.submit(stage_two, x, grad, momentum))
+                results = [future.result() for future in futures]
+            finally:
+                for future in futures:
+                    future.cancel()
+            logits, hidden, grad, momentum = (torch.cat([r[i] for r in results], dim=1) for i in range(4))
         n = len(self.blocks)
         return StepOutput(logits, hidden, grad / n, momentum / n), ModelState(first_states + second_states)
 
@@ -200,14 +231,16 @@ class TitansLM(nn.Module):
         output, _ = self._run(tokens, self.init_state(tokens.shape[0]), backend="torch")
         return output.logits
 
-    def step(self, tokens: torch.Tensor, state: ModelState | None = None, backend: str = "torch"):
-        """Feed the next piece (B, P) of each lane's stream -> (StepOutput, new state)."""
+    def step(self, tokens: torch.Tensor, state: ModelState | None = None, backend: str = "torch", momentum: bool = True):
+        """Feed the next piece (B, P) of each lane's stream -> (StepOutput, new state).
+        momentum=False: the caller does not read StepOutput.momentum; the numba backend then skips
+        that signal (a third of its memory-update work) and leaves it NaN."""
         if state is None:
             state = self.init_state(tokens.shape[0], tokens.device)
         parts = self._pipeline_parts(tokens, backend)
         if parts:
-            return self._run_pipelined(tokens, state, backend, parts)
-        return self._run(tokens, state, backend)
+            return self._run_pipelined(tokens, state, backend, parts, momentum)
+        return self._run(tokens, state, backend, momentum)
 
     @torch.no_grad()
     def stream(self, pieces: Iterable, state: ModelState | None = None, backend: str = "torch"):

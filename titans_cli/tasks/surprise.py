@@ -104,6 +104,7 @@ class SequenceTrackReducer:
 
     def __init__(self, record: RecordInput, metric: str, window: int):
         self.record, self.metric, self.window = record, metric, window
+        self.uses_momentum = metric == "momentum"  # the engine skips ||S_t|| otherwise
         io_record = record.meta.get("record")
         self.offset = int(getattr(io_record, "offset", 0) or 0)
         self.means = WindowMeans(window)
@@ -149,6 +150,7 @@ class TextRowReducer:
 
     def __init__(self, record: RecordInput, metric: str, window: int | None, with_text: bool = False):
         self.record, self.metric, self.window = record, metric, window
+        self.uses_momentum = metric == "momentum"  # the engine skips ||S_t|| otherwise
         self.document = record.meta["document"]
         self.with_text = with_text
         self.total_bits = 0.0

@@ -3,12 +3,18 @@
     python benchmarks/speed_model_cpu.py                          # shipped DNA model, 1 Mbp of E. coli, 1 and 2 threads
     python benchmarks/speed_model_cpu.py --model dna-small         # a preset at initialisation instead
     python benchmarks/speed_model_cpu.py --bases 0 --threads 2     # the whole genome (4.64 Mbp)
+    python benchmarks/speed_model_cpu.py --baseline-tree DIR       # also the code in DIR (e.g. a
+                                                                   # `git worktree` of an older commit), same script, rows interleaved
 
 What is timed: `TitansLM.step` over the genome's first record (its first --bases bases, BOS first),
-one lane, in pieces of --piece tokens, the Numba memory backend, under torch.inference_mode. That is
-the model part of `titans surprise`; FASTA parsing, tokenisation and the track writing are not in
-it. Each thread count runs in a fresh process (so its peak RSS is its own): torch and Numba both
-get --threads threads; one piece is streamed first and discarded (JIT compilation, allocator).
+one lane, in pieces of --piece tokens, the Numba memory backend, under torch.inference_mode and,
+where the code has it, `streaming_threads()` (torch ops on one thread, the cores for the layer
+pipeline: as the StreamEngine runs the model). That is the model part of `titans surprise`; FASTA
+parsing, tokenisation and the track writing are not in it. Two signal sets: "all" (the step's
+default: bits, grad and momentum signals) and "bits" (`momentum=False`, what `titans surprise
+--metric bits` asks for; code without that option computes everything). Each row runs in a fresh
+process (so its peak RSS is its own): torch and Numba both get --threads threads; one piece is
+streamed first and discarded (JIT compilation, allocator).
 
 The machine is shared with other jobs, so wall-clock rates depend on their load. CPU-seconds per
 Mbase (process CPU time / bases) is the figure to compare versions with; the load average at the
@@ -32,6 +38,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+if os.environ.get("PYTHONPATH"):  # a worker for --baseline-tree: that tree's titans_cli first
+    sys.path.insert(0, os.environ["PYTHONPATH"].split(os.pathsep)[0])
 
 DEFAULT_GENOME = REPO / "sample_data" / "ecoli_k12_mg1655.fa.gz"
 DEFAULT_OUT = REPO / "benchmarks" / "results" / "speed_model_cpu.md"
@@ -76,28 +84,39 @@ def load(model_name: str):
 
 def worker(args) -> dict:
     """One measurement in this process; printed as JSON."""
+    import contextlib
+    import inspect
+
     import numpy as np
     import torch
 
     from titans_cli.device import configure_threads
+    from titans_cli.model import lm
 
     configure_threads(args.threads)
     model, tokenizer, description = load(args.model)
     sequence = read_first_record(Path(args.genome), args.bases)
     tokens = np.concatenate([[model.config.bos_id], tokenizer.encode(sequence)]).astype(np.int64)
     stream = torch.from_numpy(tokens).unsqueeze(0)
-    with torch.inference_mode():
-        model.step(stream[:, : args.piece], None, backend=args.backend)  # warm-up: JIT, allocator
+    # as the StreamEngine runs the model on a CPU, in code that has these (older code: neither)
+    threads = getattr(lm, "streaming_threads", contextlib.nullcontext)
+    options = {}
+    if args.signals == "bits" and "momentum" in inspect.signature(model.step).parameters:
+        options["momentum"] = False
+    with torch.inference_mode(), threads():
+        model.step(stream[:, : args.piece], None, backend=args.backend, **options)  # warm-up: JIT, allocator
         load_start = os.getloadavg()
         wall, cpu = time.perf_counter(), time.process_time()
         state, bits_sum = None, 0.0
         for start in range(0, stream.shape[1], args.piece):
-            output, state = model.step(stream[:, start : start + args.piece], state, backend=args.backend)
+            output, state = model.step(stream[:, start : start + args.piece], state, backend=args.backend, **options)
             bits_sum += float(output.logits[0, -1, 0])  # touch the outputs (as a consumer would)
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
         load_end = os.getloadavg()
     bases = len(sequence)
     return {
+        "code": args.label,
+        "signals": args.signals if options or args.signals == "all" else "all (no momentum=False)",
         "model": description,
         "bases": bases,
         "threads": args.threads,
@@ -139,8 +158,11 @@ def main() -> None:
     parser.add_argument("--threads", default="1,2", help="comma-separated thread counts, one process each")
     parser.add_argument("--piece", type=int, default=8192)
     parser.add_argument("--backend", default="numba", choices=["numba", "torch"])
+    parser.add_argument("--signals", default="all,bits", help="comma-separated: all (default step), bits (momentum=False)")
+    parser.add_argument("--baseline-tree", help="also time the titans_cli of this directory (e.g. a worktree of an older commit)")
     parser.add_argument("--out", default=str(DEFAULT_OUT), help="markdown table ('-' = stdout only)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--label", default="this tree", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     if args.worker:
@@ -148,30 +170,43 @@ def main() -> None:
         print(json.dumps(worker(args)))
         return
 
+    codes = [("this tree", None)]
+    if args.baseline_tree:
+        codes.insert(0, (f"baseline {_describe_tree(Path(args.baseline_tree))}", Path(args.baseline_tree).resolve()))
     rows = []
     for threads in (int(t) for t in args.threads.split(",")):
-        command = [
-            sys.executable, __file__, "--worker", "--model", args.model, "--genome", args.genome,
-            "--bases", str(args.bases), "--threads", str(threads), "--piece", str(args.piece),
-            "--backend", args.backend,
-        ]  # fmt: skip
-        done = subprocess.run(command, capture_output=True, text=True, check=False)
-        if done.returncode != 0:
-            sys.exit(f"worker failed ({threads} threads):\n{done.stderr[-2000:]}")
-        row = json.loads(done.stdout.strip().splitlines()[-1])
-        rows.append(row)
-        print(
-            f"{threads} thread(s): {row['bases_per_s']:,.0f} bases/s wall, {row['cpu_s_per_mbase']:.1f} CPU-s/Mbase, "
-            f"peak RSS {row['peak_rss_mib']:.0f} MiB, load {row['load_start']:.1f}->{row['load_end']:.1f}",
-            flush=True,
-        )
+        for label, tree in codes:  # interleaved: both codes see the same load
+            for signals in args.signals.split(","):
+                if tree is not None and signals != "all":
+                    continue  # the baseline has no momentum=False
+                command = [
+                    sys.executable, __file__, "--worker", "--model", args.model, "--genome", args.genome,
+                    "--bases", str(args.bases), "--threads", str(threads), "--piece", str(args.piece),
+                    "--backend", args.backend, "--signals", signals, "--label", label,
+                ]  # fmt: skip
+                environment = dict(os.environ, PYTHONPATH=str(tree)) if tree is not None else None
+                done = subprocess.run(command, capture_output=True, text=True, check=False, env=environment)
+                if done.returncode != 0:
+                    sys.exit(f"worker failed ({label}, {threads} threads):\n{done.stderr[-2000:]}")
+                row = json.loads(done.stdout.strip().splitlines()[-1])
+                rows.append(row)
+                print(
+                    f"{label}, {threads} thread(s), signals {row['signals']}: {row['bases_per_s']:,.0f} bases/s wall, "
+                    f"{row['cpu_s_per_mbase']:.1f} CPU-s/Mbase, peak RSS {row['peak_rss_mib']:.0f} MiB, "
+                    f"load {row['load_start']:.1f}->{row['load_end']:.1f}",
+                    flush=True,
+                )
 
     genome_bases = 4_641_652  # E. coli K-12 MG1655
+    command_line = (
+        f"python benchmarks/speed_model_cpu.py --model {args.model} --bases {args.bases} --threads {args.threads} "
+        f"--piece {args.piece} --signals {args.signals}" + (" --baseline-tree DIR" if args.baseline_tree else "")
+    )
     lines = [
         "# Whole-model streaming speed on CPU",
         "",
-        f"Measured {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')} by `python benchmarks/speed_model_cpu.py "
-        f"--model {args.model} --bases {args.bases} --threads {args.threads} --piece {args.piece}`.",
+        f"Measured {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')} by `{command_line}`"
+        + (f" (DIR: a `git worktree` of {codes[0][0].removeprefix('baseline ')})." if args.baseline_tree else "."),
         "",
         f"Machine: {machine()}.",
         f"Load average (1/5/15 min) when the table was written: {' / '.join(f'{x:.1f}' for x in os.getloadavg())} "
@@ -179,16 +214,18 @@ def main() -> None:
         "",
         f"Input: the first {rows[0]['bases']:,} bases of `{Path(args.genome).name}` (one record, one lane), "
         f"{rows[0]['model']}, memory backend {args.backend}, pieces of {args.piece} tokens; model time only "
-        "(no FASTA parsing or output writing).",
+        "(no FASTA parsing or output writing). Signals \"all\": the step's default outputs; \"bits\": "
+        "`momentum=False`, what `titans surprise --metric bits` asks for.",
         "",
-        "| threads | bases/s (wall) | CPU-s per Mbase | bases per CPU-s | E. coli (4.64 Mbp) at this rate | peak RSS (MiB) | load avg start -> end |",
-        "|---:|---:|---:|---:|---:|---:|---:|",
+        "| code | signals | threads | bases/s (wall) | CPU-s per Mbase | bases per CPU-s | E. coli (4.64 Mbp) at this rate | peak RSS (MiB) | load avg start -> end |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in rows:
         minutes = genome_bases / row["bases_per_s"] / 60
         lines.append(
-            f"| {row['threads']} | {row['bases_per_s']:,.0f} | {row['cpu_s_per_mbase']:.1f} | {1e6 / row['cpu_s_per_mbase']:,.0f} | "
-            f"{minutes:.1f} min | {row['peak_rss_mib']:.0f} | {row['load_start']:.1f} -> {row['load_end']:.1f} |"
+            f"| {row['code']} | {row['signals']} | {row['threads']} | {row['bases_per_s']:,.0f} | {row['cpu_s_per_mbase']:.1f} | "
+            f"{1e6 / row['cpu_s_per_mbase']:,.0f} | {minutes:.1f} min | {row['peak_rss_mib']:.0f} | "
+            f"{row['load_start']:.1f} -> {row['load_end']:.1f} |"
         )
     text = "\n".join(lines) + "\n"
     if args.out != "-":
@@ -198,6 +235,12 @@ def main() -> None:
         tmp.write_text(text)
         tmp.replace(out)
     print(text)
+
+
+def _describe_tree(tree: Path) -> str:
+    """'commit abc1234' for a git checkout, else the directory."""
+    done = subprocess.run(["git", "-C", str(tree), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False)
+    return f"commit {done.stdout.strip()}" if done.returncode == 0 else str(tree)
 
 
 if __name__ == "__main__":

@@ -7,9 +7,11 @@ reader with the streaming sentence splitter.
 
     python benchmarks/fuzz_parsers.py --examples 5000      # per target
     python benchmarks/fuzz_parsers.py --examples 200 --seed 1
+    python benchmarks/fuzz_parsers.py --write-section      # also benchmarks/results/fuzz_parsers.md
 
 Prints how many inputs each target tried and every non-TitansInputError exception (type,
-message, input); exits 1 when a bug was found.
+message, input); exits 1 when a bug was found. With --write-section the counts, seed, time and
+bugs found become the fuzz_parsers section of docs/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ from hypothesis import strategies as st
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+import common  # noqa: E402  (at the start: its machine line records the load average from here)
 
 from Bio import bgzf  # noqa: E402
 
@@ -180,6 +184,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--examples", type=int, default=5000, help="inputs per target (regions: a fifth)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--write-section", action="store_true", help="write benchmarks/results/fuzz_parsers.md")
     args = parser.parse_args()
     started = time.perf_counter()
     findings = run(args.examples, args.seed)
@@ -192,7 +197,32 @@ def main() -> int:
     print(f"  {'total':28s} {total:8d} inputs, {len(findings.bugs)} non-TitansInputError exceptions")
     for target, summary, details, data in findings.bugs[:20]:
         print(f"\nBUG in {target}: {summary}\n  input: {data!r:.300}\n{details}")
+    if args.write_section:
+        write_section(findings, args, elapsed)
     return 1 if findings.bugs else 0
+
+
+def write_section(findings: Findings, args, elapsed: float) -> None:
+    total = sum(findings.tried.values())
+    rows = [[target, f"{count:,}", str(sum(1 for bug in findings.bugs if bug[0] == target))]
+            for target, count in findings.tried.items()]
+    rows.append(["**total**", f"**{total:,}**", f"**{len(findings.bugs)}**"])
+    body = "\n".join([
+        f"Hypothesis-driven fuzzing of the input parsers (`python benchmarks/fuzz_parsers.py --examples "
+        f"{args.examples} --seed {args.seed} --write-section`): **{total:,} inputs** in {elapsed:.0f} s, seed "
+        f"{args.seed}, {args.examples:,} per target (a fifth for region queries, which write files). Inputs are "
+        "random concatenations of FASTA/FASTQ/text tokens, raw bytes and slices of the sample files, point "
+        "mutations, plain/gzip/BGZF containers, truncations. Every input must parse or raise TitansInputError "
+        "with a one-line message; anything else counts as a bug.",
+        "",
+        common.md_table(["target", "inputs tried", "bugs found"], rows, "lrr"),
+        "",
+        ("Bugs found: " + "; ".join(sorted({f"{target}: {summary.splitlines()[0][:200]}"
+                                            for target, summary, _, _ in findings.bugs})) + "."
+         if findings.bugs else "No input escaped as anything but TitansInputError, and every message was one line."),
+    ])
+    path = common.write_section("fuzz_parsers", "Fuzzing the input parsers", body, False, elapsed)
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

@@ -71,10 +71,10 @@ def git_commit() -> str:
         return "unknown"
 
 
-def machine_line() -> str:
-    """One line naming the machine a section was produced on."""
+def machine_line(gpu: str | None = None) -> str:
+    """One line naming the machine a section was produced on (`gpu`: the card's name, if one was used)."""
     load_end = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    return (f"{cpu_model()}, {os.cpu_count()} cores, {ram_gib():.0f} GiB RAM, no GPU; "
+    return (f"{cpu_model()}, {os.cpu_count()} cores, {ram_gib():.0f} GiB RAM, {gpu or 'no GPU'}; "
             f"{_dt.datetime.now(_dt.timezone.utc):%Y-%m-%d %H:%M} UTC; commit {git_commit()}; "
             f"1-min load average {_LOAD_AT_START:.1f} at start, {load_end:.1f} at end "
             f"(above {os.cpu_count()} = other jobs shared the CPU, timings inflated)")
@@ -104,12 +104,12 @@ def fmt(x, digits: int = 3) -> str:
 
 
 def write_section(name: str, title: str, body: str, quick: bool, elapsed_s: float,
-                  script: str | None = None) -> Path:
+                  script: str | None = None, gpu: str | None = None) -> Path:
     """Write benchmarks/results/<name>.md: a level-2 heading, the machine line, then `body`."""
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     mode = "quick mode (`--quick`: subsampled, see notes)" if quick else "full mode"
     text = (f"## {title}\n\n"
-            f"*Machine: {machine_line()}. Script: `benchmarks/{script or name}.py`, {mode}, "
+            f"*Machine: {machine_line(gpu)}. Script: `benchmarks/{script or name}.py`, {mode}, "
             f"ran in {elapsed_s / 60:.1f} min.*\n\n{body.rstrip()}\n")
     path = RESULTS_DIR / f"{name}.md"
     tmp = path.with_suffix(".md.tmp")

@@ -45,7 +45,8 @@ SECTIONS = [
     ("gpu_memory_kernel", None, None),
     ("miras", None, None),
     ("bad_inputs", "bad_inputs.py", None),  # issue 6: each bad input through the real CLI (5-12 min; full runs only)
-    ("stability", None, None),          # benchmarks/stability.py: 1-2 Mbp here, 20 Mbp on the GPU machine
+    ("stability_gpu", None, None),      # benchmarks/stability.py --device cuda: 20 Mbp on the GPU machine
+    ("stability_cpu", None, None),      # benchmarks/stability.py --bases 1000000 --device cpu
     ("fuzz_parsers", None, None),       # benchmarks/fuzz_parsers.py --write-section
 ]
 RESULTS_MD = common.REPO / "docs" / "RESULTS.md"

@@ -11,8 +11,11 @@ length and run as *waves* of up to `lanes` records side by side, every lane star
 initial state. A record longer than `lane_tokens` streams alone in a wave of one, read from its
 source piece by piece, and its results are handed on while it is read. A wave's step shrinks to end
 exactly on the last token of the active lane closest to its end; so a record's outputs and its final
-memory state depend only on the record, never on which records share its wave (the property
-torchrun sharding relies on), and padding never reaches a memory that is still wanted.
+memory state are, as arithmetic, functions of the record alone, never of which records share its wave
+(the property torchrun sharding relies on), and padding never reaches a memory that is still wanted.
+In floating point they are equal only up to rounding: other wave shapes can cut steps elsewhere and run
+other kernels, and the shipped DNA model's memory recurrence amplifies a 1e-6 difference to ~0.1 bits
+per base within a few kilobases (window means stay within ~0.004 bits; benchmarks/stability.py).
 
 Tasks consume the engine through *reducers*: for each record the task makes a reducer, the engine
 calls `reducer.add(TokenOutputs)` for consecutive stretches of tokens and `reducer.finish(end)` once,

@@ -24,7 +24,11 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 BENCH_DIR = REPO / "benchmarks"
 RESULTS_DIR = BENCH_DIR / "results"
-CACHE_DIR = BENCH_DIR / ".cache"
+# Quick mode (`--quick`, `make bench-quick`) is a smoke run: its sections go here (git-ignored) and
+# into docs/RESULTS_quick.md, never over the committed full-mode sections in RESULTS_DIR.
+QUICK_RESULTS_DIR = RESULTS_DIR / "quick"
+# TITANS_BENCH_CACHE: another cache folder (e.g. an empty one, to time a run from a cold cache).
+CACHE_DIR = Path(os.environ.get("TITANS_BENCH_CACHE") or BENCH_DIR / ".cache")
 DATA = Path(os.environ.get("TITANS_SHARED_DATA", REPO.parent / "shared" / "data"))
 DNA_EVAL = DATA / "dna" / "eval"
 DNA_TRAIN = DATA / "dna" / "train"
@@ -103,15 +107,23 @@ def fmt(x, digits: int = 3) -> str:
     return f"{x:.{digits}f}"
 
 
+def section_dir(quick: bool) -> Path:
+    """Where a section is written: RESULTS_DIR, or QUICK_RESULTS_DIR in quick mode."""
+    return QUICK_RESULTS_DIR if quick else RESULTS_DIR
+
+
 def write_section(name: str, title: str, body: str, quick: bool, elapsed_s: float,
-                  script: str | None = None, gpu: str | None = None) -> Path:
-    """Write benchmarks/results/<name>.md: a level-2 heading, the machine line, then `body`."""
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    mode = "quick mode (`--quick`: subsampled, see notes)" if quick else "full mode"
+                  script: str | None = None, gpu: str | None = None, mode: str | None = None) -> Path:
+    """Write benchmarks/results/<name>.md (quick mode: benchmarks/results/quick/<name>.md): a
+    level-2 heading, the machine line, then `body`. `mode` overrides the words naming the mode."""
+    directory = section_dir(quick)
+    directory.mkdir(parents=True, exist_ok=True)
+    mode = mode or ("**quick mode** (`--quick`: a smoke run on a small subsample, see the notes; "
+                    "not comparable to the full tables)" if quick else "full mode")
     text = (f"## {title}\n\n"
             f"*Machine: {machine_line(gpu)}. Script: `benchmarks/{script or name}.py`, {mode}, "
             f"ran in {elapsed_s / 60:.1f} min.*\n\n{body.rstrip()}\n")
-    path = RESULTS_DIR / f"{name}.md"
+    path = directory / f"{name}.md"
     tmp = path.with_suffix(".md.tmp")
     tmp.write_text(text)
     tmp.replace(path)

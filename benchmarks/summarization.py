@@ -1,6 +1,12 @@
 """Extractive summarisation of long documents: ROUGE of Lead, LexRank, TextRank, LSA and titans.
 
-Usage: python benchmarks/summarization.py [--quick] [--jobs N]
+Usage: python benchmarks/summarization.py [--quick | --subsample] [--jobs N] [--no-titans] [--section NAME]
+
+--quick      smoke run (`make bench-quick`): 1-2 documents per set, every row including titans, written to
+             benchmarks/results/quick/
+--subsample  evenly spaced subsample of 4-30 documents per set (62 in all), written to
+             benchmarks/results/<section>.md (the committed summarization_quick section:
+             `--subsample --section summarization_quick`)
 """
 
 from __future__ import annotations
@@ -37,9 +43,10 @@ class SummSet:
     file: str
     style: str            # sentence splitting, see text_units.split_sentences
     reference: str        # field name
-    quick_docs: int
+    subsample_docs: int   # documents in the --subsample run
     note: str = ""
     cache_tag: str = ""   # changes when this set's sentence split changes (per-document cache key)
+    quick_docs: int = 1   # documents in the --quick smoke run
 
 
 SETS = [
@@ -48,9 +55,9 @@ SETS = [
     SummSet("GovReport", "govreport.jsonl.gz", "prose", "reference", 4),
     SummSet("Multi-News", "multinews.jsonl.gz", "prose", "reference", 4),
     SummSet("ScisummNet", "scisumm.jsonl.gz", "lines", "summary", 16,
-            "reference = `summary` (ScisummNet human summary), not the abstract", "lines-punkt"),
+            "reference = `summary` (ScisummNet human summary), not the abstract", "lines-punkt", quick_docs=2),
     SummSet("CNN/DM (REALSumm)", "cnndm_realsumm.jsonl.gz", "ptb", "reference", 30,
-            "reference = the highlights"),
+            "reference = the highlights", quick_docs=2),
 ]
 
 # Our earlier measurement of the baselines (issue 5), R-1/R-2/R-L F x 100.
@@ -221,7 +228,12 @@ def titans_summarizer():
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--quick", action="store_true", help="evenly spaced subsample of each set")
+    mode = ap.add_mutually_exclusive_group()
+    mode.add_argument("--quick", action="store_true",
+                      help="smoke run: 1-2 documents per set (the first, or the first and last), all rows; "
+                           "writes benchmarks/results/quick/")
+    mode.add_argument("--subsample", action="store_true",
+                      help="evenly spaced subsample of each set (62 documents in all)")
     ap.add_argument("--jobs", type=int, default=min(2, mp.cpu_count()))
     ap.add_argument("--no-titans", action="store_true")
     ap.add_argument("--section", default=NAME,
@@ -235,12 +247,17 @@ def main(argv=None) -> int:
     for s in SETS:
         docs = load_set(s)
         budget = word_budget(docs, s)
-        idx = subsample(len(docs), s.quick_docs) if args.quick else list(range(len(docs)))
+        if args.quick:
+            idx = subsample(len(docs), s.quick_docs)
+        elif args.subsample:
+            idx = subsample(len(docs), s.subsample_docs)
+        else:
+            idx = list(range(len(docs)))
         jobs = [(s.label, str(docs[i]["id"]), docs[i]["text"], references(docs[i], s), s.style, budget,
                  s.cache_tag) for i in idx]
         common.log(f"{s.label}: {len(idx)} of {len(docs)} documents, budget {budget} words")
-        if args.jobs > 1:
-            with mp.get_context("fork").Pool(args.jobs, initializer=_init_worker) as pool:
+        if args.jobs > 1 and len(jobs) > 1:
+            with mp.get_context("fork").Pool(min(args.jobs, len(jobs)), initializer=_init_worker) as pool:
                 results = []
                 for k, res in enumerate(pool.imap(_baselines_for_doc, jobs, chunksize=1), 1):
                     results.append(res)
@@ -272,7 +289,8 @@ def main(argv=None) -> int:
             rows.append([s.label, "**titans**", f"{r1:.1f}", f"{r2:.1f}", f"{rl:.1f}", ""])
         else:
             rows.append([s.label, "**titans**", titans_status, "", "", ""])
-        info_rows.append([s.label, f"{len(idx)} of {len(docs)}" + (" (quick subsample)" if len(idx) < len(docs) else ""),
+        shown = " (quick-mode subsample)" if args.quick else " (subsample)" if len(idx) < len(docs) else ""
+        info_rows.append([s.label, f"{len(idx)} of {len(docs)}" + shown,
                           budget, f"{np.mean(n_sent):.0f}", s.note])
         common.log(f"{s.label} done at {timer.elapsed:.0f} s")
 
@@ -284,14 +302,21 @@ def main(argv=None) -> int:
                                  "earlier (issue 5) R-1/R-2/R-L"], rows, "llrrrl"))
     body.append("")
     if args.quick:
-        body.append("Quick mode: each set is an evenly spaced subsample of its documents "
+        body.append("**Quick mode (smoke run, subsample)**: only the first document of SQuALITY, GovReport "
+                    "and Multi-News and the first and last of ScisummNet and CNN/DM are scored (every "
+                    "method, titans included, on the same documents; word budgets are still the means "
+                    "over the whole set), so the numbers say that every row runs, not how the methods compare.")
+    elif args.subsample:
+        body.append("Subsample: each set is an evenly spaced subsample of its documents "
                     "(`numpy.linspace` over the file order), so numbers differ from the full run.")
     title = "Summarisation: ROUGE on long documents"
     if args.section != NAME:
         title += f" ({args.section})"
-    common.write_section(args.section, title, "\n".join(body), args.quick, timer.elapsed,
-                         script=NAME)
-    common.log(f"wrote {common.RESULTS_DIR / (args.section + '.md')} in {timer.elapsed:.0f} s")
+    mode = ("subsample mode (`--subsample`: evenly spaced documents of each set, see the notes)"
+            if args.subsample else None)
+    path = common.write_section(args.section, title, "\n".join(body), args.quick, timer.elapsed,
+                                script=NAME, mode=mode)
+    common.log(f"wrote {path} in {timer.elapsed:.0f} s")
     return 0
 
 

@@ -2,19 +2,26 @@
 
 Usage: python benchmarks/classification.py [--quick] [--no-titans] [--titans-from DIR ...]
 (--titans-from: embeddings computed on the GPU machine by benchmarks/titans_stages.py)
+
+--quick is a smoke run (`make bench-quick`, about a minute of titans embedding on a 2-core CPU):
+every row, titans included, on a small subsample (QUICK_* below), written to
+benchmarks/results/quick/classification.md.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "2")
+# Quick mode: one BLAS thread. On this shared 2-core VM, two OpenBLAS threads made the small
+# logistic-regression fits of the smoke run ~10x slower (0.9 s vs 10.6 s for one k-mer probe,
+# spinning threads waiting for a descheduled partner); full mode keeps its setting.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1" if "--quick" in sys.argv[1:] else "2")
 
 import argparse  # noqa: E402
 import csv  # noqa: E402
 import gzip  # noqa: E402
 import json  # noqa: E402
-import sys  # noqa: E402
 import warnings  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -35,7 +42,14 @@ SEED = 20240611
 KS = (4, 5, 6)
 DOMAIN_WINDOW = 2000
 FULL_DOMAIN_SAMPLE = (1000, 600)   # train windows per collection, eval windows per class
-QUICK_DOMAIN_SAMPLE = (150, 100)
+# Quick mode (smoke run): every task on a small subsample, items cut short, titans rows computed.
+QUICK_DOMAIN_SAMPLE = (6, 6)       # train windows per collection, eval windows per class
+QUICK_PHAGE_CLUSTERS = 8           # the clusters with the most train genomes
+QUICK_PHAGE_TRAIN = 3              # train genomes per cluster, evenly spaced in file order
+QUICK_PHAGE_BASES = 4000           # every genome cut to its first bases (train and eval)
+QUICK_BROWN_TRAIN = 3              # train documents per genre (the first ones)
+QUICK_BROWN_TEST = 1               # test documents per genre (the first one)
+QUICK_BROWN_CHARS = 1000           # every document cut to its first characters
 MAX_N_FRACTION = 0.01
 
 TRAIN_COLLECTIONS = {   # file in dna/train -> domain label
@@ -142,6 +156,43 @@ def phage_items():
     return items
 
 
+def quick_phage_items(items):
+    """Quick-mode subsample: the QUICK_PHAGE_CLUSTERS clusters with the most train genomes;
+    QUICK_PHAGE_TRAIN evenly spaced train genomes of each, and the eval genomes of each with the
+    lowest and the highest 31-mer containment in train (so that the containment < 0.5 columns have
+    items); every genome cut to its first QUICK_PHAGE_BASES bases (ids say so)."""
+    counts: dict[str, int] = {}
+    for *_, cluster, _ in items["train"]:
+        counts[cluster] = counts.get(cluster, 0) + 1
+    chosen = sorted(counts, key=lambda c: (-counts[c], c))[:QUICK_PHAGE_CLUSTERS]
+    out = {"train": [], "eval": []}
+    n = QUICK_PHAGE_BASES
+    for cluster in chosen:
+        train = [it for it in items["train"] if it[2] == cluster]
+        keep = np.unique(np.linspace(0, len(train) - 1, QUICK_PHAGE_TRAIN).round().astype(int))
+        out["train"] += [train[k] for k in keep]
+        ev = sorted((it for it in items["eval"] if it[2] == cluster), key=lambda it: it[3])
+        out["eval"] += ev[:1] + ev[-1:] if len(ev) > 1 else ev
+    cut = {split: [(f"{rid}:0-{n}", seq[:n], cluster, contain) for rid, seq, cluster, contain in rows]
+           for split, rows in out.items()}
+    return cut, chosen
+
+
+def quick_brown_items(items):
+    """Quick-mode subsample: the first QUICK_BROWN_TRAIN train and QUICK_BROWN_TEST test documents
+    of each genre, cut to their first QUICK_BROWN_CHARS characters (ids say so)."""
+    out = {}
+    for split, per_genre in (("train", QUICK_BROWN_TRAIN), ("test", QUICK_BROWN_TEST)):
+        seen: dict[str, int] = {}
+        rows = []
+        for doc_id, text, genre in items[split]:
+            if seen.get(genre, 0) < per_genre:
+                seen[genre] = seen.get(genre, 0) + 1
+                rows.append((f"{doc_id}[:{QUICK_BROWN_CHARS}]", text[:QUICK_BROWN_CHARS], genre))
+        out[split] = rows
+    return out
+
+
 def tile_windows(records, window, max_n):
     for rid, seq in records:
         for start in range(0, len(seq) - window + 1, window):
@@ -214,7 +265,8 @@ def staged_embedder(staged):
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true",
-                    help="fewer domain windows (train 150 per collection, eval 100 per class)")
+                    help="smoke run: every row on a small subsample of every task (see QUICK_*); "
+                         "writes benchmarks/results/quick/")
     ap.add_argument("--no-titans", action="store_true")
     ap.add_argument("--titans-from", metavar="DIR", nargs="+",
                     help="titans embeddings from the output folder(s) of `benchmarks/titans_stages.py "
@@ -236,7 +288,7 @@ def main(argv=None) -> int:
     def titans_rows(task, kind, train_items, eval_items, y_train, y_eval, extra, n_extra,
                     compute=True, stage_task=""):
         """Linear-probe rows for both pools; `extra(pred)` gives the task's extra columns. With
-        compute=False (quick mode) only cached embeddings are used; with --titans-from only the
+        compute=False only cached embeddings are used; with --titans-from only the
         staged ones (`stage_task`: their task name there)."""
         import titans_bridge
         out = []
@@ -273,6 +325,8 @@ def main(argv=None) -> int:
 
     # (a) phage clusters
     ph = phage_items()
+    if args.quick:
+        ph, quick_clusters = quick_phage_items(ph)
     y_tr = [c for _, _, c, _ in ph["train"]]
     y_ev = [c for _, _, c, _ in ph["eval"]]
     novel = np.array([c < 0.5 for *_, c in ph["eval"]])
@@ -287,7 +341,7 @@ def main(argv=None) -> int:
              f"C={model.best_params_['logisticregression__C']:g}", *phage_extra(pred)]]
     rows += titans_rows("phage clusters", "dna", [(i, s) for i, s, _, _ in ph["train"]],
                         [(i, s) for i, s, _, _ in ph["eval"]], y_tr, y_ev, phage_extra, 2,
-                        compute=not args.quick, stage_task="phage")
+                        stage_task="phage")
     n_clusters = len(set(y_tr) | set(y_ev))
     tables.append((f"**Mycobacteriophage clusters** ({len(y_tr)} train / {len(y_ev)} eval genomes, "
                    f"{n_clusters} clusters; {int(novel.sum())} eval genomes with "
@@ -314,7 +368,7 @@ def main(argv=None) -> int:
              f"C={model.best_params_['logisticregression__C']:g}", *domain_extra(pred)]]
     rows += titans_rows("domain of origin", "dna", [(i, s) for i, s, _ in dtrain],
                         [(i, s) for i, s, _ in deval], y_tr, y_ev, domain_extra, len(per_class),
-                        compute=not args.quick, stage_task="domain")
+                        stage_task="domain")
     domain_errors = confusion_note(y_ev, pred)
     tables.append((f"**DNA domain of origin** ({DOMAIN_WINDOW // 1000} kb windows; {len(dtrain)} train "
                    f"windows ({n_tr} per collection), {len(deval)} eval windows ({n_ev} per class)); "
@@ -325,6 +379,8 @@ def main(argv=None) -> int:
 
     # (c) Brown genres
     br = brown_items()
+    if args.quick:
+        br = quick_brown_items(br)
     y_tr = [g for *_, g in br["train"]]
     y_ev = [g for *_, g in br["test"]]
     vec = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=2)
@@ -336,7 +392,7 @@ def main(argv=None) -> int:
              f"C={model.best_params_['logisticregression__C']:g}"]]
     rows += titans_rows("Brown genres", "text", [(i, t) for i, t, _ in br["train"]],
                         [(i, t) for i, t, _ in br["test"]], y_tr, y_ev, lambda pred: [], 0,
-                        compute=not args.quick, stage_task="brown")
+                        stage_task="brown")
     tables.append((f"**Brown genres** ({len(y_tr)} train / {len(y_ev)} test documents, 15 genres; "
                    "the data README's 5-fold CV of all 500 gave accuracy 0.48, macro-F1 0.34):\n",
                    ["task", "method", "accuracy", "macro-F1", "chosen C"], rows))
@@ -348,12 +404,20 @@ def main(argv=None) -> int:
     if staged is not None:
         body.append(staged.describe("The titans embeddings") + "\n")
     if args.quick:
-        body.append("Quick mode: the domain task uses 150 train windows per collection and 100 eval "
-                    "windows per class (full mode: 1,000 and 600); titans probes use embeddings cached by a full run with the same code and "
-                    "model, or say \"full mode only\".")
-    common.write_section(NAME, "Classification: k-mer / TF-IDF baselines vs titans embeddings",
-                         "\n".join(body), args.quick, timer.elapsed)
-    common.log(f"wrote {common.RESULTS_DIR / (NAME + '.md')} in {timer.elapsed:.0f} s")
+        body.append(
+            "**Quick mode (smoke run, subsample)**: every row, titans included, on the same small "
+            f"subsample. Phage clusters: the {QUICK_PHAGE_CLUSTERS} clusters with the most train genomes "
+            f"({', '.join(quick_clusters)}), {QUICK_PHAGE_TRAIN} evenly spaced train genomes each and the "
+            "eval genomes of each with the lowest and highest 31-mer containment in train, every genome "
+            f"cut to its first {QUICK_PHAGE_BASES:,} bases (full mode: all 502 / 124 whole genomes with a cluster). "
+            f"Domain: {QUICK_DOMAIN_SAMPLE[0]} train windows per collection and {QUICK_DOMAIN_SAMPLE[1]} eval "
+            f"windows per class (full mode: {FULL_DOMAIN_SAMPLE[0]:,} and {FULL_DOMAIN_SAMPLE[1]:,}). Brown: "
+            f"the first {QUICK_BROWN_TRAIN} train and {QUICK_BROWN_TEST} test documents of each genre, cut "
+            f"to their first {QUICK_BROWN_CHARS:,} characters (full mode: 400 / 100 whole documents). With "
+            "so few items the numbers say that every row runs, not how the methods compare.")
+    path = common.write_section(NAME, "Classification: k-mer / TF-IDF baselines vs titans embeddings",
+                                "\n".join(body), args.quick, timer.elapsed)
+    common.log(f"wrote {path} in {timer.elapsed:.0f} s")
     return 0
 
 

@@ -25,11 +25,18 @@ and absence of a line is not evidence of no prophage).
 
 Usage: python benchmarks/novel_regions.py [--quick] [--no-titans] [--titans-from DIR ...]
 (--titans-from: tracks computed on the GPU machine by benchmarks/titans_stages.py)
+
+--quick is a smoke run (`make bench-quick`): every genome is replaced by one short record cut from it
+(`quick_pieces`: prophage genomes the smallest prophage with 10 kb either side, island genomes one GI
+and the nearest nonGI joined), and every row, titans included, is computed on those five records
+(~190 kbp in all; three `titans surprise` runs over one FASTA of them). Written to
+benchmarks/results/quick/novel_regions.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,6 +78,7 @@ THRESHOLD = 3.0              # robust z; fixed a priori (the CLI's default), not
 MIN_LENGTH = 1000
 TITANS_METRICS = ("novelty", "bits", "grad")
 MIN_ACGT = 0.9
+QUICK_FLANK = 10_000         # quick mode, prophage genomes: bases kept either side of the prophage
 
 
 @dataclass
@@ -235,19 +243,19 @@ def evaluate_score(recs: list[RecordTracks], kind: str, window: int, score_fn):
 # ----------------------------------------------------------------------------- titans
 
 
-def titans_track(argv: list[str], genome: Genome, metric: str, with_regions: bool,
+def titans_track(argv: list[str], fasta: Path, stem: str, metric: str, with_regions: bool,
                  compute: bool = True):
-    """Run `titans surprise` once (cached); the bedGraph path and the regions BED path (or None).
-    With compute=False only a cached track is returned (None when there is none)."""
+    """Run `titans surprise` on `fasta` once (cached under `stem`); the bedGraph path and the
+    regions BED path (or None). With compute=False only a cached track is returned (None when
+    there is none)."""
     cache = common.CACHE_DIR / "titans_tracks" / titans_bridge.fingerprint()
     cache.mkdir(parents=True, exist_ok=True)
-    stem = genome.fasta.replace(".fa.gz", "")
     out = cache / f"{stem}.{metric}.w{TITANS_WINDOW}.bedgraph"
     bed = cache / f"{stem}.{metric}.regions.bed"
     if not out.exists() or (with_regions and not bed.exists()):
         if not compute:
             return None, None
-        cmd = argv + ["surprise", str(common.DNA_EVAL / genome.fasta), "--metric", metric,
+        cmd = argv + ["surprise", str(fasta), "--metric", metric,
                       "--window", str(TITANS_WINDOW), "--format", "bedgraph", "--quiet",
                       "--model", titans_bridge.model_name("dna"), "-o", str(out)]
         if with_regions:
@@ -281,7 +289,28 @@ def vibrio_both_chromosomes(prophages, window: int = 2000) -> tuple[float, float
 # ----------------------------------------------------------------------------- main
 
 
-def load_genome(genome: Genome, prophages, islands) -> list[RecordTracks]:
+def quick_pieces(genome: Genome, bed, lengths: dict[str, int]) -> tuple[str, list[tuple[int, int]]]:
+    """Quick mode: the record and the intervals of it that make the genome's short record.
+    Prophage genomes: the smallest prophage with QUICK_FLANK bases either side. Island genomes:
+    the GI with the nearest nonGI region, both whole, joined in genome order (bases between them,
+    and around them, would not be scored anyway)."""
+    if genome.kind == "prophage":
+        c, s, e, _ = min((r for r in bed if r[0] in lengths), key=lambda r: (r[2] - r[1], r[1]))
+        return c, [(max(0, s - QUICK_FLANK), min(lengths[c], e + QUICK_FLANK))]
+    best = None
+    for c, s, e, lab in bed:
+        if lab != "GI" or c not in lengths:
+            continue
+        for c2, s2, e2, lab2 in bed:
+            if c2 == c and lab2 == "nonGI":
+                gap = max(s2 - e, s - e2)
+                if best is None or gap < best[0]:
+                    best = (gap, c, sorted([(s, e), (s2, e2)]))
+    return best[1], best[2]
+
+
+def load_genome(genome: Genome, prophages, islands, quick: bool = False) -> list[RecordTracks]:
+    """The scored records of one genome (quick mode: its one short record, see quick_pieces)."""
     seqs = dict(common.read_fasta(common.DNA_EVAL / genome.fasta))
     bed = prophages if genome.kind == "prophage" else islands
     names = sorted({c for c, *_ in bed if c in seqs})
@@ -296,14 +325,38 @@ def load_genome(genome: Genome, prophages, islands) -> list[RecordTracks]:
                 n, [(s, e) for c, s, e, lab in bed if c == name and lab == "GI"])
             scored = common.mask_from_intervals(n, [(s, e) for c, s, e, _ in bed if c == name])
         recs.append(RecordTracks(name, n, positive, scored, common.encode(seqs[name])))
+    if quick:
+        name, pieces = quick_pieces(genome, bed, {r.name: r.length for r in recs})
+        rec = next(r for r in recs if r.name == name)
+        short = f"quick_{name}_" + "+".join(f"{s}-{e}" for s, e in pieces)
+        cut = lambda a: np.concatenate([a[s:e] for s, e in pieces])  # noqa: E731
+        recs = [RecordTracks(short, sum(e - s for s, e in pieces), cut(rec.positive), cut(rec.scored),
+                             cut(rec.codes))]
+        names = [short]
     genome.records = names
     return recs
+
+
+_DECODE = np.frombuffer(b"ACGTN", dtype=np.uint8)
+
+
+def write_quick_fasta(records: list[RecordTracks]) -> tuple[Path, str]:
+    """Quick mode: the short records as one FASTA in the cache; (path, a stem naming its content)."""
+    text = "".join(f">{r.name}\n" + "\n".join(_DECODE[r.codes[i:i + 80]].tobytes().decode()
+                                           for i in range(0, r.length, 80)) + "\n" for r in records)
+    stem = "novel_regions_quick_" + hashlib.sha256(text.encode()).hexdigest()[:12]
+    path = common.CACHE_DIR / "novel_regions_quick" / f"{stem}.fa"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.with_suffix(".tmp").write_text(text)
+        path.with_suffix(".tmp").replace(path)
+    return path, stem
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true",
-                    help="titans cells only from cached tracks (baselines always run in full)")
+                    help="smoke run: every row on one short record per genome; writes benchmarks/results/quick/")
     ap.add_argument("--no-titans", action="store_true", help="skip the titans rows")
     ap.add_argument("--titans-from", metavar="DIR", nargs="+",
                     help="titans tracks from the output folder(s) of `benchmarks/titans_stages.py "
@@ -320,11 +373,6 @@ def main(argv=None) -> int:
     tcmd = None if args.no_titans or staged is not None else common.titans_cmd()
     if tcmd is not None and not titans_bridge.model_available("dna"):
         tcmd = None
-    # Quick mode computes titans tracks only for these (genome, metric) pairs and otherwise reuses
-    # tracks cached by an earlier run with the same code and model.
-    # (The shipped DNA model streams a few kbp/s on this 2-core CPU: a whole-genome novelty track
-    # takes tens of minutes, so quick mode computes none.)
-    quick_live: set | None = set() if args.quick else None
     titans_note = ""
     if tcmd is None and staged is None:
         titans_note = ("the titans CLI or the shipped DNA model is missing at this commit"
@@ -332,8 +380,12 @@ def main(argv=None) -> int:
 
     rows = []            # (genome, window, method, auroc, p, r, f, called bp)
     cli_rows = []
+    loaded, quick_fasta = {}, None
+    if args.quick:   # all short records first: titans runs once per metric over one FASTA of them
+        loaded = {genome.label: load_genome(genome, prophages, islands, quick=True) for genome in GENOMES}
+        quick_fasta = write_quick_fasta([r for recs in loaded.values() for r in recs])
     for genome in GENOMES:
-        recs = load_genome(genome, prophages, islands)
+        recs = loaded.get(genome.label) or load_genome(genome, prophages, islands)
         common.log(f"{genome.label}: records {genome.records}")
 
         def comp(idx):
@@ -359,11 +411,8 @@ def main(argv=None) -> int:
             if tcmd is None:
                 continue
             try:
-                live = quick_live is None or (genome.label, metric) in quick_live
-                bg, bed = titans_track(tcmd, genome, metric, metric == "novelty", compute=live)
-                if bg is None:
-                    tracks[metric] = "full mode only"
-                    continue
+                fasta, stem = quick_fasta or (common.DNA_EVAL / genome.fasta, genome.fasta.replace(".fa.gz", ""))
+                bg, bed = titans_track(tcmd, fasta, stem, metric, metric == "novelty")
                 lengths = {r.name: r.length for r in recs}
                 tracks[metric] = common.read_bedgraph_to_array(bg, lengths)
                 if bed is not None:
@@ -421,9 +470,16 @@ def main(argv=None) -> int:
                     f"M --window 500` writes: novelty (form `{staged.novelty_form()}`) streams a record twice "
                     "(learn, then score with the frozen host-adapted memory); bits and grad are read from its first pass, which is "
                     "the plain online stream.")
-    elif quick_live is not None:
-        body.append("Quick mode: no titans track is computed; titans cells come from tracks cached by "
-                    "an earlier full run with the same code and model, or say \"full mode only\".")
+    if args.quick:
+        pieces = ", ".join(f"{g.label} `{':'.join(r.name[len('quick_'):].rsplit('_', 1))}` "
+                           f"({r.length / 1000:.0f} kb)" for g in GENOMES for r in loaded[g.label])
+        body.append(
+            "**Quick mode (smoke run, subsample)**: each genome is replaced by one short record cut "
+            f"from it, and every row (baselines, titans tracks and regions) is computed on those: {pieces}. "
+            f"Prophage genomes keep their smallest prophage with {QUICK_FLANK // 1000} kb either side; "
+            "island genomes the GI with the nearest nonGI region, joined. The record's own profile "
+            "(tetra chi-square, GC, titans novelty) is then that short record's, and a record has only "
+            "a few windows, so the numbers say that every row runs, not how the scores compare.")
     body.append("")
     # sanity check against our earlier measurement
     check = []
@@ -431,11 +487,13 @@ def main(argv=None) -> int:
         if w == 2000 and m == "tetra chi-square":
             check.append([g, common.fmt(a, 2), f"{EARLIER_TETRA_2KB[g]:.2f}"])
     body.append("Sanity check, tetra chi-square AUROC at 2 kb: this run vs our earlier measurement "
-                "(issue 5; GC deviation was 0.34-0.74 there):\n")
+                "(issue 5; GC deviation was 0.34-0.74 there)"
+                + (" (quick mode: short records, not comparable)" if args.quick else "") + ":\n")
     body.append(common.md_table(["genome", "this run", "earlier"], check))
     body.append("")
     vc_genome, vc_own = vibrio_both_chromosomes(prophages)
-    body.append("V. cholerae: the table scores chromosome I only (the annotated record). Scoring both "
+    body.append(("V. cholerae (whole genome, also in quick mode)" if args.quick else "V. cholerae")
+                + ": the table scores chromosome I only (the annotated record). Scoring both "
                 "chromosomes at 2 kb, chromosome II windows as negatives, gives tetra chi-square AUROC "
                 f"{vc_genome:.2f} against one genome-wide profile and {vc_own:.2f} against each "
                 "chromosome's own profile; the earlier 0.80 matches the former.")
@@ -452,9 +510,9 @@ def main(argv=None) -> int:
                 "IslandPath-DIMOB recall 46.9 %, precision 87.4 % (Bertelli et al. 2018, "
                 "IslandViewer 4 benchmark). The raw per-base bits of the specialised DNA compressor "
                 "GeCo3 scored AUROC 0.49-0.68 on these genomes in our earlier measurement.")
-    common.write_section(NAME, "Novel regions: prophages and genomic islands", "\n".join(body),
-                         args.quick, timer.elapsed)
-    common.log(f"wrote {common.RESULTS_DIR / (NAME + '.md')} in {timer.elapsed:.0f} s")
+    path = common.write_section(NAME, "Novel regions: prophages and genomic islands", "\n".join(body),
+                                args.quick, timer.elapsed)
+    common.log(f"wrote {path} in {timer.elapsed:.0f} s")
     return 0
 
 

@@ -154,7 +154,7 @@ def main(argv=None) -> int:
                              f"{cpu / 60:.1f}", f"{l0:.1f} -> {l1:.1f}"])
             timings.append((name, "ok" if rc == 0 else f"FAILED (exit {rc})", seconds, cpu, l0, l1))
     path = assemble(log_rows, quick=args.quick)
-    wall, cpu, load1 = time.time() - t0, _children_cpu_s() - cpu0, _load1()
+    wall, total_cpu, load1 = time.time() - t0, _children_cpu_s() - cpu0, _load1()
     common.log(f"run_all: wrote {path} after {wall / 60:.1f} min")
     if timings:
         width = max(len(r[0]) for r in timings + [("total",)])
@@ -163,7 +163,7 @@ def main(argv=None) -> int:
         for name, status, seconds, cpu, l0, l1 in timings:
             print(f"  {name:<{width}}  {status:<16} wall {seconds:7.1f} s  CPU {cpu:7.1f} s  "
                   f"load {l0:4.1f} -> {l1:4.1f}")
-        print(f"  {'total':<{width}}  {'':<16} wall {wall:7.1f} s  CPU {cpu:7.1f} s  "
+        print(f"  {'total':<{width}}  {'':<16} wall {wall:7.1f} s  CPU {total_cpu:7.1f} s  "
               f"load {load0:4.1f} -> {load1:4.1f}   ({wall / 60:.1f} min wall)", flush=True)
     return 1 if failed else 0
 

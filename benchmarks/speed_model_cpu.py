@@ -213,7 +213,7 @@ def main() -> None:
         "(the machine is shared: wall-clock rates are what the other jobs left; CPU-s per Mbase is the comparable figure).",
         "",
         f"Input: the first {rows[0]['bases']:,} bases of `{Path(args.genome).name}` (one record, one lane), "
-        f"{rows[0]['model']}, memory backend {args.backend}, pieces of {args.piece} tokens; model time only "
+        f"{rows[-1]['model']}, memory backend {args.backend}, pieces of {args.piece} tokens; model time only "
         "(no FASTA parsing or output writing). Signals \"all\": the step's default outputs; \"bits\": "
         "`momentum=False`, what `titans surprise --metric bits` asks for.",
         "",

@@ -33,36 +33,32 @@ window) and `titans embed IN.fa --per window --pool mean -o OUT.npy` (default wi
 A last row runs `titans surprise --metric novelty --regions --plot` on the real E. coli genome."""
 
 
-def make_prefix(n: int) -> Path:
-    """The first n bases of the real E. coli genome as one record (quick mode's novelty row)."""
-    out = common.CACHE_DIR / "speed_inputs" / f"ecoli_first_{n}.fa"
+def _cached_fasta(name: str, header: str, sequence_of) -> Path:
+    """A one-record FASTA in the benchmark cache (80 bases a line), written once, atomically;
+    `sequence_of(genome)` makes the record from the real E. coli genome."""
+    out = common.CACHE_DIR / "speed_inputs" / f"{name}.fa"
     if out.exists():
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
-    genome = common.read_fasta(common.DNA_EVAL / SOURCE)[0][1]
+    seq = sequence_of(common.read_fasta(common.DNA_EVAL / SOURCE)[0][1])
     tmp = out.with_suffix(".tmp")
     with open(tmp, "w") as fh:
-        fh.write(f">ecoli_first_{n} first {n} bp of E. coli K-12 MG1655\n")
-        for i in range(0, n, 80):
-            fh.write(genome[i:min(i + 80, n)] + "\n")
-    tmp.replace(out)
-    return out
-
-
-def make_input(n: int) -> Path:
-    out = common.CACHE_DIR / "speed_inputs" / f"ecoli_repeat_{n}.fa"
-    if out.exists():
-        return out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    genome = common.read_fasta(common.DNA_EVAL / SOURCE)[0][1]
-    seq = (genome * (n // len(genome) + 1))[:n]
-    tmp = out.with_suffix(".tmp")
-    with open(tmp, "w") as fh:
-        fh.write(f">ecoli_repeat_{n} E. coli K-12 MG1655 repeated to {n} bp\n")
-        for i in range(0, n, 80):
+        fh.write(f">{name} {header}\n")
+        for i in range(0, len(seq), 80):
             fh.write(seq[i:i + 80] + "\n")
     tmp.replace(out)
     return out
+
+
+def make_prefix(n: int) -> Path:
+    """The first n bases of the real E. coli genome as one record (quick mode's novelty row)."""
+    return _cached_fasta(f"ecoli_first_{n}", f"first {n} bp of E. coli K-12 MG1655", lambda genome: genome[:n])
+
+
+def make_input(n: int) -> Path:
+    """The E. coli genome repeated and cut to n bases, as one record."""
+    return _cached_fasta(f"ecoli_repeat_{n}", f"E. coli K-12 MG1655 repeated to {n} bp",
+                         lambda genome: (genome * (n // len(genome) + 1))[:n])
 
 
 def time_v(argv: list[str], timeout: float) -> dict:

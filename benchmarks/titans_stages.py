@@ -53,7 +53,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import gzip
-import hashlib
 import json
 import os
 import platform
@@ -70,6 +69,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
+from titans_cli.model.files import sha256_of_file  # noqa: E402
+
 DEFAULT_INPUTS = common.REPO / "carry" / "issue5" / "inputs"
 FORMAT = 1
 TRACK_WINDOW = 500                 # novel_regions.TITANS_WINDOW
@@ -80,14 +81,6 @@ SHARD_UNITS = 8_000_000            # bases (characters for text) per embedding t
 VOLUME_BYTES = 12 << 20            # embeddings_<n>.npz files stay well below 16 MiB
 # `titans surprise --regions` defaults (titans_cli/cli/surprise.py)
 CLI_THRESHOLD, CLI_SMOOTH, CLI_MIN_LENGTH = 3.0, 2000, 1000
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _write_fasta(path: Path, records, width: int = 80) -> None:
@@ -152,7 +145,7 @@ def prepare(directory: Path) -> None:
                                        "splits": {s: [i for i, *_ in br[s]] for s in ("train", "test")}}
     files.append("brown.jsonl.gz")
 
-    manifest["sha256"] = {name: _sha256(directory / name) for name in files}
+    manifest["sha256"] = {name: sha256_of_file(directory / name) for name in files}
     (directory / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
     size = sum((directory / n).stat().st_size for n in files)
     common.log(f"prepare: wrote {directory} ({size / 2**20:.1f} MiB) in {timer.elapsed:.0f} s")
@@ -432,7 +425,7 @@ def compute(args) -> int:
     inputs = Path(args.inputs)
     manifest = json.loads((inputs / "manifest.json").read_text())
     for name, digest in manifest["sha256"].items():
-        if _sha256(inputs / name) != digest:
+        if sha256_of_file(inputs / name) != digest:
             raise SystemExit(f"compute: {inputs / name} does not match its sha256 in manifest.json")
     tasks = plan_tasks(inputs, manifest, args.limit_items, args.limit_bases)
     if args.only:
@@ -442,7 +435,7 @@ def compute(args) -> int:
     import titans_bridge
     info = {"format": FORMAT, "_t0": t0, "started_utc": f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M}",
             "commit": common.git_commit(), "titans_fingerprint": titans_bridge.fingerprint(),
-            "manifest_sha256": _sha256(inputs / "manifest.json"), "host": platform.node(),
+            "manifest_sha256": sha256_of_file(inputs / "manifest.json"), "host": platform.node(),
             "cpu": common.cpu_model(), "workers": args.workers, "time_limit_s": args.time_limit,
             "novelty_form": _novelty_form(),
             "limit_items": args.limit_items, "limit_bases": args.limit_bases,

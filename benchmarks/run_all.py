@@ -51,6 +51,7 @@ SECTIONS = [
     ("speed_gpu", None, None),
     ("multi_gpu", None, None),          # benchmarks/multi_gpu.py on a 2-GPU machine
     ("gpu_memory_kernel", None, None),
+    ("train_speed", None, None),        # benchmarks/train_speed.py on the GPU machine
     ("miras", None, None),
     ("bad_inputs", "bad_inputs.py", None),  # issue 6: each bad input through the real CLI (5-12 min; full runs only)
     ("stability_gpu", None, None),      # benchmarks/stability.py --device cuda: 20 Mbp on the GPU machine

@@ -49,6 +49,12 @@ def memory_op(backend: str):
     return memory_update
 
 
+def _bf16_kernels(config: MemoryConfig) -> bool:
+    from .triton_fused import bf16_supported
+
+    return bf16_supported(config)
+
+
 def _l2_normalize(t: torch.Tensor, heads: int) -> torch.Tensor:
     """F.normalize(t split into heads, dim=-1) computed on the (B, T, H, d) layout -> (B, T, H*d)."""
     batch, length, _ = t.shape
@@ -231,6 +237,12 @@ class NeuralMemory(nn.Module):
             q = self._split_heads(_l2_normalize(q, config.num_heads))
             k = self._split_heads(_l2_normalize(k, config.num_heads))
         v = self._split_heads(v)
+        if backend == "triton" and x.is_cuda and torch.is_autocast_enabled("cuda") and _bf16_kernels(config):
+            # Under autocast the fused kernels take bf16 operands (state and accumulation stay fp32);
+            # F.normalize left q and k in fp32, which would select tf32 products and, for the
+            # backward at head_dim 64, more shared memory than an H100 has.
+            dtype = torch.get_autocast_dtype("cuda")
+            q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
         conv_tail = with_tail[:, with_tail.shape[1] - (config.conv_size - 1) :].clone()  # not a view of the piece
 
         gates = self.to_gates(x).view(batch, length, -1, config.num_heads).permute(2, 0, 3, 1)  # (G, B, H, T)

@@ -34,16 +34,19 @@ benchmarks/results/gpu_memory_kernel.md and docs/KERNEL_NOTES.md.
 
 Training: `memory_update` is differentiable. Forward runs the kernel. Backward, by ``backward=``:
 
-- "torch" (default): recompute the call through torch_chunked under autograd and backpropagate
-  through that (forward+backward costs this kernel plus torch_chunked's forward and backward);
-- "triton": the forward also stores every chunk's start state (fp32, 4·h·d floats per (row, head,
-  chunk): 1 GiB at batch 8 × 16k tokens × 4 heads × d 64), and `_memory_chunks_backward_kernel`
-  walks the chunks in reverse, recomputing each chunk from its checkpoint and applying the adjoint
-  of every step of torch_chunked._chunk_step (state update, read, ||S_t|| Grams, gate products,
-  clip, the MLP). Depth 2, l2, retention decay/none, momentum or gd (`backward_kernel_supported`);
-  hidden units in blocks as in the forward (four passes per chunk). Equal to torch_chunked's
-  autograd gradients to ~1e-6 under Triton's interpreter; NOT yet compiled or timed on a GPU
-  (hence not the default).
+- "auto" (default) and "triton": the forward also stores every chunk's start state (fp32, 4·h·d
+  floats per (row, head, chunk): 1 GiB at batch 8 × 16k tokens × 4 heads × d 64), and
+  `_memory_chunks_backward_kernel` walks the chunks in reverse, recomputing each chunk from its
+  checkpoint and applying the adjoint of every step of torch_chunked._chunk_step (state update,
+  read, ||S_t|| Grams, gate products, clip, the MLP). Depth 2, l2, retention decay/none, momentum
+  or gd, and with tf32 products head_dim <= 32 (`backward_kernel_supported`); hidden units in
+  blocks as in the forward (four passes per chunk). Measured on an H100
+  (benchmarks/results/gpu_memory_kernel.md): gradients equal torch_chunked's to 6e-7 with fp32
+  (ieee) products and 3.7e-3 with bf16 products; the memory layer's forward+backward at 2.1x
+  titans-pytorch under bf16 autocast. Configs it does not cover, and launches that run out of
+  shared memory, fall back to:
+- "torch": recompute the call through torch_chunked under autograd and backpropagate through that
+  (forward+backward costs this kernel plus torch_chunked's forward and backward).
 """
 
 from __future__ import annotations
@@ -104,6 +107,17 @@ def fused_supported(config: MemoryConfig, device: torch.device) -> tuple[bool, s
 def _block(n: int) -> int:
     """Tile extent: the next power of two, at least 16 (tl.dot's smallest operand side)."""
     return max(16, 1 << (int(n) - 1).bit_length())
+
+
+def _bf16_tiles(head_dim: int, block_h: int) -> bool:
+    return _block(head_dim) >= 64 and block_h >= 64
+
+
+def bf16_supported(config: MemoryConfig) -> bool:
+    """Whether bf16 products run at this config's tile sizes (64-wide head and hidden blocks); the
+    kernels switch other configs to tf32 products (see _fused_forward)."""
+    hidden = config.hidden_dim if config.depth == 2 else 64
+    return _bf16_tiles(config.head_dim, min(_block(hidden), _block(_DEFAULT_BLOCK_HIDDEN)))
 
 
 def default_precision(dtype: torch.dtype) -> str:
@@ -782,11 +796,12 @@ def _fused_forward(q, k, v, lr, momentum, decay, huber_delta, weights, momenta, 
             block_h = min(block_h, _block(block_hidden or _DEFAULT_BLOCK_HIDDEN))
         if num_warps is None:
             num_warps = _DEFAULT_NUM_WARPS if depth == 2 and hidden * dim >= 4096 else 4
-        if kernel_precision == "bf16" and depth == 2 and block_h < 64:
-            # On an H200 with triton 3.6, bf16 products with hidden blocks of 32 (8 warps) hit an
-            # illegal memory access that fp32/tf32 products with the same blocks did not; until that
-            # is understood, such shapes use tf32 products (docs/KERNEL_NOTES.md).
-            warnings.warn("triton_fused: bf16 products need hidden blocks of >= 64; using tf32", stacklevel=3)
+        if kernel_precision == "bf16" and not _bf16_tiles(dim, block_h if depth == 2 else 64):
+            # On an H200 and an H100 with triton 3.6, bf16 products with 32-wide tiles (hidden blocks
+            # of 32; head_dim 32 under training) hit an illegal memory access that tf32 products with
+            # the same tiles did not; until that is understood, such shapes use tf32 products
+            # (docs/KERNEL_NOTES.md).
+            warnings.warn("triton_fused: bf16 products need 64-wide tiles; using tf32", stacklevel=3)
             kernel_precision = "tf32"
         while True:
             try:
@@ -836,10 +851,17 @@ def _launch(q, k, v, lr_c, eta_c, alpha_c, delta_c, w1, w2, s1, s2, output, grad
     )
 
 
-def backward_kernel_supported(config: MemoryConfig) -> bool:
-    """Configs the Triton backward kernel covers; the others backpropagate through torch_chunked."""
-    return (config.depth == 2 and config.attentional_bias == "l2" and config.retention in ("decay", "none")
-            and config.hidden_dim <= 128 and config.head_dim <= 64 and config.chunk_size <= 64)
+def backward_kernel_supported(config: MemoryConfig, precision: str = "bf16") -> bool:
+    """Configs the Triton backward kernel covers; the others backpropagate through torch_chunked.
+
+    With tf32 products (fp32 operands in shared memory) head_dim 64 / hidden 128 needs more shared
+    memory than an H100 has at any hidden block (measured: three failed compiles, minutes lost), so
+    tf32 is limited to head_dim 32."""
+    covered = (config.depth == 2 and config.attentional_bias == "l2" and config.retention in ("decay", "none")
+               and config.hidden_dim <= 128 and config.head_dim <= 64 and config.chunk_size <= 64)
+    if precision == "tf32":
+        covered = covered and config.head_dim <= 32
+    return covered
 
 
 def _kernel_precision(precision: str | None, dtype: torch.dtype, device: torch.device) -> str:
@@ -873,27 +895,44 @@ def _triton_backward(config, precision, saved, checkpoints, grads, block_hidden:
     lr_c, eta_c, alpha_c = (t.detach().to(torch.float32).contiguous() for t in (lr, momentum, decay))
     kernel_precision = _kernel_precision(precision, q.dtype, device)
     block_h = min(_block(hidden), _block(block_hidden or _DEFAULT_BLOCK_HIDDEN))
-    if kernel_precision == "bf16" and block_h < 64:  # see _fused_forward
+    if kernel_precision == "bf16" and not _bf16_tiles(dim, block_h):  # see _fused_forward
         kernel_precision = "tf32"
-    if length > 0:
-        _memory_chunks_backward_kernel[(batch * heads,)](
-            qs, ks, vs, lr_c, eta_c, alpha_c, checkpoints,
-            d_w1, d_w2, d_s1, d_s2,
-            d_output, d_grad_norm, d_momentum_norm,
-            d_q, d_k, d_v, d_lr, d_eta, d_alpha,
-            qs.stride(0), qs.stride(1), qs.stride(2), ks.stride(0), ks.stride(1), ks.stride(2),
-            vs.stride(0), vs.stride(1), vs.stride(2), lr_c.stride(0), lr_c.stride(1), lr_c.stride(2),
-            heads, length, config.chunk_size, dim, hidden,
-            float(config.max_grad_norm) if config.max_grad_norm != float("inf") else 1.0,
-            BT=_block(config.chunk_size), BD=_block(dim), BHID=_block(hidden), HB=block_h,
-            RETENTION=_RETENTION_CODES[config.retention], GD=config.algorithm == "gd",
-            CLIP=config.max_grad_norm != float("inf"),
-            PRECISION=kernel_precision, num_warps=_DEFAULT_NUM_WARPS, num_stages=1,
-        )
+    while length > 0:
+        try:
+            _launch_backward(qs, ks, vs, lr_c, eta_c, alpha_c, checkpoints, d_w1, d_w2, d_s1, d_s2, d_output,
+                             d_grad_norm, d_momentum_norm, d_q, d_k, d_v, d_lr, d_eta, d_alpha, config, heads,
+                             length, dim, hidden, block_h, kernel_precision)
+            break
+        except OutOfResources:
+            # fp32 operands (tf32 / ieee products) need twice bf16's shared memory: on an H100 the
+            # 64-wide hidden blocks do not fit, 32-wide ones may. bf16 keeps 64 (see _fused_forward).
+            if block_h <= 16 or kernel_precision == "bf16":
+                raise
+            block_h //= 2
     cast = lambda g, like: g.to(like.dtype)  # noqa: E731
     state_grads = [cast(g, t) for g, t in zip((d_w1, d_w2, d_s1, d_s2), state)]
     return [cast(d_q, q), cast(d_k, k), cast(d_v, v), cast(d_lr, lr), cast(d_eta, momentum),
             cast(d_alpha, decay), None, *state_grads]
+
+
+def _launch_backward(qs, ks, vs, lr_c, eta_c, alpha_c, checkpoints, d_w1, d_w2, d_s1, d_s2, d_output,
+                     d_grad_norm, d_momentum_norm, d_q, d_k, d_v, d_lr, d_eta, d_alpha, config, heads,
+                     length, dim, hidden, block_h, kernel_precision):
+    batch = qs.shape[0]
+    _memory_chunks_backward_kernel[(batch * heads,)](
+        qs, ks, vs, lr_c, eta_c, alpha_c, checkpoints,
+        d_w1, d_w2, d_s1, d_s2,
+        d_output, d_grad_norm, d_momentum_norm,
+        d_q, d_k, d_v, d_lr, d_eta, d_alpha,
+        qs.stride(0), qs.stride(1), qs.stride(2), ks.stride(0), ks.stride(1), ks.stride(2),
+        vs.stride(0), vs.stride(1), vs.stride(2), lr_c.stride(0), lr_c.stride(1), lr_c.stride(2),
+        heads, length, config.chunk_size, dim, hidden,
+        float(config.max_grad_norm) if config.max_grad_norm != float("inf") else 1.0,
+        BT=_block(config.chunk_size), BD=_block(dim), BHID=_block(hidden), HB=block_h,
+        RETENTION=_RETENTION_CODES[config.retention], GD=config.algorithm == "gd",
+        CLIP=config.max_grad_norm != float("inf"),
+        PRECISION=kernel_precision, num_warps=_DEFAULT_NUM_WARPS, num_stages=1,
+    )
 
 
 class _FusedMemoryUpdate(torch.autograd.Function):
@@ -907,7 +946,10 @@ class _FusedMemoryUpdate(torch.autograd.Function):
         weights, momenta = state[:depth], state[depth:]
         ctx.config = config
         ctx.precision = precision
-        ctx.use_kernel = backward == "triton" and backward_kernel_supported(config)
+        kernel_precision = _kernel_precision(precision, q.dtype, k.device)
+        if kernel_precision == "bf16" and not bf16_supported(config):
+            kernel_precision = "tf32"
+        ctx.use_kernel = backward in ("triton", "auto") and backward_kernel_supported(config, kernel_precision)
         checkpoints = None
         if ctx.use_kernel:
             batch, heads, length, _ = k.shape
@@ -954,15 +996,15 @@ class _FusedMemoryUpdate(torch.autograd.Function):
 
 
 def memory_update(q, k, v, lr, momentum, decay, huber_delta, weights, momenta, config: MemoryConfig,
-                  precision: str | None = None, backward: str = "torch") -> MemoryResult:
+                  precision: str | None = None, backward: str = "auto") -> MemoryResult:
     """The memory update of torch_chunked, fused into one Triton launch (see the module docstring).
 
     Falls back to torch_chunked where `fused_supported` says no. ``backward`` (training only):
-    "torch" recomputes through torch_chunked; "triton" runs the backward kernel (checked against
-    torch_chunked's gradients under Triton's interpreter, not yet compiled or timed on a GPU).
+    "torch" recomputes through torch_chunked; "triton" and "auto" (the default) run the backward
+    kernel where `backward_kernel_supported` says so and it fits the GPU, else recompute.
     """
-    if backward not in ("torch", "triton"):
-        raise ValueError(f"backward must be 'torch' or 'triton', got {backward!r}")
+    if backward not in ("torch", "triton", "auto"):
+        raise ValueError(f"backward must be 'torch', 'triton' or 'auto', got {backward!r}")
     check_inputs(q, k, v, lr, momentum, decay, huber_delta, weights, momenta, config)
     supported, _ = fused_supported(config, k.device)
     if torch.float64 in (q.dtype, weights[0].dtype):

@@ -130,6 +130,21 @@ PRESETS: dict[str, ModelConfig] = {
         memory=MemoryConfig(num_heads=4, head_dim=32, depth=2, expansion=2, chunk_size=64),
         tokenizer="dna",
     ),
+    # The GPU model: 8x dna-small's parameters (4.6M), ~8x its CPU cost per base (a bacterial genome
+    # takes ~20 min on 2 cores; seconds on a GPU). Its memory (4 heads x 64, hidden 128) is the
+    # reference configuration of the fused kernels, backward included.
+    "dna-base": ModelConfig(
+        vocab_size=DNATokenizer.vocab_size,
+        d_model=256,
+        n_layers=4,
+        n_heads=4,
+        block="mag",
+        window=256,
+        n_persistent=4,
+        ffn_mult=2.5,
+        memory=MemoryConfig(num_heads=4, head_dim=64, depth=2, expansion=2, chunk_size=64),
+        tokenizer="dna",
+    ),
     "text-small": ModelConfig(
         vocab_size=8192,
         d_model=256,

@@ -88,6 +88,7 @@ class TrainOptions:
     compile: bool = False  # torch.compile the model
     bf16: bool = True  # bf16 autocast on CUDA (else fp32 with tf32 matrix products)
     bptt_len: int | None = 512  # truncated backpropagation: gradients flow through at most this many tokens
+    memory_backend: str = "auto"  # auto: the fused Triton kernels (forward and backward) on CUDA, else torch
 
     def check(self) -> None:
         if self.max_steps is None and self.max_tokens is None and self.minutes is None and self.stop_at_time is None:
@@ -215,7 +216,8 @@ def _train(config, corpus_paths, out_dir, tokenizer, init_from, device_name, res
 
     autocast_dtype = torch.bfloat16 if device.type == "cuda" and opts.bf16 else None
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if autocast_dtype is not None else nullcontext()
-    piece_loss = _PieceLoss(torch.compile(model) if opts.compile else model, autocast_dtype)
+    memory_backend = _training_backend(opts.memory_backend, device)
+    piece_loss = _PieceLoss(torch.compile(model) if opts.compile else model, autocast_dtype, memory_backend)
     if world > 1:
         # Under truncated BPTT only the first piece of a crop reaches the learned initial memory
         # weights, while gradients are reduced after the last piece: DDP must look for parameters
@@ -387,21 +389,36 @@ class _PieceLoss(torch.nn.Module):
     """Summed next-token cross entropy (nats) of one piece of a batch of crops, continuing the
     model's streaming state; BOS targets (record starts inside a crop) are ignored."""
 
-    def __init__(self, model, autocast_dtype):
+    def __init__(self, model, autocast_dtype, backend: str = "torch"):
         super().__init__()
         self.model = model
         self.autocast_dtype = autocast_dtype
+        self.backend = backend
 
     def forward(self, inputs, targets, state):
         if self.autocast_dtype is None:
-            output, state = self.model.step(inputs, state)
+            output, state = self.model.step(inputs, state, backend=self.backend)
         else:
             with torch.autocast("cuda", dtype=self.autocast_dtype):
-                output, state = self.model.step(inputs, state)
+                output, state = self.model.step(inputs, state, backend=self.backend)
         logits = output.logits
         nats = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1),
                                ignore_index=IGNORE_INDEX, reduction="sum")
         return nats, state
+
+
+def _training_backend(requested: str, device: torch.device) -> str:
+    """The memory backend of training steps: the fused Triton kernels (forward, and the backward
+    kernel where the memory config has one) on CUDA when triton is installed, else torch_chunked."""
+    if requested not in ("auto", "torch", "triton"):
+        raise TitansInputError(f"train: memory backend must be auto, torch or triton, got {requested!r}")
+    if requested == "auto":
+        from titans_cli.device import triton_available
+
+        return "triton" if device.type == "cuda" and triton_available() else "torch"
+    if requested == "triton" and device.type != "cuda":
+        raise TitansInputError("train: the triton memory backend needs a CUDA GPU")
+    return requested
 
 
 def _forward_backward(piece_loss, inputs, targets, bptt_len: int | None) -> torch.Tensor:
@@ -596,7 +613,8 @@ def _model_card(config, corpus_paths, train_corpus, val_corpus, opts, n_params, 
         f"- optimiser: AdamW lr {opts.lr:g} (warmup {opts.warmup_steps} steps, cosine to {opts.min_lr_ratio:g} x lr), "
         f"weight decay {opts.weight_decay:g}, gradient clip {opts.grad_clip:g}, "
         f"{'bf16 autocast' if device.type == 'cuda' and opts.bf16 else 'fp32'}, "
-        f"truncated backpropagation every {opts.bptt_len or opts.crop_len} tokens",
+        f"truncated backpropagation every {opts.bptt_len or opts.crop_len} tokens, "
+        f"memory backend {_training_backend(opts.memory_backend, device)}",
         f"- training tokens available: {len(train_corpus):,}; validation slice carved from the training files: "
         f"{len(val_corpus):,} tokens",
         f"- validation (training-file hold-out, not an evaluation set): {val_bits:.4f} bits/token{per_byte}",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import sys
 from contextlib import contextmanager
@@ -227,6 +228,17 @@ def init_distributed(runtime) -> None:
     if not dist.is_initialized():
         backend = "nccl" if runtime.device.type == "cuda" else "gloo"
         dist.init_process_group(backend=backend)
+        # Tear the group down before the interpreter does: left to process exit, gloo's threads were
+        # seen to abort a rank ("terminate called without an active exception", exit -6) after its
+        # output was complete.
+        atexit.register(_destroy_distributed)
+
+
+def _destroy_distributed() -> None:
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def record_lengths(sources: list[str], kind: str, region: str | None) -> list[int]:

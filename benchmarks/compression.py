@@ -343,6 +343,13 @@ def run_table(args) -> None:
     if args.text:
         parts += ["## Text: bits per UTF-8 byte, held-out books", "", text_section(*args.text, model_name=args.text_name)]
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    if args.append:
+        # Another model's section under its own heading, after the sections already in the file.
+        title = args.append_title or f"DNA: bits per base (ACGT only), {args.dna_name or 'second model'}"
+        section = ["", f"## {title}", "", dna_section(*args.dna, model_name=args.dna_name)]
+        with open(args.output, "a") as handle:
+            handle.write("\n".join(section))
+        return
     Path(args.output).write_text("\n".join(parts))
 
 
@@ -368,6 +375,9 @@ def main() -> None:
     table.add_argument("--dna-name", default=None, help="name of the DNA model directory shown in the table")
     table.add_argument("--text-name", default=None, help="name of the text model directory shown in the table")
     table.add_argument("-o", "--output", default=str(REPO / "benchmarks/results/compression.md"))
+    table.add_argument("--append", action="store_true",
+                       help="append the --dna section to OUTPUT under its own heading (a second DNA model)")
+    table.add_argument("--append-title", default=None, help="heading of the appended section")
     args = parser.parse_args()
     {"model": run_model, "compressors": run_compressors, "table": run_table}[args.step](args)
 

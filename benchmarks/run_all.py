@@ -48,6 +48,7 @@ SECTIONS = [
     ("memory_throughput_gpu", None, None),  # memory_throughput.py --skip-cpu on the GPU machine
     ("speed_cpu", "speed_cpu.py", ["--quick"]),
     ("speed_model_cpu", None, None),    # benchmarks/speed_model_cpu.py
+    ("speed_model_cpu_dna_base", None, None),  # speed_model_cpu.py --model dna-base --bases 300000 --threads 2 --signals bits
     ("speed_gpu", None, None),
     ("multi_gpu", None, None),          # benchmarks/multi_gpu.py on a 2-GPU machine
     ("gpu_memory_kernel", None, None),

@@ -38,3 +38,24 @@ def test_models_lists_models_and_heads(titans_env, tmp_path, capsys, monkeypatch
     text = listing.stdout
     assert "dna" in text and "Tiny random DNA model" in text and "text" in text
     assert "tiny" in text.split("HEADS")[1] and "2 classes" in text
+
+
+def test_train_options_reach_the_run_and_its_card(titans_env, tmp_path, capsys):
+    corpus = write_fasta(tmp_path / "corpus.fa", [("a", lambda_sequence()[:4000]), ("b", lambda_sequence()[6000:9000])])
+    run = tmp_path / "run"
+    result = run_in_process(["train", corpus, "--preset", "dna-small", "-o", run, "--steps", "2", "--batch-size", "2",
+                             "--crop-len", "128", "--bptt-len", "64", "--warmup-steps", "1", "--eval-every", "1",
+                             "--val-crops", "2", "--weight-decay", "0.05", "--memory-backend", "torch",
+                             "--device", "cpu"], capsys)
+    assert result.code == 0, result.stderr
+    card = (run / "model" / "README.md").read_text()
+    assert "truncated backpropagation every 64 tokens" in card and "memory backend torch" in card
+    assert "weight decay 0.05" in card and "warmup 1 steps" in card
+
+
+def test_train_rejects_an_unknown_memory_backend(titans_env, tmp_path, capsys):
+    corpus = write_fasta(tmp_path / "corpus.fa", [("a", "ACGT" * 100)])
+    result = run_in_process(["train", corpus, "--preset", "dna-small", "-o", tmp_path / "run", "--steps", "1",
+                             "--memory-backend", "numba"], capsys)
+    assert result.code == 2 and "memory backend" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1

@@ -25,6 +25,20 @@ def command(
     seed: int = typer.Option(0, "--seed", help="Random seed."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
     no_resume: bool = typer.Option(False, "--no-resume", help="Start afresh even if OUTPUT/checkpoint exists."),
+    stop_after_minutes: Optional[float] = typer.Option(
+        None, "--stop-after-minutes", help="End this invocation early (checkpoint + model); rerun to resume the schedule."),
+    warmup_steps: int = typer.Option(100, "--warmup-steps", help="Linear learning-rate warmup, then cosine decay."),
+    min_lr_ratio: float = typer.Option(0.1, "--min-lr-ratio", help="Final learning rate as a fraction of --lr."),
+    weight_decay: float = typer.Option(0.1, "--weight-decay", help="AdamW weight decay (matrices only)."),
+    grad_clip: float = typer.Option(1.0, "--grad-clip", help="Gradient norm clip."),
+    bptt_len: int = typer.Option(512, "--bptt-len", help="Truncated backpropagation: tokens per backward piece."),
+    val_fraction: float = typer.Option(0.01, "--val-fraction", help="Training data held out for validation."),
+    val_crops: int = typer.Option(16, "--val-crops", help="Validation crops."),
+    eval_every: int = typer.Option(200, "--eval-every", help="Steps between validations."),
+    checkpoint_minutes: float = typer.Option(5.0, "--checkpoint-minutes", help="Minutes between checkpoints."),
+    fp32: bool = typer.Option(False, "--fp32", help="No bf16 autocast on CUDA (fp32 with tf32 products)."),
+    memory_backend: str = typer.Option(
+        "auto", "--memory-backend", help="auto (fused Triton kernels on CUDA, else torch) | torch | triton."),
 ) -> None:
     from titans_cli.tasks.train import train
 
@@ -36,7 +50,12 @@ def command(
 
         init_from = str(resolve_model(init_from))
         config = None
-    options = {"batch_size": batch_size, "crop_len": crop_len, "lr": lr, "seed": seed}
+    options = {"batch_size": batch_size, "crop_len": crop_len, "lr": lr, "seed": seed, "warmup_steps": warmup_steps,
+               "min_lr_ratio": min_lr_ratio, "weight_decay": weight_decay, "grad_clip": grad_clip, "bptt_len": bptt_len,
+               "val_fraction": val_fraction, "val_crops": val_crops, "eval_every": eval_every,
+               "checkpoint_minutes": checkpoint_minutes, "bf16": not fp32, "memory_backend": memory_backend}
+    if stop_after_minutes is not None:
+        options["stop_after_minutes"] = stop_after_minutes
     for name, value in (("max_steps", steps), ("max_tokens", tokens), ("minutes", minutes)):
         if value is not None:
             options[name] = value

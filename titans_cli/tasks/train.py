@@ -101,6 +101,8 @@ class TrainOptions:
             value = getattr(self, name)
             if value is not None and not value > 0:
                 raise TitansInputError(f"train: {name.replace('_', '-')} must be > 0, got {value}")
+        if self.memory_backend not in ("auto", "torch", "triton"):
+            raise TitansInputError(f"train: memory backend must be auto, torch or triton, got {self.memory_backend!r}")
         if not 0 < self.val_fraction < 1:
             raise TitansInputError(f"train: val-fraction must be in (0, 1), got {self.val_fraction}")
 

@@ -101,8 +101,7 @@ class TrainOptions:
             value = getattr(self, name)
             if value is not None and not value > 0:
                 raise TitansInputError(f"train: {name.replace('_', '-')} must be > 0, got {value}")
-        if self.memory_backend not in ("auto", "torch", "triton"):
-            raise TitansInputError(f"train: memory backend must be auto, torch or triton, got {self.memory_backend!r}")
+        _check_memory_backend(self.memory_backend)
         if not 0 < self.val_fraction < 1:
             raise TitansInputError(f"train: val-fraction must be in (0, 1), got {self.val_fraction}")
 
@@ -409,11 +408,15 @@ class _PieceLoss(torch.nn.Module):
         return nats, state
 
 
+def _check_memory_backend(requested: str) -> None:
+    if requested not in ("auto", "torch", "triton"):
+        raise TitansInputError(f"train: memory backend must be auto, torch or triton, got {requested!r}")
+
+
 def _training_backend(requested: str, device: torch.device) -> str:
     """The memory backend of training steps: the fused Triton kernels (forward, and the backward
     kernel where the memory config has one) on CUDA when triton is installed, else torch_chunked."""
-    if requested not in ("auto", "torch", "triton"):
-        raise TitansInputError(f"train: memory backend must be auto, torch or triton, got {requested!r}")
+    _check_memory_backend(requested)
     if requested == "auto":
         from titans_cli.device import triton_available
 

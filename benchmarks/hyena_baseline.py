@@ -112,14 +112,15 @@ def bits_per_token(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     return (torch.logsumexp(logits, -1) - logits.gather(-1, tokens[:, 1:, None]).squeeze(-1)) / math.log(2)
 
 
-def throughput(batch: int, length: int, device: torch.device, repeats: int = 5) -> dict:
-    """Bases/s of a forward pass + per-base bits, fp32 (tf32 off), random weights and random bases."""
-    tf32 = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = False
+def throughput(batch: int, length: int, device: torch.device, repeats: int = 5, tf32: bool = False) -> dict:
+    """Bases/s of a forward pass + per-base bits in fp32 (matrix products in tf32 when `tf32`),
+    random weights and random bases."""
+    previous = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = tf32
     try:
-        return _throughput(batch, length, device, repeats)
+        return {**_throughput(batch, length, device, repeats), "tf32": tf32}
     finally:
-        torch.backends.cuda.matmul.allow_tf32 = tf32
+        torch.backends.cuda.matmul.allow_tf32 = previous
 
 
 @torch.inference_mode()

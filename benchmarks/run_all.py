@@ -50,6 +50,7 @@ SECTIONS = [
     ("speed_model_cpu", None, None),    # benchmarks/speed_model_cpu.py
     ("speed_model_cpu_dna_base", None, None),  # speed_model_cpu.py --model dna-base --bases 300000 --threads 2 --signals bits
     ("speed_gpu", None, None),
+    ("speed_gpu_dna_base", None, None),  # speed_gpu.py --model dna-base --sizes 10 --backends triton
     ("multi_gpu", None, None),          # benchmarks/multi_gpu.py on a 2-GPU machine
     ("gpu_memory_kernel", None, None),
     ("train_speed", None, None),        # benchmarks/train_speed.py on the GPU machine

@@ -96,12 +96,18 @@ def main() -> None:
     parser.add_argument("--profile", help="write a cProfile summary of the fused backend's second size here")
     parser.add_argument("--long-backends", default="triton", help="backends that also run the one-record input")
     parser.add_argument("--long-mbp", type=float, default=10.0)
+    parser.add_argument("--dense-precision", choices=("tf32", "fp32"), default="tf32",
+                        help="fp32 dense matrix products on the tensor cores (tf32, what `titans` sets on CUDA) or not")
     parser.add_argument("--out")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         sys.exit("speed_gpu.py needs a CUDA GPU")
 
     device = torch.device("cuda")
+    # The CLI's runtime (device.choose_runtime) allows tf32 for the dense layers on CUDA; the memory
+    # kernel picks its own product precision (tf32 for fp32 inputs) either way.
+    tf32 = args.dense_precision == "tf32"
+    torch.backends.cuda.matmul.allow_tf32 = tf32
     card = torch.cuda.get_device_name(0)
     loaded = load_model_dir(args.model, device=device)
     records = read_records(args.fasta)
@@ -138,8 +144,9 @@ def main() -> None:
         from hyena_baseline import throughput as hyena_throughput
 
         for batch in (int(b) for b in args.hyena_batches.split(",")):
-            hyena_rows.append(hyena_throughput(batch, 32768, device))
-            print(f"hyena   batch {batch} x 32768 {hyena_rows[-1]['rate'] / 1e6:7.3f} M bases/s", flush=True)
+            for hyena_tf32 in sorted({False, tf32}):
+                hyena_rows.append(hyena_throughput(batch, 32768, device, tf32=hyena_tf32))
+                print(f"hyena   batch {batch} x 32768 tf32={hyena_tf32} {hyena_rows[-1]['rate'] / 1e6:7.3f} M bases/s", flush=True)
 
     agreement = ""
     if len(reference_tracks) == 2:
@@ -155,9 +162,11 @@ def main() -> None:
         "",
         f"Machine: {card}, torch {torch.__version__}, host {platform.processor() or platform.machine()}. "
         f"Model `{args.model}` ({sum(p.numel() for p in loaded.model.parameters()):,} parameters), "
-        "`titans_cli.surprise(metric='bits', window=50)`, fp32, streaming (constant memory per lane). "
+        "`titans_cli.surprise(metric='bits', window=50)`, fp32 weights and activations "
+        f"({'dense matrix products in tf32, as `titans` runs on CUDA' if tf32 else 'dense matrix products in true fp32 (tf32 off)'}; "
+        "the memory kernel's products in tf32 either way), streaming (constant memory per lane). "
         f"Multi-genome input: the records of `{Path(args.fasta).name}` cycled to the size. "
-        "Produced by `benchmarks/speed_gpu.py`.",
+        f"Produced by `python benchmarks/speed_gpu.py {' '.join(sys.argv[1:])}`.",
         "",
         "| backend | input | bases | seconds | M bases/s | peak GPU GiB | peak RSS GiB | mean bits/base |",
         "|---|---|---:|---:|---:|---:|---:|---:|",
@@ -172,13 +181,14 @@ def main() -> None:
             "",
             f"Beside it, in the same run on the same card: a HyenaDNA-shaped model (`benchmarks/hyena_baseline.py`: our "
             f"own implementation of the small-32k shape, {hyena_rows[0]['parameters']:,} parameters, random weights, "
-            "fp32 without tf32, whole 32k sequences with FFT long convolutions, not streaming), forward + per-base bits:",
+            "fp32, whole 32k sequences with FFT long convolutions, not streaming), forward + per-base bits:",
             "",
-            "| model | batch x length | seconds | M bases/s | peak GPU GiB |",
-            "|---|---|---:|---:|---:|",
+            "| model | matrix products | batch x length | seconds | M bases/s | peak GPU GiB |",
+            "|---|---|---|---:|---:|---:|",
         ]
         for row in hyena_rows:
-            lines.append(f"| HyenaDNA-shaped small-32k | {row['batch']} x {row['length']:,} | {row['seconds']:.3f} | "
+            products = "tf32" if row["tf32"] else "fp32"
+            lines.append(f"| HyenaDNA-shaped small-32k | {products} | {row['batch']} x {row['length']:,} | {row['seconds']:.3f} | "
                          f"{row['rate'] / 1e6:.3f} | {row['peak_gib']:.2f} |")
     text = "\n".join(lines) + "\n"
     print(text)

@@ -37,6 +37,8 @@ def test_models_lists_models_and_heads(titans_env, tmp_path, capsys, monkeypatch
     assert listing.code == 0
     text = listing.stdout
     assert "dna" in text and "Tiny random DNA model" in text and "text" in text
+    dna_line = next(line for line in text.splitlines() if line.split()[:1] == ["dna"])
+    assert "dna: " in dna_line and " x MAG, d " in dna_line and " MB" in dna_line, dna_line
     assert "tiny" in text.split("HEADS")[1] and "2 classes" in text
 
 

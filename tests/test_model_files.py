@@ -8,7 +8,7 @@ import torch
 from titans_cli.errors import TitansInputError
 from titans_cli.memory.config import MemoryConfig
 from titans_cli.model.config import ModelConfig
-from titans_cli.model.files import list_models, load_model, load_model_dir, resolve_model, save_model_dir
+from titans_cli.model.files import card_summary, list_models, load_model, load_model_dir, resolve_model, save_model_dir
 from titans_cli.model.lm import TitansLM
 from titans_cli.model.tokenizers import DNATokenizer, train_bpe
 
@@ -127,6 +127,10 @@ def test_resolve_and_list_models(dna_model_dir, monkeypatch):
     assert resolve_model(str(path)) == path
     listed = {name: (where, summary) for name, where, summary in list_models()}
     assert listed["dna-tiny"] == (path, "A tiny test model."), listed
+    (path / "README.md").write_text("# titans `dna-tiny`: a tiny test model for lists\n\nLonger text. More.\n")
+    assert card_summary(path) == "a tiny test model for lists", "the card's title after its colon"
+    (path / "README.md").write_text("# dna-tiny\n\nFirst sentence runs\nover two lines. Second.\n")
+    assert card_summary(path) == "First sentence runs over two lines.", "the first sentence of the first paragraph"
     assert load_model("dna-tiny").config.d_model == 32
     with pytest.raises(TitansInputError, match="no-such-model.*available: .*dna-tiny"):
         resolve_model("no-such-model")

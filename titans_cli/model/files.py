@@ -193,14 +193,28 @@ def list_models() -> list[tuple[str, Path, str]]:
     return found
 
 
-def card_summary(path: Path) -> str:
-    """The first prose line of the model card (README.md), or a line built from config.json."""
+def card_summary(path: Path, width: int = 110) -> str:
+    """What the model card (README.md) says the model is: its title after the colon ("# titans `dna`:
+    a small ..."), else the first sentence of its first prose paragraph, cut to `width` characters at
+    a word; without a card, a line built from config.json."""
     card = Path(path) / CARD_FILE
     if card.is_file():
-        for line in card.read_text(encoding="utf-8", errors="replace").splitlines():
+        lines = card.read_text(encoding="utf-8", errors="replace").splitlines()
+        title = lines[0].strip() if lines else ""
+        if title.startswith("# ") and ": " in title:
+            return title.split(": ", 1)[1].strip()
+        paragraph = []
+        for line in lines:
             line = line.strip()
+            if paragraph and not line:
+                break
             if line and not line.startswith(("#", "|", "---", "```", "<!--")):
-                return line
+                paragraph.append(line)
+        if paragraph:
+            text = " ".join(paragraph)
+            end = text.find(". ")
+            sentence = text if end < 0 else text[: end + 1]
+            return sentence if len(sentence) <= width else sentence[: width - 1].rsplit(" ", 1)[0] + "…"
     try:
         config, _ = read_config(path)
     except TitansInputError as error:

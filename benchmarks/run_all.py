@@ -55,6 +55,7 @@ SECTIONS = [
     ("gpu_memory_kernel", None, None),
     ("train_speed", None, None),        # benchmarks/train_speed.py on the GPU machine
     ("miras", None, None),
+    ("save_dtype", None, None),         # benchmarks/save_dtype.py: bfloat16 weight storage vs float32
     ("bad_inputs", "bad_inputs.py", None),  # issue 6: each bad input through the real CLI (5-12 min; full runs only)
     ("stability_gpu", None, None),      # benchmarks/stability.py --device cuda: 20 Mbp on the GPU machine
     ("stability_cpu", None, None),      # benchmarks/stability.py --bases 1000000 --device cpu

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import torch
+
 from test_cli_fixtures import lambda_sequence, run_in_process, tiny_models, titans_env, write_fasta  # noqa: F401
 
 
@@ -48,11 +50,18 @@ def test_train_options_reach_the_run_and_its_card(titans_env, tmp_path, capsys):
     result = run_in_process(["train", corpus, "--preset", "dna-small", "-o", run, "--steps", "2", "--batch-size", "2",
                              "--crop-len", "128", "--bptt-len", "64", "--warmup-steps", "1", "--eval-every", "1",
                              "--val-crops", "2", "--weight-decay", "0.05", "--memory-backend", "torch",
-                             "--device", "cpu"], capsys)
+                             "--save-dtype", "bfloat16", "--device", "cpu"], capsys)
     assert result.code == 0, result.stderr
     card = (run / "model" / "README.md").read_text()
     assert "truncated backpropagation every 64 tokens" in card and "memory backend torch" in card
     assert "weight decay 0.05" in card and "warmup 1 steps" in card
+    assert "weights stored as bfloat16" in card
+    from safetensors import safe_open
+
+    with safe_open(str(run / "model" / "model.safetensors"), "pt") as weights:
+        assert weights.get_tensor("embed.weight").dtype == torch.bfloat16
+    reloaded = run_in_process(["surprise", corpus, "--model", run / "model", "-o", tmp_path / "s.bedgraph", "--device", "cpu"], capsys)
+    assert reloaded.code == 0, reloaded.stderr
 
 
 def test_train_rejects_an_unknown_memory_backend(titans_env, tmp_path, capsys):

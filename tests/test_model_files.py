@@ -45,6 +45,22 @@ def test_dna_round_trip_gives_identical_logits(dna_model_dir):
     assert document["format_version"] == 1 and len(document["weights_sha256"]) == 64
 
 
+def test_bfloat16_storage_halves_the_file_and_rounds_each_weight_once(dna_model_dir, tmp_path):
+    path, model = dna_model_dir
+    half = save_model_dir(model, model.config, DNATokenizer(), tmp_path / "dna-bf16", weights_dtype="bfloat16")
+    from safetensors.torch import load_file
+
+    stored = load_file(str(half / "model.safetensors"))
+    assert all(t.dtype == torch.bfloat16 for t in stored.values() if t.is_floating_point())
+    assert (half / "model.safetensors").stat().st_size < 0.6 * (path / "model.safetensors").stat().st_size
+    loaded = load_model_dir(half)
+    for name, parameter in loaded.model.state_dict().items():
+        assert parameter.dtype == torch.float32, f"{name} is loaded back as float32"
+        assert torch.equal(parameter, model.state_dict()[name].to(torch.bfloat16).float()), name
+    with pytest.raises(ValueError, match="weights_dtype"):
+        save_model_dir(model, model.config, DNATokenizer(), tmp_path / "bad", weights_dtype="float8")
+
+
 def test_bpe_round_trip_with_tokenizer(tmp_path):
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("the memory learns while it reads. " * 200 + "surprise! novelty? genome.\n" * 50)

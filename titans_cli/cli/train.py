@@ -39,6 +39,8 @@ def command(
     fp32: bool = typer.Option(False, "--fp32", help="No bf16 autocast on CUDA (fp32 with tf32 products)."),
     memory_backend: str = typer.Option(
         "auto", "--memory-backend", help="auto (fused Triton kernels on CUDA, else torch) | torch | triton."),
+    save_dtype: str = typer.Option(
+        "float32", "--save-dtype", help="Storage type of the model's weights: float32 | bfloat16 (half the file)."),
 ) -> None:
     from titans_cli.tasks.train import train
 
@@ -53,7 +55,8 @@ def command(
     options = {"batch_size": batch_size, "crop_len": crop_len, "lr": lr, "seed": seed, "warmup_steps": warmup_steps,
                "min_lr_ratio": min_lr_ratio, "weight_decay": weight_decay, "grad_clip": grad_clip, "bptt_len": bptt_len,
                "val_fraction": val_fraction, "val_crops": val_crops, "eval_every": eval_every,
-               "checkpoint_minutes": checkpoint_minutes, "bf16": not fp32, "memory_backend": memory_backend}
+               "checkpoint_minutes": checkpoint_minutes, "bf16": not fp32, "memory_backend": memory_backend,
+               "save_dtype": save_dtype}
     if stop_after_minutes is not None:
         options["stop_after_minutes"] = stop_after_minutes
     for name, value in (("max_steps", steps), ("max_tokens", tokens), ("minutes", minutes)):

@@ -2,7 +2,8 @@
 
 A model directory holds
   config.json        ModelConfig fields + "format_version" + "weights_sha256"
-  model.safetensors  the weights (safetensors only: loading never unpickles anything)
+  model.safetensors  the weights (safetensors only: loading never unpickles anything), float32 or
+                     bfloat16 (`titans train --save-dtype`), always loaded into float32 parameters
   tokenizer.json     BPE models only
   README.md          the model card
 Shipped models live in the repository's `models/<name>`; `TITANS_MODELS` (a path list) adds more.
@@ -64,10 +65,21 @@ def _write_atomically(path: Path, write) -> None:
         raise
 
 
-def save_model_dir(model: TitansLM, config: ModelConfig, tokenizer, path, card_text: str | None = None) -> Path:
-    """Write a loadable model directory (created if needed) and return its path."""
+# Storage types of model.safetensors. Loading casts to the model's float32 parameters, so bfloat16
+# storage halves the file (and doubles the parameters that fit a size cap) at the cost of rounding
+# every weight to 8 significant bits once.
+WEIGHT_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def save_model_dir(model: TitansLM, config: ModelConfig, tokenizer, path, card_text: str | None = None,
+                   weights_dtype: str = "float32") -> Path:
+    """Write a loadable model directory (created if needed) and return its path; floating-point
+    weights are stored as `weights_dtype` (a WEIGHT_DTYPES key)."""
     from safetensors.torch import save_file
 
+    if weights_dtype not in WEIGHT_DTYPES:
+        raise ValueError(f"weights_dtype must be one of {', '.join(WEIGHT_DTYPES)}, got {weights_dtype!r}")
+    stored = WEIGHT_DTYPES[weights_dtype]
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     if tokenizer.kind != config.tokenizer or tokenizer.vocab_size != config.vocab_size:
@@ -75,7 +87,10 @@ def save_model_dir(model: TitansLM, config: ModelConfig, tokenizer, path, card_t
             f"tokenizer ({tokenizer.kind}, vocab {tokenizer.vocab_size}) does not match the config "
             f"({config.tokenizer}, vocab {config.vocab_size})"
         )
-    weights = {name: tensor.detach().to("cpu").contiguous() for name, tensor in model.state_dict().items()}
+    weights = {
+        name: tensor.detach().to("cpu", stored if tensor.is_floating_point() else tensor.dtype).contiguous()
+        for name, tensor in model.state_dict().items()
+    }
     _write_atomically(path / WEIGHTS_FILE, lambda temporary: save_file(weights, str(temporary), metadata={"format": "pt"}))
     if tokenizer.kind == "bpe":
         _write_atomically(path / TOKENIZER_FILE, lambda temporary: tokenizer.tokenizer.save(str(temporary)))

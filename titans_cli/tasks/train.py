@@ -89,6 +89,7 @@ class TrainOptions:
     bf16: bool = True  # bf16 autocast on CUDA (else fp32 with tf32 matrix products)
     bptt_len: int | None = 512  # truncated backpropagation: gradients flow through at most this many tokens
     memory_backend: str = "auto"  # auto: the fused Triton kernels (forward and backward) on CUDA, else torch
+    save_dtype: str = "float32"  # storage type of the model directory's weights (checkpoints stay float32)
 
     def check(self) -> None:
         if self.max_steps is None and self.max_tokens is None and self.minutes is None and self.stop_at_time is None:
@@ -102,6 +103,10 @@ class TrainOptions:
             if value is not None and not value > 0:
                 raise TitansInputError(f"train: {name.replace('_', '-')} must be > 0, got {value}")
         _check_memory_backend(self.memory_backend)
+        from titans_cli.model.files import WEIGHT_DTYPES
+
+        if self.save_dtype not in WEIGHT_DTYPES:
+            raise TitansInputError(f"train: save-dtype must be one of {', '.join(WEIGHT_DTYPES)}, got {self.save_dtype!r}")
         if not 0 < self.val_fraction < 1:
             raise TitansInputError(f"train: val-fraction must be in (0, 1), got {self.val_fraction}")
 
@@ -332,7 +337,7 @@ def _train(config, corpus_paths, out_dir, tokenizer, init_from, device_name, res
 
         card = _model_card(config, corpus_paths, train_corpus, val_corpus, opts, n_params, step, tokens_seen,
                            trained_seconds, world, device, val_bits, val_bytes_per_token, finished, command, card_text)
-        save_model_dir(model, config, tokenizer, model_dir, card)
+        save_model_dir(model, config, tokenizer, model_dir, card, weights_dtype=opts.save_dtype)
         log.info("model written to %s (%s after %d steps, %s tokens, %.1f min)", model_dir,
                  "budget used up" if finished else "stopped early; resume to continue", step, f"{tokens_seen:,}",
                  trained_seconds / 60)
@@ -620,6 +625,7 @@ def _model_card(config, corpus_paths, train_corpus, val_corpus, opts, n_params, 
         f"{'bf16 autocast' if device.type == 'cuda' and opts.bf16 else 'fp32'}, "
         f"truncated backpropagation every {opts.bptt_len or opts.crop_len} tokens, "
         f"memory backend {_training_backend(opts.memory_backend, device)}",
+        f"- weights stored as {opts.save_dtype}" + (" (trained in float32, rounded once when saved)" if opts.save_dtype != "float32" else ""),
         f"- training tokens available: {len(train_corpus):,}; validation slice carved from the training files: "
         f"{len(val_corpus):,} tokens",
         f"- validation (training-file hold-out, not an evaluation set): {val_bits:.4f} bits/token{per_byte}",

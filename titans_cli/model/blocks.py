@@ -205,9 +205,19 @@ class SlidingWindowAttention(nn.Module):
     def _inference_rotation(self, position: torch.Tensor, length: int, dtype) -> torch.Tensor:
         """Rotations of positions position[b] + j, j < length: (B, 1, length, dh/2) complex.
         e^{i (p0 + j) f} = e^{i p0 f} e^{i j f}: a cached table for j < length and one polar per
-        lane, both in float64 (as `rotary`), instead of length polar evaluations per lane."""
-        rotation = (rotary(position, self.head_dim).unsqueeze(1) * self._rotary_offsets(length, position.device)).unsqueeze(1)
-        return rotation.to(torch.promote_types(torch.promote_types(dtype, torch.float32), torch.complex64))
+        lane, both in float64 (as `rotary`), instead of length polar evaluations per lane.
+
+        The product is formed in complex128 and written straight into a complex64 tensor for
+        float32/bf16 activations (`out=`): on CUDA one kernel that rounds on the store, 8 bytes
+        written per rotation, where a complex128 (B, length, dh/2) product and its cast move 40
+        (on the CPU torch still goes through a complex128 temporary). The values are those
+        of the cast product, so a rotation does not depend on where a stream was split into pieces
+        (rounding the two factors to complex64 first would move it by ~1e-7 with the split)."""
+        complex_dtype = torch.promote_types(torch.promote_types(dtype, torch.float32), torch.complex64)
+        lane = rotary(position, self.head_dim).unsqueeze(1)  # (B, 1, dh/2) complex128
+        offsets = self._rotary_offsets(length, position.device)
+        rotation = torch.empty(position.shape[0], length, self.head_dim // 2, dtype=complex_dtype, device=position.device)
+        return torch.mul(lane, offsets, out=rotation).unsqueeze(1)
 
     def _forward_numba(self, x: torch.Tensor, cache: AttentionCache, context) -> tuple[torch.Tensor, AttentionCache]:
         from titans_cli.model.numba_cpu import sliding_window_attention

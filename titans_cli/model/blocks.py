@@ -57,6 +57,17 @@ def _fused_cpu(x: torch.Tensor, backend: str) -> bool:
     return backend == "numba" and not torch.is_grad_enabled() and x.device.type == "cpu" and x.dtype == torch.float32
 
 
+def _fused_gpu(x: torch.Tensor, backend: str) -> bool:
+    """Whether a block runs its GPU inference path (Triton kernels, fused_triton.py): the triton
+    memory backend, no autograd, no autocast (training's validation passes keep the torch path),
+    on CUDA (or on CPU under TRITON_INTERPRET=1, for tests) in fp32, bf16 or fp16."""
+    if backend != "triton" or torch.is_grad_enabled() or torch.is_autocast_enabled(x.device.type):
+        return False
+    from titans_cli.model import fused_triton
+
+    return fused_triton.supported(x)[0]
+
+
 # -----------------------------------------------------------------------------
 # Sliding-window attention with persistent-memory tokens
 
@@ -251,6 +262,14 @@ class SwiGLU(nn.Module):
         gate, up = self.gate_up(x).chunk(2, dim=-1)
         return self.down(F.silu(gate) * up)
 
+    def residual_triton(self, x: torch.Tensor, normed: torch.Tensor) -> torch.Tensor:
+        """x + forward(normed) for GPU inference: silu(gate)·up in one Triton pass
+        (fused_triton.swiglu), the residual added inside the output projection's matrix product."""
+        from titans_cli.model.fused_triton import swiglu
+
+        hidden = swiglu(self.gate_up(normed)).reshape(-1, self.down.in_features)
+        return torch.addmm(x.reshape(-1, x.shape[-1]), hidden, self.down.weight.t()).view(x.shape)
+
     def residual_cpu(self, x: torch.Tensor, normed: torch.Tensor) -> torch.Tensor:
         """x + forward(normed) for CPU inference in float32: silu(gate)·up in one Numba pass, the
         residual added inside the output projection's matrix product (addmm)."""
@@ -350,25 +369,38 @@ class MAGBlock(TitansBlock):
         self.gate = nn.Linear(config.d_model, config.d_model)
 
     def forward(self, x, state: BlockState, backend="torch", frozen=False, momentum=True):
-        if _fused_cpu(x, backend) and not self.training:
-            return self._forward_fused(x, state, frozen, momentum)
         h = self.norm(x)
         attended, cache = self.attention(h, state.attention, backend=backend)
         remembered, memory_state, signals = self.read_write_memory(h, state, backend, frozen, momentum)
-        gate = torch.sigmoid(self.gate(h))
-        mixed = gate * self.attention_out_norm(attended) + (1 - gate) * self.memory_out_norm(remembered)
-        x = self.feed_forward(x + self.dropout(mixed))
+        if not self.training and _fused_cpu(x, backend):
+            x = self.mix_and_feed_forward_numba(x, h, attended, remembered)
+        elif not self.training and _fused_gpu(x, backend):
+            x = self.mix_and_feed_forward_triton(x, h, attended, remembered)
+        else:
+            x = self.mix_and_feed_forward(x, h, attended, remembered)
         return x, BlockState(memory_state, cache), signals
 
-    def _forward_fused(self, x, state: BlockState, frozen: bool, momentum: bool):
-        """forward() for CPU inference (no dropout): Numba attention and memory, and the gate mix,
-        residual and FFN norm as one pass (numba_cpu.mag_mix) instead of ~10 torch ops."""
+    def mix_and_feed_forward(self, x, h, attended, remembered):
+        """The gate mix of the two branches, the residual and the FFN: the block's output."""
+        gate = torch.sigmoid(self.gate(h))
+        mixed = gate * self.attention_out_norm(attended) + (1 - gate) * self.memory_out_norm(remembered)
+        return self.feed_forward(x + self.dropout(mixed))
+
+    def mix_and_feed_forward_triton(self, x, h, attended, remembered):
+        """mix_and_feed_forward for GPU inference (no dropout): the mix, residual and FFN norm in one
+        pass (fused_triton.mag_mix) instead of ~10 torch ops, then SwiGLU.residual_triton."""
+        from titans_cli.model.fused_triton import mag_mix
+
+        norm_weights = (self.attention_out_norm.weight, self.memory_out_norm.weight, self.ffn_norm.weight)
+        mixed, ffn_input = mag_mix(x, attended, remembered, self.gate(h), *norm_weights, NORM_EPS)
+        return self.ffn.residual_triton(mixed, ffn_input)
+
+    def mix_and_feed_forward_numba(self, x, h, attended, remembered):
+        """mix_and_feed_forward for CPU inference in float32 (no dropout): the mix, residual and
+        FFN norm in one Numba pass (numba_cpu.mag_mix), then SwiGLU.residual_cpu."""
         from titans_cli.model.numba_cpu import mag_mix
 
         batch, length, width = x.shape
-        h = self.norm(x)
-        attended, cache = self.attention(h, state.attention, backend="numba")
-        remembered, memory_state, signals = self.read_write_memory(h, state, "numba", frozen, momentum)
         mixed = torch.empty_like(x)
         ffn_input = torch.empty_like(x)
         rows = lambda t: _numpy32(t).reshape(batch * length, -1)  # noqa: E731
@@ -377,7 +409,7 @@ class MAGBlock(TitansBlock):
             _numpy32(self.memory_out_norm.weight), _numpy32(self.ffn_norm.weight), NORM_EPS,
             mixed.numpy().reshape(batch * length, width), ffn_input.numpy().reshape(batch * length, width),
         )  # fmt: skip
-        return self.ffn.residual_cpu(mixed, ffn_input), BlockState(memory_state, cache), signals
+        return self.ffn.residual_cpu(mixed, ffn_input)
 
 
 class MALBlock(TitansBlock):

@@ -1,7 +1,8 @@
 """Titans blocks: sliding-window attention with persistent memory, FFN, and the MAG/MAL/LMM/MAC blocks.
 
 Read top to bottom in data-flow order: rotary positions -> sliding-window attention (one banded,
-blockwise kernel used both for training and for streaming) -> SwiGLU FFN -> the four blocks.
+blockwise torch computation used both for training and for streaming; inference kernels of the same
+computation in numba_cpu.py and attention_triton.py) -> SwiGLU FFN -> the four blocks.
 
 Every block maps `(x (B,P,D), BlockState) -> (x, BlockState, signals)` (`momentum=False`: the
 memory may skip its ||S_t|| signal, which is then NaN) and can be fed a sequence in
@@ -138,9 +139,15 @@ class SlidingWindowAttention(nn.Module):
     def forward(self, x: torch.Tensor, cache: AttentionCache, context: list[torch.Tensor] = (), backend: str = "torch"):
         """x: (B,P,D) new tokens; context: n_streams-1 tensors (B,P,D) of extra tokens at the same
         positions (keys/values only). Returns (y (B,P,D), updated cache). With backend "numba"
-        (CPU inference, float32) the band is walked by a Numba kernel (attention_numba.py)."""
+        (CPU inference, float32) the band is walked by a Numba kernel (numba_cpu.py); with backend
+        "triton" (inference on CUDA, one key/value stream) by a Triton kernel (attention_triton.py)."""
         if _fused_cpu(x, backend):
             return self._forward_numba(x, cache, context)
+        if backend == "triton" and not torch.is_grad_enabled():
+            from titans_cli.model import attention_triton
+
+            if attention_triton.supported(x, self.n_streams, self.head_dim, self.n_heads)[0]:
+                return self._forward_triton(x, cache)
         B, P, D = x.shape
         W, H, dh, S = self.window, self.n_heads, self.head_dim, self.n_streams
         if torch.is_grad_enabled():
@@ -208,6 +215,27 @@ class SlidingWindowAttention(nn.Module):
         lane, both in float64 (as `rotary`), instead of length polar evaluations per lane."""
         rotation = (rotary(position, self.head_dim).unsqueeze(1) * self._rotary_offsets(length, position.device)).unsqueeze(1)
         return rotation.to(torch.promote_types(torch.promote_types(dtype, torch.float32), torch.complex64))
+
+    def _forward_triton(self, x: torch.Tensor, cache: AttentionCache) -> tuple[torch.Tensor, AttentionCache]:
+        """forward() for inference with the triton backend (one key/value stream): the fused kernel
+        of attention_triton.py reads the projections as views, rotates queries and new keys itself
+        and writes the new cache's keys and values; only the valid flags are built here."""
+        from titans_cli.model.attention_triton import sliding_window_attention
+
+        B, P, D = x.shape
+        W, H, dh = self.window, self.n_heads, self.head_dim
+        k, v = self.key_value(x).view(B, P, 2, H, dh).unbind(2)
+        persistent_k, persistent_v = self.key_value(self.persistent.to(x.dtype)).view(-1, 2, H, dh).unbind(1)
+        # [cos, sin] of position[b] f and of i f, formed in float64 as `rotary`, then float32.
+        lane_rotation = torch.view_as_real(rotary(cache.position, dh)).to(torch.float32)
+        offset_rotation = torch.view_as_real(self._rotary_offsets(P, x.device)).to(torch.float32)
+        out, keys, values = sliding_window_attention(
+            self.query(x).view(B, P, H, dh), k, v, cache.keys[:, :, :, 0], cache.values[:, :, :, 0], cache.valid,
+            persistent_k, persistent_v, lane_rotation, offset_rotation,
+        )  # fmt: skip
+        new_tokens = cache.valid.new_ones(B, min(P, W))
+        valid = new_tokens if P >= W else torch.cat([cache.valid[:, P:], new_tokens], dim=1)
+        return self.out(out), AttentionCache(keys, values, valid, cache.position + P)
 
     def _forward_numba(self, x: torch.Tensor, cache: AttentionCache, context) -> tuple[torch.Tensor, AttentionCache]:
         from titans_cli.model.numba_cpu import sliding_window_attention

@@ -111,6 +111,10 @@ class SlidingWindowAttention(nn.Module):
         self.key_value = nn.Linear(config.d_model, 2 * config.d_model, bias=False)
         self.out = nn.Linear(config.d_model, config.d_model, bias=False)
         self.persistent = nn.Parameter(torch.randn(config.n_persistent, config.d_model))
+        # Precision and tiling of the triton backend's kernel (attention_triton.KernelOptions; None:
+        # its defaults). The benchmarks sweep it; the tests pin "ieee" products.
+        self.triton_options = None
+        self._offset_tables: dict[torch.dtype, torch.Tensor] = {}
 
     def init_cache(self, batch: int, device=None, dtype=torch.float32) -> AttentionCache:
         shape = (batch, self.n_heads, self.window, self.n_streams, self.head_dim)
@@ -121,12 +125,12 @@ class SlidingWindowAttention(nn.Module):
             position=torch.zeros(batch, dtype=torch.long, device=device),
         )
 
-    def _rotary_offsets(self, length: int, device) -> torch.Tensor:
-        """rotary(arange(length)) (complex128 (length, dh/2)), cached at the largest length seen."""
-        table = getattr(self, "_offset_table", None)
+    def _rotary_offsets(self, length: int, device, dtype=torch.complex128) -> torch.Tensor:
+        """rotary(arange(length)) as `dtype` (length, dh/2), cached per dtype at the largest length seen."""
+        table = self._offset_tables.get(dtype)
         if table is None or table.shape[0] < length or table.device != torch.device(device):
-            table = rotary(torch.arange(max(length, 1), device=device), self.head_dim)
-            self._offset_table = table
+            table = rotary(torch.arange(max(length, 1), device=device), self.head_dim).to(dtype)
+            self._offset_tables[dtype] = table
         return table[:length]
 
     def _heads(self, x):  # (B, T, D) -> (B, H, T, dh)
@@ -216,23 +220,43 @@ class SlidingWindowAttention(nn.Module):
         rotation = (rotary(position, self.head_dim).unsqueeze(1) * self._rotary_offsets(length, position.device)).unsqueeze(1)
         return rotation.to(torch.promote_types(torch.promote_types(dtype, torch.float32), torch.complex64))
 
+    def _rotate_queries_and_keys(self, pairs: torch.Tensor, position: torch.Tensor) -> None:
+        """Rotate queries and keys (B, P, 2, H, dh) in place by the positions position[b] + j.
+
+        e^{i (p0 + j) f} = e^{i p0 f} e^{i j f} with both factors from float64 angles (as `rotary`)
+        rounded to complex64: one (B, P, dh/2) complex64 product, never a complex128 one, then one
+        complex multiply over queries and keys together. Same arithmetic as `apply_rotary`
+        (float32 at least: there is no bfloat16 complex type)."""
+        B, P = pairs.shape[:2]
+        lane = rotary(position, self.head_dim).to(torch.complex64).unsqueeze(1)  # (B, 1, dh/2)
+        rotation = (lane * self._rotary_offsets(P, position.device, torch.complex64))[:, :, None, None]
+        if pairs.dtype == torch.float32:
+            torch.view_as_complex(pairs.unflatten(-1, (-1, 2))).mul_(rotation)
+        else:
+            wide = pairs.float()
+            torch.view_as_complex(wide.unflatten(-1, (-1, 2))).mul_(rotation)
+            pairs.copy_(wide)
+
+    def _triton_inputs(self, x: torch.Tensor, cache: AttentionCache) -> tuple[torch.Tensor, ...]:
+        """attention_triton.sliding_window_attention's tensors for the piece x: queries, keys and
+        values from one product (views of it), queries and keys rotated in place; the cache's first
+        stream; the persistent keys and values."""
+        B, P, D = x.shape
+        H, dh = self.n_heads, self.head_dim
+        projections = F.linear(x, torch.cat([self.query.weight, self.key_value.weight])).view(B, P, 3, H, dh)
+        self._rotate_queries_and_keys(projections[:, :, :2], cache.position)
+        q, k, v = projections.unbind(2)
+        persistent_k, persistent_v = self.key_value(self.persistent.to(x.dtype)).view(-1, 2, H, dh).unbind(1)
+        return q, k, v, cache.keys[:, :, :, 0], cache.values[:, :, :, 0], cache.valid, persistent_k, persistent_v
+
     def _forward_triton(self, x: torch.Tensor, cache: AttentionCache) -> tuple[torch.Tensor, AttentionCache]:
         """forward() for inference with the triton backend (one key/value stream): the fused kernel
-        of attention_triton.py reads the projections as views, rotates queries and new keys itself
-        and writes the new cache's keys and values; only the valid flags are built here."""
+        of attention_triton.py reads the rotated projections as views and returns the output and
+        the new cache's keys and values; only the valid flags are built here."""
         from titans_cli.model.attention_triton import sliding_window_attention
 
-        B, P, D = x.shape
-        W, H, dh = self.window, self.n_heads, self.head_dim
-        k, v = self.key_value(x).view(B, P, 2, H, dh).unbind(2)
-        persistent_k, persistent_v = self.key_value(self.persistent.to(x.dtype)).view(-1, 2, H, dh).unbind(1)
-        # [cos, sin] of position[b] f and of i f, formed in float64 as `rotary`, then float32.
-        lane_rotation = torch.view_as_real(rotary(cache.position, dh)).to(torch.float32)
-        offset_rotation = torch.view_as_real(self._rotary_offsets(P, x.device)).to(torch.float32)
-        out, keys, values = sliding_window_attention(
-            self.query(x).view(B, P, H, dh), k, v, cache.keys[:, :, :, 0], cache.values[:, :, :, 0], cache.valid,
-            persistent_k, persistent_v, lane_rotation, offset_rotation,
-        )  # fmt: skip
+        B, P, W = x.shape[0], x.shape[1], self.window
+        out, keys, values = sliding_window_attention(*self._triton_inputs(x, cache), self.triton_options)
         new_tokens = cache.valid.new_ones(B, min(P, W))
         valid = new_tokens if P >= W else torch.cat([cache.valid[:, P:], new_tokens], dim=1)
         return self.out(out), AttentionCache(keys, values, valid, cache.position + P)

@@ -1,7 +1,8 @@
 """Titans blocks: sliding-window attention with persistent memory, FFN, and the MAG/MAL/LMM/MAC blocks.
 
 Read top to bottom in data-flow order: rotary positions -> sliding-window attention (one banded,
-blockwise kernel used both for training and for streaming) -> SwiGLU FFN -> the four blocks.
+blockwise torch computation used both for training and for streaming; inference kernels of the same
+computation in numba_cpu.py and attention_triton.py) -> SwiGLU FFN -> the four blocks.
 
 Every block maps `(x (B,P,D), BlockState) -> (x, BlockState, signals)` (`momentum=False`: the
 memory may skip its ||S_t|| signal, which is then NaN) and can be fed a sequence in
@@ -121,6 +122,10 @@ class SlidingWindowAttention(nn.Module):
         self.key_value = nn.Linear(config.d_model, 2 * config.d_model, bias=False)
         self.out = nn.Linear(config.d_model, config.d_model, bias=False)
         self.persistent = nn.Parameter(torch.randn(config.n_persistent, config.d_model))
+        # Precision and tiling of the triton backend's kernel (attention_triton.KernelOptions; None:
+        # its defaults). The benchmarks sweep it; the tests pin "ieee" products.
+        self.triton_options = None
+        self._offset_tables: dict[torch.dtype, torch.Tensor] = {}
 
     def init_cache(self, batch: int, device=None, dtype=torch.float32) -> AttentionCache:
         shape = (batch, self.n_heads, self.window, self.n_streams, self.head_dim)
@@ -131,12 +136,12 @@ class SlidingWindowAttention(nn.Module):
             position=torch.zeros(batch, dtype=torch.long, device=device),
         )
 
-    def _rotary_offsets(self, length: int, device) -> torch.Tensor:
-        """rotary(arange(length)) (complex128 (length, dh/2)), cached at the largest length seen."""
-        table = getattr(self, "_offset_table", None)
+    def _rotary_offsets(self, length: int, device, dtype=torch.complex128) -> torch.Tensor:
+        """rotary(arange(length)) as `dtype` (length, dh/2), cached per dtype at the largest length seen."""
+        table = self._offset_tables.get(dtype)
         if table is None or table.shape[0] < length or table.device != torch.device(device):
-            table = rotary(torch.arange(max(length, 1), device=device), self.head_dim)
-            self._offset_table = table
+            table = rotary(torch.arange(max(length, 1), device=device), self.head_dim).to(dtype)
+            self._offset_tables[dtype] = table
         return table[:length]
 
     def _heads(self, x):  # (B, T, D) -> (B, H, T, dh)
@@ -149,9 +154,15 @@ class SlidingWindowAttention(nn.Module):
     def forward(self, x: torch.Tensor, cache: AttentionCache, context: list[torch.Tensor] = (), backend: str = "torch"):
         """x: (B,P,D) new tokens; context: n_streams-1 tensors (B,P,D) of extra tokens at the same
         positions (keys/values only). Returns (y (B,P,D), updated cache). With backend "numba"
-        (CPU inference, float32) the band is walked by a Numba kernel (attention_numba.py)."""
+        (CPU inference, float32) the band is walked by a Numba kernel (numba_cpu.py); with backend
+        "triton" (inference on CUDA, one key/value stream) by a Triton kernel (attention_triton.py)."""
         if _fused_cpu(x, backend):
             return self._forward_numba(x, cache, context)
+        if backend == "triton" and not torch.is_grad_enabled():
+            from titans_cli.model import attention_triton
+
+            if attention_triton.supported(x, self.n_streams, self.head_dim, self.n_heads)[0]:
+                return self._forward_triton(x, cache)
         B, P, D = x.shape
         W, H, dh, S = self.window, self.n_heads, self.head_dim, self.n_streams
         if torch.is_grad_enabled():
@@ -229,6 +240,47 @@ class SlidingWindowAttention(nn.Module):
         offsets = self._rotary_offsets(length, position.device)
         rotation = torch.empty(position.shape[0], length, self.head_dim // 2, dtype=complex_dtype, device=position.device)
         return torch.mul(lane, offsets, out=rotation).unsqueeze(1)
+
+    def _rotate_queries_and_keys(self, pairs: torch.Tensor, position: torch.Tensor) -> None:
+        """Rotate queries and keys (B, P, 2, H, dh) in place by the positions position[b] + j.
+
+        e^{i (p0 + j) f} = e^{i p0 f} e^{i j f} with both factors from float64 angles (as `rotary`)
+        rounded to complex64: one (B, P, dh/2) complex64 product, never a complex128 one, then one
+        complex multiply over queries and keys together. Same arithmetic as `apply_rotary`
+        (float32 at least: there is no bfloat16 complex type)."""
+        B, P = pairs.shape[:2]
+        lane = rotary(position, self.head_dim).to(torch.complex64).unsqueeze(1)  # (B, 1, dh/2)
+        rotation = (lane * self._rotary_offsets(P, position.device, torch.complex64))[:, :, None, None]
+        if pairs.dtype == torch.float32:
+            torch.view_as_complex(pairs.unflatten(-1, (-1, 2))).mul_(rotation)
+        else:
+            wide = pairs.float()
+            torch.view_as_complex(wide.unflatten(-1, (-1, 2))).mul_(rotation)
+            pairs.copy_(wide)
+
+    def _triton_inputs(self, x: torch.Tensor, cache: AttentionCache) -> tuple[torch.Tensor, ...]:
+        """attention_triton.sliding_window_attention's tensors for the piece x: queries, keys and
+        values from one product (views of it), queries and keys rotated in place; the cache's first
+        stream; the persistent keys and values."""
+        B, P, D = x.shape
+        H, dh = self.n_heads, self.head_dim
+        projections = F.linear(x, torch.cat([self.query.weight, self.key_value.weight])).view(B, P, 3, H, dh)
+        self._rotate_queries_and_keys(projections[:, :, :2], cache.position)
+        q, k, v = projections.unbind(2)
+        persistent_k, persistent_v = self.key_value(self.persistent.to(x.dtype)).view(-1, 2, H, dh).unbind(1)
+        return q, k, v, cache.keys[:, :, :, 0], cache.values[:, :, :, 0], cache.valid, persistent_k, persistent_v
+
+    def _forward_triton(self, x: torch.Tensor, cache: AttentionCache) -> tuple[torch.Tensor, AttentionCache]:
+        """forward() for inference with the triton backend (one key/value stream): the fused kernel
+        of attention_triton.py reads the rotated projections as views and returns the output and
+        the new cache's keys and values; only the valid flags are built here."""
+        from titans_cli.model.attention_triton import sliding_window_attention
+
+        B, P, W = x.shape[0], x.shape[1], self.window
+        out, keys, values = sliding_window_attention(*self._triton_inputs(x, cache), self.triton_options)
+        new_tokens = cache.valid.new_ones(B, min(P, W))
+        valid = new_tokens if P >= W else torch.cat([cache.valid[:, P:], new_tokens], dim=1)
+        return self.out(out), AttentionCache(keys, values, valid, cache.position + P)
 
     def _forward_numba(self, x: torch.Tensor, cache: AttentionCache, context) -> tuple[torch.Tensor, AttentionCache]:
         from titans_cli.model.numba_cpu import sliding_window_attention

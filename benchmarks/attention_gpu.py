@@ -40,7 +40,7 @@ SHAPES = {  # name -> (d_model, heads, window)
 }
 # (block_m, block_n, num_warps, num_stages), swept with tf32 products; the fastest and the
 # defaults (None) again with ieee products. None: attention_triton's defaults for the shape.
-DEFAULT_CONFIGS = [None, (64, 64, 4, 3), (64, 64, 8, 2), (64, 32, 4, 2), (32, 32, 4, 2), (128, 64, 8, 2)]
+DEFAULT_CONFIGS = [None, (64, 64, 4, 2), (64, 64, 4, 3), (64, 64, 8, 2), (32, 32, 4, 2), (128, 64, 8, 2)]
 
 
 def log(message: str) -> None:

@@ -71,12 +71,15 @@ _LOG2_E = 1.4426950408889634
 # (head_dim, window) -> (block_m, block_n, num_warps, num_stages). First guesses, not measured:
 # block_n = 64 divides W + block_m, so the band of a query block is (W + 64) / 64 tiles (3 at
 # window 128, 5 at window 256) and 2/3 resp. 4/5 of the scored pairs are visible ones.
+# Chosen by benchmarks/attention_gpu.py on one H100 (2026-11-27): 64 x 32 tiles, 4 warps, 2 stages
+# were the fastest of six for both measured shapes (dna 1.01 ms vs 1.33 for 64 x 64; dna-base 2.58
+# vs 2.92 ms per 128 x 4096-token call); dna-small's shape was not measured and takes the same.
 _DEFAULT_TILES = {
-    (32, 128): (64, 64, 4, 2),  # dna: d_model 128, 4 heads
-    (64, 128): (64, 64, 4, 2),  # dna-small: d_model 128, 2 heads
-    (64, 256): (64, 64, 4, 2),  # dna-base, text-small: d_model 256, 4 heads
+    (32, 128): (64, 32, 4, 2),  # dna: d_model 128, 4 heads
+    (64, 128): (64, 32, 4, 2),  # dna-small: d_model 128, 2 heads
+    (64, 256): (64, 32, 4, 2),  # dna-base, text-small: d_model 256, 4 heads
 }
-_FALLBACK_TILES = (64, 64, 4, 2)
+_FALLBACK_TILES = (64, 32, 4, 2)
 
 
 @dataclass(frozen=True)

@@ -142,6 +142,27 @@ def test_rotary_positions_stay_relative_far_into_a_stream():
     assert torch.allclose(scores[0], scores[1], atol=1e-6)
 
 
+def test_inference_rotation_is_the_complex128_product_rounded_once():
+    """The streaming rotation e^{i p0 f} e^{i j f} (lane rotation x cached offset table, formed in
+    complex128) arrives as complex64 for float32/bf16 activations with the values of the rounded
+    complex128 product: the same whatever the split of the stream into pieces (the pipelined step
+    must equal the plain one, test_model_pipeline), and within 1e-7 of rotary() of the absolute
+    positions far into a stream."""
+    attention = SlidingWindowAttention(tiny_config(d_model=64, n_heads=2))
+    position = torch.tensor([0, 17, 1_000_003, 250_000_000])
+    length = 300
+    wide = (rotary(position, attention.head_dim).unsqueeze(1) * rotary(torch.arange(length), attention.head_dim)).unsqueeze(1)
+    absolute = rotary(position.unsqueeze(1) + torch.arange(length), attention.head_dim).unsqueeze(1)
+    for dtype, complex_dtype in ((torch.float32, torch.complex64), (torch.bfloat16, torch.complex64), (torch.float64, torch.complex128)):
+        rotation = attention._inference_rotation(position, length, dtype)
+        assert rotation.dtype == complex_dtype and rotation.shape == wide.shape, f"{dtype}: {rotation.dtype} {tuple(rotation.shape)}"
+        assert torch.equal(rotation, wide.to(complex_dtype)), f"{dtype}: not the complex128 product rounded once"
+        error = (rotation.to(torch.complex128) - absolute).abs().max().item()
+        assert error < 1e-7, f"{dtype} activations: rotations off the absolute positions' by {error:.2e}"
+    shorter = attention._inference_rotation(position, 40, torch.float32)  # served from the cached table
+    assert torch.equal(shorter, attention._inference_rotation(position, length, torch.float32)[:, :, :40])
+
+
 def test_persistent_tokens_gate_and_memory_change_the_output():
     model = tiny_model("mag")
     tokens = torch.randint(0, 8, (1, 60), generator=torch.Generator().manual_seed(6))

@@ -1,7 +1,8 @@
 """Titans blocks: sliding-window attention with persistent memory, FFN, and the MAG/MAL/LMM/MAC blocks.
 
 Read top to bottom in data-flow order: rotary positions -> sliding-window attention (one banded,
-blockwise kernel used both for training and for streaming) -> SwiGLU FFN -> the four blocks.
+blockwise torch computation used both for training and for streaming; inference kernels of the same
+computation in numba_cpu.py and attention_triton.py) -> SwiGLU FFN -> the four blocks.
 
 Every block maps `(x (B,P,D), BlockState) -> (x, BlockState, signals)` (`momentum=False`: the
 memory may skip its ||S_t|| signal, which is then NaN) and can be fed a sequence in
@@ -57,6 +58,17 @@ def _fused_cpu(x: torch.Tensor, backend: str) -> bool:
     return backend == "numba" and not torch.is_grad_enabled() and x.device.type == "cpu" and x.dtype == torch.float32
 
 
+def _fused_gpu(x: torch.Tensor, backend: str) -> bool:
+    """Whether a block runs its GPU inference path (Triton kernels, fused_triton.py): the triton
+    memory backend, no autograd, no autocast (training's validation passes keep the torch path),
+    on CUDA (or on CPU under TRITON_INTERPRET=1, for tests) in fp32, bf16 or fp16."""
+    if backend != "triton" or torch.is_grad_enabled() or torch.is_autocast_enabled(x.device.type):
+        return False
+    from titans_cli.model import fused_triton
+
+    return fused_triton.supported(x)[0]
+
+
 # -----------------------------------------------------------------------------
 # Sliding-window attention with persistent-memory tokens
 
@@ -110,6 +122,10 @@ class SlidingWindowAttention(nn.Module):
         self.key_value = nn.Linear(config.d_model, 2 * config.d_model, bias=False)
         self.out = nn.Linear(config.d_model, config.d_model, bias=False)
         self.persistent = nn.Parameter(torch.randn(config.n_persistent, config.d_model))
+        # Precision and tiling of the triton backend's kernel (attention_triton.KernelOptions; None:
+        # its defaults). The benchmarks sweep it; the tests pin "ieee" products.
+        self.triton_options = None
+        self._offset_tables: dict[torch.dtype, torch.Tensor] = {}
 
     def init_cache(self, batch: int, device=None, dtype=torch.float32) -> AttentionCache:
         shape = (batch, self.n_heads, self.window, self.n_streams, self.head_dim)
@@ -120,12 +136,12 @@ class SlidingWindowAttention(nn.Module):
             position=torch.zeros(batch, dtype=torch.long, device=device),
         )
 
-    def _rotary_offsets(self, length: int, device) -> torch.Tensor:
-        """rotary(arange(length)) (complex128 (length, dh/2)), cached at the largest length seen."""
-        table = getattr(self, "_offset_table", None)
+    def _rotary_offsets(self, length: int, device, dtype=torch.complex128) -> torch.Tensor:
+        """rotary(arange(length)) as `dtype` (length, dh/2), cached per dtype at the largest length seen."""
+        table = self._offset_tables.get(dtype)
         if table is None or table.shape[0] < length or table.device != torch.device(device):
-            table = rotary(torch.arange(max(length, 1), device=device), self.head_dim)
-            self._offset_table = table
+            table = rotary(torch.arange(max(length, 1), device=device), self.head_dim).to(dtype)
+            self._offset_tables[dtype] = table
         return table[:length]
 
     def _heads(self, x):  # (B, T, D) -> (B, H, T, dh)
@@ -138,9 +154,15 @@ class SlidingWindowAttention(nn.Module):
     def forward(self, x: torch.Tensor, cache: AttentionCache, context: list[torch.Tensor] = (), backend: str = "torch"):
         """x: (B,P,D) new tokens; context: n_streams-1 tensors (B,P,D) of extra tokens at the same
         positions (keys/values only). Returns (y (B,P,D), updated cache). With backend "numba"
-        (CPU inference, float32) the band is walked by a Numba kernel (attention_numba.py)."""
+        (CPU inference, float32) the band is walked by a Numba kernel (numba_cpu.py); with backend
+        "triton" (inference on CUDA, one key/value stream) by a Triton kernel (attention_triton.py)."""
         if _fused_cpu(x, backend):
             return self._forward_numba(x, cache, context)
+        if backend == "triton" and not torch.is_grad_enabled():
+            from titans_cli.model import attention_triton
+
+            if attention_triton.supported(x, self.n_streams, self.head_dim, self.n_heads)[0]:
+                return self._forward_triton(x, cache)
         B, P, D = x.shape
         W, H, dh, S = self.window, self.n_heads, self.head_dim, self.n_streams
         if torch.is_grad_enabled():
@@ -205,9 +227,60 @@ class SlidingWindowAttention(nn.Module):
     def _inference_rotation(self, position: torch.Tensor, length: int, dtype) -> torch.Tensor:
         """Rotations of positions position[b] + j, j < length: (B, 1, length, dh/2) complex.
         e^{i (p0 + j) f} = e^{i p0 f} e^{i j f}: a cached table for j < length and one polar per
-        lane, both in float64 (as `rotary`), instead of length polar evaluations per lane."""
-        rotation = (rotary(position, self.head_dim).unsqueeze(1) * self._rotary_offsets(length, position.device)).unsqueeze(1)
-        return rotation.to(torch.promote_types(torch.promote_types(dtype, torch.float32), torch.complex64))
+        lane, both in float64 (as `rotary`), instead of length polar evaluations per lane.
+
+        The product is formed in complex128 and written straight into a complex64 tensor for
+        float32/bf16 activations (`out=`): on CUDA one kernel that rounds on the store, 8 bytes
+        written per rotation, where a complex128 (B, length, dh/2) product and its cast move 40
+        (on the CPU torch still goes through a complex128 temporary). The values are those
+        of the cast product, so a rotation does not depend on where a stream was split into pieces
+        (rounding the two factors to complex64 first would move it by ~1e-7 with the split)."""
+        complex_dtype = torch.promote_types(torch.promote_types(dtype, torch.float32), torch.complex64)
+        lane = rotary(position, self.head_dim).unsqueeze(1)  # (B, 1, dh/2) complex128
+        offsets = self._rotary_offsets(length, position.device)
+        rotation = torch.empty(position.shape[0], length, self.head_dim // 2, dtype=complex_dtype, device=position.device)
+        return torch.mul(lane, offsets, out=rotation).unsqueeze(1)
+
+    def _rotate_queries_and_keys(self, pairs: torch.Tensor, position: torch.Tensor) -> None:
+        """Rotate queries and keys (B, P, 2, H, dh) in place by the positions position[b] + j.
+
+        e^{i (p0 + j) f} = e^{i p0 f} e^{i j f} with both factors from float64 angles (as `rotary`)
+        rounded to complex64: one (B, P, dh/2) complex64 product, never a complex128 one, then one
+        complex multiply over queries and keys together. Same arithmetic as `apply_rotary`
+        (float32 at least: there is no bfloat16 complex type)."""
+        B, P = pairs.shape[:2]
+        lane = rotary(position, self.head_dim).to(torch.complex64).unsqueeze(1)  # (B, 1, dh/2)
+        rotation = (lane * self._rotary_offsets(P, position.device, torch.complex64))[:, :, None, None]
+        if pairs.dtype == torch.float32:
+            torch.view_as_complex(pairs.unflatten(-1, (-1, 2))).mul_(rotation)
+        else:
+            wide = pairs.float()
+            torch.view_as_complex(wide.unflatten(-1, (-1, 2))).mul_(rotation)
+            pairs.copy_(wide)
+
+    def _triton_inputs(self, x: torch.Tensor, cache: AttentionCache) -> tuple[torch.Tensor, ...]:
+        """attention_triton.sliding_window_attention's tensors for the piece x: queries, keys and
+        values from one product (views of it), queries and keys rotated in place; the cache's first
+        stream; the persistent keys and values."""
+        B, P, D = x.shape
+        H, dh = self.n_heads, self.head_dim
+        projections = F.linear(x, torch.cat([self.query.weight, self.key_value.weight])).view(B, P, 3, H, dh)
+        self._rotate_queries_and_keys(projections[:, :, :2], cache.position)
+        q, k, v = projections.unbind(2)
+        persistent_k, persistent_v = self.key_value(self.persistent.to(x.dtype)).view(-1, 2, H, dh).unbind(1)
+        return q, k, v, cache.keys[:, :, :, 0], cache.values[:, :, :, 0], cache.valid, persistent_k, persistent_v
+
+    def _forward_triton(self, x: torch.Tensor, cache: AttentionCache) -> tuple[torch.Tensor, AttentionCache]:
+        """forward() for inference with the triton backend (one key/value stream): the fused kernel
+        of attention_triton.py reads the rotated projections as views and returns the output and
+        the new cache's keys and values; only the valid flags are built here."""
+        from titans_cli.model.attention_triton import sliding_window_attention
+
+        B, P, W = x.shape[0], x.shape[1], self.window
+        out, keys, values = sliding_window_attention(*self._triton_inputs(x, cache), self.triton_options)
+        new_tokens = cache.valid.new_ones(B, min(P, W))
+        valid = new_tokens if P >= W else torch.cat([cache.valid[:, P:], new_tokens], dim=1)
+        return self.out(out), AttentionCache(keys, values, valid, cache.position + P)
 
     def _forward_numba(self, x: torch.Tensor, cache: AttentionCache, context) -> tuple[torch.Tensor, AttentionCache]:
         from titans_cli.model.numba_cpu import sliding_window_attention
@@ -240,6 +313,14 @@ class SwiGLU(nn.Module):
     def forward(self, x):
         gate, up = self.gate_up(x).chunk(2, dim=-1)
         return self.down(F.silu(gate) * up)
+
+    def residual_triton(self, x: torch.Tensor, normed: torch.Tensor) -> torch.Tensor:
+        """x + forward(normed) for GPU inference: silu(gate)·up in one Triton pass
+        (fused_triton.swiglu), the residual added inside the output projection's matrix product."""
+        from titans_cli.model.fused_triton import swiglu
+
+        hidden = swiglu(self.gate_up(normed)).reshape(-1, self.down.in_features)
+        return torch.addmm(x.reshape(-1, x.shape[-1]), hidden, self.down.weight.t()).view(x.shape)
 
     def residual_cpu(self, x: torch.Tensor, normed: torch.Tensor) -> torch.Tensor:
         """x + forward(normed) for CPU inference in float32: silu(gate)·up in one Numba pass, the
@@ -340,25 +421,38 @@ class MAGBlock(TitansBlock):
         self.gate = nn.Linear(config.d_model, config.d_model)
 
     def forward(self, x, state: BlockState, backend="torch", frozen=False, momentum=True):
-        if _fused_cpu(x, backend) and not self.training:
-            return self._forward_fused(x, state, frozen, momentum)
         h = self.norm(x)
         attended, cache = self.attention(h, state.attention, backend=backend)
         remembered, memory_state, signals = self.read_write_memory(h, state, backend, frozen, momentum)
-        gate = torch.sigmoid(self.gate(h))
-        mixed = gate * self.attention_out_norm(attended) + (1 - gate) * self.memory_out_norm(remembered)
-        x = self.feed_forward(x + self.dropout(mixed))
+        if not self.training and _fused_cpu(x, backend):
+            x = self.mix_and_feed_forward_numba(x, h, attended, remembered)
+        elif not self.training and _fused_gpu(x, backend):
+            x = self.mix_and_feed_forward_triton(x, h, attended, remembered)
+        else:
+            x = self.mix_and_feed_forward(x, h, attended, remembered)
         return x, BlockState(memory_state, cache), signals
 
-    def _forward_fused(self, x, state: BlockState, frozen: bool, momentum: bool):
-        """forward() for CPU inference (no dropout): Numba attention and memory, and the gate mix,
-        residual and FFN norm as one pass (numba_cpu.mag_mix) instead of ~10 torch ops."""
+    def mix_and_feed_forward(self, x, h, attended, remembered):
+        """The gate mix of the two branches, the residual and the FFN: the block's output."""
+        gate = torch.sigmoid(self.gate(h))
+        mixed = gate * self.attention_out_norm(attended) + (1 - gate) * self.memory_out_norm(remembered)
+        return self.feed_forward(x + self.dropout(mixed))
+
+    def mix_and_feed_forward_triton(self, x, h, attended, remembered):
+        """mix_and_feed_forward for GPU inference (no dropout): the mix, residual and FFN norm in one
+        pass (fused_triton.mag_mix) instead of ~10 torch ops, then SwiGLU.residual_triton."""
+        from titans_cli.model.fused_triton import mag_mix
+
+        norm_weights = (self.attention_out_norm.weight, self.memory_out_norm.weight, self.ffn_norm.weight)
+        mixed, ffn_input = mag_mix(x, attended, remembered, self.gate(h), *norm_weights, NORM_EPS)
+        return self.ffn.residual_triton(mixed, ffn_input)
+
+    def mix_and_feed_forward_numba(self, x, h, attended, remembered):
+        """mix_and_feed_forward for CPU inference in float32 (no dropout): the mix, residual and
+        FFN norm in one Numba pass (numba_cpu.mag_mix), then SwiGLU.residual_cpu."""
         from titans_cli.model.numba_cpu import mag_mix
 
         batch, length, width = x.shape
-        h = self.norm(x)
-        attended, cache = self.attention(h, state.attention, backend="numba")
-        remembered, memory_state, signals = self.read_write_memory(h, state, "numba", frozen, momentum)
         mixed = torch.empty_like(x)
         ffn_input = torch.empty_like(x)
         rows = lambda t: _numpy32(t).reshape(batch * length, -1)  # noqa: E731
@@ -367,7 +461,7 @@ class MAGBlock(TitansBlock):
             _numpy32(self.memory_out_norm.weight), _numpy32(self.ffn_norm.weight), NORM_EPS,
             mixed.numpy().reshape(batch * length, width), ffn_input.numpy().reshape(batch * length, width),
         )  # fmt: skip
-        return self.ffn.residual_cpu(mixed, ffn_input), BlockState(memory_state, cache), signals
+        return self.ffn.residual_cpu(mixed, ffn_input)
 
 
 class MALBlock(TitansBlock):

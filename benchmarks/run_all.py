@@ -51,6 +51,8 @@ SECTIONS = [
     ("speed_model_cpu_dna_base", None, None),  # speed_model_cpu.py --model dna-base --bases 300000 --threads 2 --signals bits
     ("speed_gpu", None, None),
     ("speed_gpu_dna_base", None, None),  # speed_gpu.py --model dna-base --sizes 10 --backends triton
+    ("attention_gpu", None, None),      # benchmarks/attention_gpu.py on the GPU machine: tile sweep
+    ("fusion_gpu", None, None),         # benchmarks/fusion_gpu.py on the GPU machine: MAG mix + SwiGLU, rotary
     ("multi_gpu", None, None),          # benchmarks/multi_gpu.py on a 2-GPU machine
     ("gpu_memory_kernel", None, None),
     ("train_speed", None, None),        # benchmarks/train_speed.py on the GPU machine

@@ -161,7 +161,7 @@ def main() -> None:
         print(agreement)
 
     lines = [
-        "## Whole-model surprise throughput on one GPU",
+        "## Whole-model surprise throughput on one GPU" + ("" if args.model == "dna" else f": {args.model}"),
         "",
         f"Machine: {card}, torch {torch.__version__}, host {platform.processor() or platform.machine()}. "
         f"Model `{args.model}` ({sum(p.numel() for p in loaded.model.parameters()):,} parameters), "

@@ -198,7 +198,7 @@ def test_half_precision_inputs(dtype):
 def test_kernel_options():
     """Defaults per (head_dim, window), blocks clamped to short pieces, bad values named."""
     dna = KernelOptions().resolve(torch.float32, 32, 128, 4096)
-    assert (dna.precision, dna.block_m, dna.block_n) == ("tf32", 64, 64), f"dna defaults: {dna}"
+    assert (dna.precision, dna.block_m, dna.block_n) == ("tf32", 64, 32), f"dna defaults: {dna}"
     short = KernelOptions(block_m=64, block_n=128).resolve(torch.float32, 16, 16, 5)
     assert (short.block_m, short.block_n) == (16, 32), f"5 tokens, window 16: {short}"
     with pytest.raises(ValueError, match="precision"):

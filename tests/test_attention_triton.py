@@ -10,16 +10,11 @@ and band starts that are not multiples of a tile all occur. Comparisons with the
 """
 
 import math
-import os
 
 import pytest
 import torch
 
-CUDA = torch.cuda.is_available()
-if not CUDA:
-    os.environ.setdefault("TRITON_INTERPRET", "1")  # must precede the first import of triton
-
-pytest.importorskip("triton", reason="triton is not installed (optional: pip install triton)")
+from triton_device import CUDA, DEVICE  # first: sets TRITON_INTERPRET=1 without CUDA
 
 from titans_cli.memory.config import MemoryConfig  # noqa: E402
 from titans_cli.model import attention_triton  # noqa: E402
@@ -28,10 +23,7 @@ from titans_cli.model.blocks import SlidingWindowAttention, apply_rotary, rotary
 from titans_cli.model.config import ModelConfig  # noqa: E402
 from titans_cli.model.lm import TitansLM  # noqa: E402
 
-DEVICE = torch.device("cuda" if CUDA else "cpu")
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
-if not CUDA and os.environ.get("TRITON_INTERPRET") != "1":
-    pytest.skip("no CUDA and TRITON_INTERPRET is set to something other than 1", allow_module_level=True)
 
 
 def tiny_config(**overrides):

@@ -6,17 +6,11 @@ before triton is imported); with CUDA the same tests run on the GPU. Row counts 
 not powers of two, so the masked tails of the row and column blocks are exercised.
 """
 
-import os
-
 import pytest
 import torch
 import torch.nn.functional as F
 
-CUDA = torch.cuda.is_available()
-if not CUDA:
-    os.environ.setdefault("TRITON_INTERPRET", "1")  # must precede the first import of triton
-
-pytest.importorskip("triton", reason="triton is not installed (optional: pip install triton)")
+from triton_device import CUDA, DEVICE  # first: sets TRITON_INTERPRET=1 without CUDA
 
 from titans_cli.memory import layer as memory_layer  # noqa: E402
 from titans_cli.memory.config import MemoryConfig  # noqa: E402
@@ -26,9 +20,6 @@ from titans_cli.model.blocks import NORM_EPS, SlidingWindowAttention  # noqa: E4
 from titans_cli.model.config import ModelConfig  # noqa: E402
 from titans_cli.model.lm import TitansLM  # noqa: E402
 
-DEVICE = torch.device("cuda" if CUDA else "cpu")
-if not CUDA and os.environ.get("TRITON_INTERPRET") != "1":
-    pytest.skip("no CUDA and TRITON_INTERPRET is set to something other than 1", allow_module_level=True)
 
 # Output tolerance, relative to each element's magnitude: fp32 arithmetic for fp32; for bf16 the
 # kernel rounds once, on the way out: to nearest on a GPU (< 2^-8 relative), while Triton's

@@ -6,28 +6,19 @@ of d=16, h=32, chunks of 16, 40 tokens: two full chunks and a partial one; two h
 rows where indexing is the point) so the interpreter stays fast.
 """
 
-import os
-
 import pytest
 import torch
 import torch.nn.functional as F
 
-CUDA = torch.cuda.is_available()
-if not CUDA:
-    os.environ.setdefault("TRITON_INTERPRET", "1")  # must precede the first import of triton
-
-pytest.importorskip("triton", reason="triton is not installed (optional: pip install triton)")
+from triton_device import CUDA, DEVICE  # first: sets TRITON_INTERPRET=1 without CUDA
 
 from titans_cli.memory import reference, torch_chunked  # noqa: E402
 from titans_cli.memory import triton_fused  # noqa: E402
 from titans_cli.memory.config import MemoryConfig  # noqa: E402
 from titans_cli.memory.mlp import initial_memory_weights  # noqa: E402
 
-DEVICE = torch.device("cuda" if CUDA else "cpu")
 # The interpreter evaluates both sides of tl.where with numpy (log of 0 in the unused branch).
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
-if not CUDA and os.environ.get("TRITON_INTERPRET") != "1":
-    pytest.skip("no CUDA and TRITON_INTERPRET is set to something other than 1", allow_module_level=True)
 
 
 def random_inputs(config: MemoryConfig, batch=1, length=40, seed=None, dtype=torch.float32):

@@ -55,6 +55,12 @@ def _bf16_kernels(config: MemoryConfig) -> bool:
     return bf16_supported(config)
 
 
+def _prepare_on_gpu(x: torch.Tensor, head_dim: int) -> bool:
+    from .prepare_triton import supported
+
+    return supported(x, head_dim)[0]
+
+
 def _l2_normalize(t: torch.Tensor, heads: int) -> torch.Tensor:
     """F.normalize(t split into heads, dim=-1) computed on the (B, T, H, d) layout -> (B, T, H*d)."""
     batch, length, _ = t.shape
@@ -222,8 +228,19 @@ class NeuralMemory(nn.Module):
         op = memory_op(backend)
 
         projected = self.to_qkv(x)
-        with_tail = torch.cat([state.conv_tail.to(projected.dtype), projected], dim=1)
-        if torch.is_grad_enabled():
+        gate_pre = self.to_gates(x)
+        gates = None
+        if backend == "triton" and not torch.is_grad_enabled() and _prepare_on_gpu(x, config.head_dim):
+            # GPU inference: conv, SiLU, L2 norms and gates in one kernel (prepare_triton.py)
+            from .prepare_triton import prepare_inputs
+
+            q, k, v, gates = prepare_inputs(projected, state.conv_tail, self.conv.weight, self.conv.bias, gate_pre,
+                                            config.num_heads, config.max_lr)  # fmt: skip
+            kept = config.conv_size - 1  # the last conv_size - 1 rows of [tail; projected]
+            tail = state.conv_tail.to(projected.dtype)
+            conv_tail = projected[:, length - kept :].clone() if length >= kept else torch.cat([tail[:, length:], projected], 1)
+        elif torch.is_grad_enabled():
+            with_tail = torch.cat([state.conv_tail.to(projected.dtype), projected], dim=1)
             convolved = F.conv1d(with_tail.transpose(1, 2), self.conv.weight, self.conv.bias, groups=self.conv.groups)
             q, k, v = F.silu(convolved.transpose(1, 2)).chunk(3, dim=-1)
             q = F.normalize(self._split_heads(q), dim=-1)
@@ -232,24 +249,25 @@ class NeuralMemory(nn.Module):
             # Inference: the same depthwise conv as conv_size shifted multiply-adds on the (B, T, C)
             # layout (~4x faster than conv1d's transposed path on CPU), SiLU in place, and the L2
             # norms over contiguous rows.
+            with_tail = torch.cat([state.conv_tail.to(projected.dtype), projected], dim=1)
             convolved = self._causal_conv(with_tail, length)
             q, k, v = F.silu(convolved, inplace=True).chunk(3, dim=-1)
             q = self._split_heads(_l2_normalize(q, config.num_heads))
             k = self._split_heads(_l2_normalize(k, config.num_heads))
-        v = self._split_heads(v)
+        if gates is None:
+            v = self._split_heads(v)
+            conv_tail = with_tail[:, with_tail.shape[1] - (config.conv_size - 1) :].clone()  # not a view of the piece
+            gates = gate_pre.view(batch, length, -1, config.num_heads).permute(2, 0, 3, 1)  # (G, B, H, T)
+            gates = (torch.sigmoid(gates[0]) * config.max_lr, torch.sigmoid(gates[1]), torch.sigmoid(gates[2]),
+                     F.softplus(gates[3]) if self.uses_huber else None)  # fmt: skip
+        lr, momentum, decay = gates[0], gates[1], gates[2]
+        huber_delta = gates[3] if self.uses_huber else None
         if backend == "triton" and x.is_cuda and torch.is_autocast_enabled("cuda") and _bf16_kernels(config):
             # Under autocast the fused kernels take bf16 operands (state and accumulation stay fp32);
             # F.normalize left q and k in fp32, which would select tf32 products and, for the
             # backward at head_dim 64, more shared memory than an H100 has.
             dtype = torch.get_autocast_dtype("cuda")
             q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
-        conv_tail = with_tail[:, with_tail.shape[1] - (config.conv_size - 1) :].clone()  # not a view of the piece
-
-        gates = self.to_gates(x).view(batch, length, -1, config.num_heads).permute(2, 0, 3, 1)  # (G, B, H, T)
-        lr = torch.sigmoid(gates[0]) * config.max_lr
-        momentum = torch.sigmoid(gates[1])
-        decay = torch.sigmoid(gates[2])
-        huber_delta = F.softplus(gates[3]) if self.uses_huber else None
 
         # Re-run the pending tokens of the current chunk from the boundary state (outputs discarded).
         pending = state.pending_tokens

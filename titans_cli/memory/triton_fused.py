@@ -89,6 +89,18 @@ def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
+def elementwise_supported(x: torch.Tensor) -> tuple[bool, str]:
+    """Whether the inference kernels that read and write tensors like x (fp32 arithmetic, any
+    float storage: model/fused_triton.py, prepare_triton.py) run on its device and dtype, and why not."""
+    if not TRITON_AVAILABLE:
+        return False, "triton is not installed"
+    if x.device.type != "cuda" and not _interpreting():
+        return False, "the Triton kernels run on CUDA (or on CPU under TRITON_INTERPRET=1)"
+    if x.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        return False, f"dtype {x.dtype} (fp32, bf16 or fp16 only)"
+    return True, ""
+
+
 def fused_supported(config: MemoryConfig, device: torch.device) -> tuple[bool, str]:
     """Whether the fused kernel runs this config on this device, and why not when it doesn't."""
     if not TRITON_AVAILABLE:

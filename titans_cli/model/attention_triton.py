@@ -186,18 +186,20 @@ if TRITON_AVAILABLE:
         running_sum = tl.zeros((BLOCK_M,), tl.float32)
         acc = tl.zeros((BLOCK_M, BD), tl.float32)
 
+        # Each section names its own tiles (p_*, c_scores, ...): BLOCK_P and BLOCK_N may differ, and
+        # Triton refuses a name redefined with another shape inside an `if` or a loop.
         # Persistent tokens: shared by every lane, never masked.
         if n_persistent > 0:
-            slots = tl.arange(0, BLOCK_P)
-            slot_ok = slots < n_persistent
-            p_mask = slot_ok[:, None] & chan_ok[None, :]
-            p_keys = tl.load(pk_ptr + h * pk_sh + slots[:, None] * pk_sn + chan[None, :] * pk_sc,
+            p_slots = tl.arange(0, BLOCK_P)
+            p_ok = p_slots < n_persistent
+            p_mask = p_ok[:, None] & chan_ok[None, :]
+            p_keys = tl.load(pk_ptr + h * pk_sh + p_slots[:, None] * pk_sn + chan[None, :] * pk_sc,
                              mask=p_mask, other=0.0)
-            p_values = tl.load(pv_ptr + h * pv_sh + slots[:, None] * pv_sn + chan[None, :] * pv_sc,
+            p_values = tl.load(pv_ptr + h * pv_sh + p_slots[:, None] * pv_sn + chan[None, :] * pv_sc,
                                mask=p_mask, other=0.0)
-            scores = _dot(q, tl.trans(p_keys.to(q.dtype)), PRECISION) * score_scale
-            scores = tl.where(slot_ok[None, :], scores, float("-inf"))
-            running_max, running_sum, acc = _softmax_step(scores, p_values.to(v_ptr.dtype.element_ty), running_max,
+            p_scores = _dot(q, tl.trans(p_keys.to(q.dtype)), PRECISION) * score_scale
+            p_scores = tl.where(p_ok[None, :], p_scores, float("-inf"))
+            running_max, running_sum, acc = _softmax_step(p_scores, p_values.to(v_ptr.dtype.element_ty), running_max,
                                                           running_sum, acc, PRECISION)  # fmt: skip
 
         # Cache slots first_row+1 .. W-1 (query i sees slot s iff s > i and the slot is valid).
@@ -208,13 +210,13 @@ if TRITON_AVAILABLE:
             slot_ok = slots < WINDOW
             valid = tl.load(valid_ptr + b * valid_sb + slots * valid_sw, mask=slot_ok, other=0) != 0
             if tl.max(valid.to(tl.int32), axis=0) > 0:  # all slots empty: nothing to see
-                mask = slot_ok[:, None] & chan_ok[None, :]
-                keys = tl.load(ck_lane + slots[:, None] * ck_sw + chan[None, :] * ck_sc, mask=mask, other=0.0)
-                values = tl.load(cv_lane + slots[:, None] * cv_sw + chan[None, :] * cv_sc, mask=mask, other=0.0)
-                scores = _dot(q, tl.trans(keys.to(q.dtype)), PRECISION) * score_scale
+                c_mask = slot_ok[:, None] & chan_ok[None, :]
+                c_keys = tl.load(ck_lane + slots[:, None] * ck_sw + chan[None, :] * ck_sc, mask=c_mask, other=0.0)
+                c_values = tl.load(cv_lane + slots[:, None] * cv_sw + chan[None, :] * cv_sc, mask=c_mask, other=0.0)
+                c_scores = _dot(q, tl.trans(c_keys.to(q.dtype)), PRECISION) * score_scale
                 visible = valid[None, :] & (slots[None, :] > rows[:, None])
-                scores = tl.where(visible, scores, float("-inf"))
-                running_max, running_sum, acc = _softmax_step(scores, values.to(v_ptr.dtype.element_ty), running_max,
+                c_scores = tl.where(visible, c_scores, float("-inf"))
+                running_max, running_sum, acc = _softmax_step(c_scores, c_values.to(v_ptr.dtype.element_ty), running_max,
                                                               running_sum, acc, PRECISION)  # fmt: skip
 
         # New tokens first_row-W+1 .. first_row+BLOCK_M-1 (query i sees token t iff i-W < t <= i).

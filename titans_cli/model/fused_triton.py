@@ -24,24 +24,17 @@ from __future__ import annotations
 
 import torch
 
-from titans_cli.memory.triton_fused import TRITON_AVAILABLE, _interpreting, tl, triton
+from titans_cli.memory.triton_fused import TRITON_AVAILABLE, elementwise_supported, tl, triton
 
 MAX_WIDTH = 512  # d_model of the mix kernel: a row per program slice in registers
-_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 _TILE = 2048  # elements per program (rows x padded width): ~16 per thread at 4 warps
 
 
 def supported(x: torch.Tensor) -> tuple[bool, str]:
     """Whether the kernels run on x's device and dtype and width, and why not when they don't."""
-    if not TRITON_AVAILABLE:
-        return False, "triton is not installed"
-    if x.device.type != "cuda" and not _interpreting():
-        return False, "the Triton kernels run on CUDA (or on CPU under TRITON_INTERPRET=1)"
-    if x.dtype not in _DTYPES:
-        return False, f"dtype {x.dtype} (fp32, bf16 or fp16 only)"
     if x.shape[-1] > MAX_WIDTH:
         return False, f"width {x.shape[-1]} > {MAX_WIDTH}"
-    return True, ""
+    return elementwise_supported(x)
 
 
 def _rows(t: torch.Tensor) -> torch.Tensor:

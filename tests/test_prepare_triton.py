@@ -1,0 +1,86 @@
+"""The memory layer's GPU input kernel (memory/prepare_triton.py) equals the torch ops it replaces,
+and a NeuralMemory streamed in pieces with backend "triton" equals the torch path.
+
+Without CUDA the kernel runs under Triton's interpreter (TRITON_INTERPRET=1, set before triton is
+imported); with CUDA the same tests run on the GPU. Piece lengths are shorter and longer than the
+kernel's 64-token blocks and than the conv's tail, head sizes are not powers of two.
+"""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from triton_device import DEVICE  # first: sets TRITON_INTERPRET=1 without CUDA
+
+from titans_cli.memory import layer as memory_layer  # noqa: E402
+from titans_cli.memory.config import MemoryConfig  # noqa: E402
+from titans_cli.memory.layer import NeuralMemory  # noqa: E402
+from titans_cli.memory.prepare_triton import prepare_inputs, supported  # noqa: E402
+
+
+def torch_inputs(projected, tail, conv_weight, conv_bias, gate_pre, heads, max_lr):
+    """The definition, in float64: conv over [tail; projected], SiLU, per-head L2 norms, gates."""
+    batch, length, width = projected.shape
+    with_tail = torch.cat([tail, projected], dim=1).double()
+    convolved = F.conv1d(with_tail.transpose(1, 2), conv_weight.double(), conv_bias.double(), groups=width)
+    q, k, v = F.silu(convolved.transpose(1, 2)).chunk(3, dim=-1)
+    split = lambda t: t.reshape(batch, length, heads, -1).transpose(1, 2)  # noqa: E731
+    q, k, v = F.normalize(split(q), dim=-1), F.normalize(split(k), dim=-1), split(v)
+    pre = gate_pre.double().view(batch, length, -1, heads).permute(2, 0, 3, 1)
+    gates = [torch.sigmoid(pre[0]) * max_lr, torch.sigmoid(pre[1]), torch.sigmoid(pre[2])]
+    if pre.shape[0] == 4:
+        gates.append(F.softplus(pre[3]))
+    return q, k, v, torch.stack(gates)
+
+
+@pytest.mark.parametrize("heads, dim, size, n_gates, length", [(2, 8, 4, 3, 70), (3, 12, 4, 4, 5), (1, 20, 1, 3, 65),
+                                                                (4, 32, 3, 3, 1)])  # fmt: skip
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_prepare_inputs_equals_the_definition(heads, dim, size, n_gates, length, dtype):
+    generator = torch.Generator().manual_seed(heads * 100 + length)
+    batch, width = 3, 3 * heads * dim
+    rand = lambda *shape, scale=1.0: (scale * torch.randn(*shape, generator=generator)).to(DEVICE)  # noqa: E731
+    projected, tail = rand(batch, length, width).to(dtype), rand(batch, size - 1, width).to(dtype)
+    conv_weight, conv_bias = rand(width, 1, size, scale=0.5), rand(width, scale=0.1)
+    gate_pre = rand(batch, length, n_gates * heads, scale=8.0)  # softplus past its threshold of 20 too
+    gate_pre[0, 0, -1] = 30.0
+    got = prepare_inputs(projected, tail, conv_weight, conv_bias, gate_pre, heads, 0.3)
+    want = torch_inputs(projected.float(), tail.float(), conv_weight, conv_bias, gate_pre, heads, 0.3)
+    tolerance = 2e-6 if dtype == torch.float32 else 2**-7
+    for name, a, b in zip(("q", "k", "v", "gates"), got, want):
+        assert a.shape == b.shape, f"{name}: shape {tuple(a.shape)} != {tuple(b.shape)}"
+        assert a.dtype == (torch.float32 if name == "gates" else dtype), f"{name}: dtype {a.dtype}"
+        error = ((a.double() - b).abs() / (b.abs() + 1.0)).max().item()  # relative, absolute below 1
+        assert error < tolerance, f"{name} ({dtype}, heads {heads} x {dim}, conv {size}): relative error {error:.2e}"
+
+
+@pytest.mark.parametrize("preset", ["titans", "yaad"])
+def test_layer_streamed_with_triton_inputs_equals_torch(monkeypatch, preset):
+    """A NeuralMemory fed pieces of 5, 70, 2 and 64 tokens (conv tail and pending tokens carried),
+    backend "triton" vs "torch", no grad. The update runs torch_chunked for both (memory_op patched),
+    so the input kernel is the only difference."""
+    memory_op = memory_layer.memory_op
+    monkeypatch.setattr(memory_layer, "memory_op", lambda backend: memory_op("torch" if backend == "triton" else backend))
+    calls = []
+    monkeypatch.setattr(memory_layer, "_prepare_on_gpu", lambda x, head_dim: calls.append(supported(x, head_dim)[0]) or calls[-1])
+    config = MemoryConfig(num_heads=2, head_dim=12, depth=2, expansion=2, chunk_size=16, conv_size=4,
+                          attentional_bias="huber" if preset == "yaad" else "l2")  # fmt: skip
+    torch.manual_seed(3)
+    layer = NeuralMemory(24, config).to(DEVICE).eval()
+    generator = torch.Generator().manual_seed(4)
+    states = {"torch": None, "triton": None}
+    with torch.no_grad():
+        for length in (5, 70, 2, 64):
+            x = torch.randn(2, length, 24, generator=generator).to(DEVICE)
+            outputs = {}
+            for backend in states:
+                outputs[backend], states[backend], _ = layer(x, states[backend], backend=backend)
+            error = (outputs["triton"] - outputs["torch"]).abs().max().item()
+            assert error < 1e-5, f"{preset}, piece of {length}: output differs by {error:.2e}"
+    assert calls == [True] * 4, f"the input kernel ran {calls} (once per piece expected)"
+    for name in ("conv_tail", "pending_k", "pending_v", "pending_lr", "pending_momentum", "pending_decay"):
+        a, b = getattr(states["triton"], name), getattr(states["torch"], name)
+        assert a.shape == b.shape, f"state {name}: {tuple(a.shape)} != {tuple(b.shape)}"
+        assert (a - b).abs().max().item() < 1e-5, f"state {name} differs"
+    for a, b in zip(states["triton"].weights, states["torch"].weights):
+        assert (a - b).abs().max().item() < 1e-5, "memory weights differ"

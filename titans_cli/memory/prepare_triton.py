@@ -1,0 +1,125 @@
+"""NeuralMemory's input path for GPU inference in one Triton kernel: the GPU twin of
+numba_cpu.prepare_inputs (layer.py's torch ops are the definition; tests/test_prepare_triton.py
+holds them together).
+
+Between the q|k|v projection and the memory update, the torch path makes a pass over HBM per op on
+(lanes x tokens x 3·H·d) tensors: the concatenation with the conv tail, the depthwise causal conv as
+conv_size shifted multiply-adds, SiLU, the two per-head L2 norms (square, sum, sqrt, divide), the
+gate sigmoids and their fp32 copies. Here one kernel reads the projections (and the tail) and the
+gate pre-activations once and writes what the update reads:
+
+    c_t = bias + Σ_j w_j ⊙ x_{t + j - (size - 1)}      (x_{<0}: the previous piece's last rows)
+    q_t = SiLU(c_t^q) / ||SiLU(c_t^q)||,  k_t likewise,  v_t = SiLU(c_t^v)         per head
+    θ_t = max_lr · σ(g^θ_t),  η_t = σ(g^η_t),  α_t = σ(g^α_t)[,  δ_t = softplus(g^δ_t)]
+
+q, k, v come out as (B, H, T, d) and the gates as (G, B, H, T) fp32, the layouts the fused update
+kernel takes. One program per (block of tokens, batch row, head): its (tokens x d) tile of each of
+q, k, v lives in registers, so the L2 norms need no second pass. Arithmetic is fp32 whatever the
+storage dtype; outputs take the projections' dtype (gates: fp32). On CPU it runs only under
+Triton's interpreter (TRITON_INTERPRET=1, for tests).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .triton_fused import TRITON_AVAILABLE, elementwise_supported, tl, triton
+
+_BLOCK_T = 64  # tokens per program
+
+
+def supported(x: torch.Tensor, head_dim: int) -> tuple[bool, str]:
+    """Whether the kernel runs for inputs like x (device, dtype) and this head size, and why not."""
+    if head_dim > 256:
+        return False, f"head_dim {head_dim} > 256"
+    return elementwise_supported(x)
+
+
+if TRITON_AVAILABLE:
+
+    @triton.jit
+    def _sigmoid(z):
+        return 1.0 / (1.0 + tl.exp(-z))
+
+    # Lengths, batch sizes and the strides that scale with them vary from piece to piece: not
+    # specialised, so one compiled variant serves a whole stream.
+    @triton.jit(do_not_specialize=["batch", "length", "proj_sb", "tail_sb", "gate_sb"])
+    def _prepare_kernel(
+        proj_ptr, tail_ptr, taps_ptr, bias_ptr, gate_ptr, q_ptr, k_ptr, v_ptr, gates_ptr,
+        batch, length, proj_sb, proj_st, tail_sb, tail_st, gate_sb, gate_st, max_lr,
+        HEADS: tl.constexpr, DIM: tl.constexpr, BD: tl.constexpr, SIZE: tl.constexpr,
+        N_GATES: tl.constexpr, BLOCK_T: tl.constexpr,
+    ):  # fmt: skip
+        block = tl.program_id(0)
+        lane = tl.program_id(1)
+        b = (lane // HEADS).to(tl.int64)  # offsets can pass 2^31 elements
+        h = lane % HEADS
+        inner = HEADS * DIM
+        rows = block * BLOCK_T + tl.arange(0, BLOCK_T)
+        row_ok = rows < length
+        e = tl.arange(0, BD)
+        e_ok = e < DIM
+        out_offsets = ((b * HEADS + h) * length + rows[:, None]) * DIM + e[None, :]
+        out_mask = row_ok[:, None] & e_ok[None, :]
+        for part in tl.static_range(3):  # q, k, v
+            chan = part * inner + h * DIM + e
+            acc = tl.zeros((BLOCK_T, BD), tl.float32) + tl.load(bias_ptr + chan, mask=e_ok, other=0.0)[None, :]
+            for j in tl.static_range(SIZE):
+                source = rows + (j - (SIZE - 1))
+                in_piece = (source >= 0)[:, None] & out_mask
+                in_tail = (source < 0)[:, None] & out_mask
+                x = tl.load(proj_ptr + b * proj_sb + source[:, None] * proj_st + chan[None, :], mask=in_piece, other=0.0)
+                x_tail = tl.load(tail_ptr + b * tail_sb + (source + (SIZE - 1))[:, None] * tail_st + chan[None, :],
+                                 mask=in_tail, other=0.0)  # fmt: skip
+                tap = tl.load(taps_ptr + j * (3 * inner) + chan, mask=e_ok, other=0.0)
+                acc += (x.to(tl.float32) + x_tail.to(tl.float32)) * tap[None, :]
+            act = acc * _sigmoid(acc)
+            if part < 2:
+                norm = tl.maximum(tl.sqrt(tl.sum(act * act, axis=1)), 1e-12)
+                act = act / norm[:, None]
+            if part == 0:
+                tl.store(q_ptr + out_offsets, act.to(q_ptr.dtype.element_ty), mask=out_mask)
+            elif part == 1:
+                tl.store(k_ptr + out_offsets, act.to(k_ptr.dtype.element_ty), mask=out_mask)
+            else:
+                tl.store(v_ptr + out_offsets, act.to(v_ptr.dtype.element_ty), mask=out_mask)
+        for g in tl.static_range(N_GATES):  # θ, η, α[, δ]: gate_pre column g * HEADS + h
+            z = tl.load(gate_ptr + b * gate_sb + rows * gate_st + (g * HEADS + h), mask=row_ok, other=0.0).to(tl.float32)
+            if g == 3:  # softplus, as F.softplus (threshold 20)
+                value = tl.where(z > 20.0, z, tl.log(1.0 + tl.exp(tl.minimum(z, 20.0))))
+            elif g == 0:
+                value = _sigmoid(z) * max_lr
+            else:
+                value = _sigmoid(z)
+            tl.store(gates_ptr + ((g * batch + b) * HEADS + h) * length + rows, value, mask=row_ok)
+
+
+def prepare_inputs(projected: torch.Tensor, tail: torch.Tensor, conv_weight: torch.Tensor, conv_bias: torch.Tensor,
+                   gate_pre: torch.Tensor, heads: int, max_lr: float):  # fmt: skip
+    """projected (B, T, 3C) (the q|k|v projections, C = H·d), tail (B, size - 1, 3C) (the previous
+    projected rows), conv_weight (3C, 1, size), conv_bias (3C,), gate_pre (B, T, G·H).
+    Returns q, k, v (B, H, T, d) in projected's dtype and gates (G, B, H, T) fp32 (see the module
+    docstring)."""
+    batch, length, width = projected.shape
+    dim = width // 3 // heads
+    size = conv_weight.shape[-1]
+    n_gates = gate_pre.shape[-1] // heads
+    device = projected.device
+    q, k, v = (torch.empty(batch, heads, length, dim, device=device, dtype=projected.dtype) for _ in range(3))
+    gates = torch.empty(n_gates, batch, heads, length, device=device, dtype=torch.float32)
+    if batch * length == 0:
+        return q, k, v, gates
+    projected, gate_pre = (t if t.stride(-1) == 1 else t.contiguous() for t in (projected, gate_pre))
+    tail = tail.to(projected.dtype).contiguous()
+    if size == 1:
+        tail = projected  # never read
+    taps = conv_weight[:, 0, :].t().to(torch.float32).contiguous()  # (size, 3C)
+    grid = (triton.cdiv(length, _BLOCK_T), batch * heads)
+    _prepare_kernel[grid](
+        projected, tail, taps, conv_bias.to(torch.float32).contiguous(), gate_pre, q, k, v, gates,
+        batch, length, projected.stride(0), projected.stride(1), tail.stride(0), tail.stride(1),
+        gate_pre.stride(0), gate_pre.stride(1), float(max_lr),
+        HEADS=heads, DIM=dim, BD=max(16, triton.next_power_of_2(dim)), SIZE=size, N_GATES=n_gates,
+        BLOCK_T=_BLOCK_T, num_warps=4,
+    )  # fmt: skip
+    return q, k, v, gates

@@ -55,6 +55,7 @@ SECTIONS = [
     ("fusion_gpu", None, None),         # benchmarks/fusion_gpu.py on the GPU machine: MAG mix + SwiGLU, rotary
     ("multi_gpu", None, None),          # benchmarks/multi_gpu.py on a 2-GPU machine
     ("gpu_memory_kernel", None, None),
+    ("memory_layer_gpu", None, None),   # benchmarks/memory_layer_gpu.py: the layer vs titans-pytorch alone
     ("train_speed", None, None),        # benchmarks/train_speed.py on the GPU machine
     ("miras", None, None),
     ("save_dtype", None, None),         # benchmarks/save_dtype.py: bfloat16 weight storage vs float32

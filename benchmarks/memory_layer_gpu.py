@@ -7,7 +7,9 @@ chunk 64, batch 8 x 16,384 tokens, store + retrieve. titans_cli's NeuralMemory w
 backend (the fused input-path and update kernels, Triton backward) against
 ``titans_pytorch.NeuralMemory(dim=256, chunk_size=64, heads=4, dim_head=64)``, both in fp32 and
 both under bf16 autocast (as `titans train` runs on a GPU); forward under no_grad and forward +
-backward of a mean-square loss. CUDA events, warm-up, median of repeats (gpu_memory_kernel.time_cuda);
+backward of a mean-square loss. titans_cli's layer also returns per-token ||S_t|| (the momentum
+signal), which titans-pytorch does not compute: a second titans_cli forward row passes
+momentum=False (what `titans surprise` does unless it reports that signal), the like-for-like one. CUDA events, warm-up, median of repeats (gpu_memory_kernel.time_cuda);
 peak = max_memory_allocated over one call. Writes benchmarks/results/memory_layer_gpu.md.
 
     python benchmarks/memory_layer_gpu.py [--repeats 5]
@@ -49,12 +51,16 @@ def main() -> int:
     tokens = args.batch * args.length
     torch.manual_seed(0)
     config = MemoryConfig(num_heads=4, head_dim=64, depth=2, expansion=2, chunk_size=64)
-    layers = {"titans_cli (triton)": memory_layer.NeuralMemory(256, config).cuda(), "titans-pytorch": titans_pytorch_layer()}
+    ours = memory_layer.NeuralMemory(256, config).cuda()
+    # name -> (module, keyword arguments, forward only?)
+    layers = {"titans_cli (triton)": (ours, {"backend": "triton"}, False),
+              "titans_cli (triton), momentum=False": (ours, {"backend": "triton", "momentum": False}, True),
+              "titans-pytorch": (titans_pytorch_layer(), {}, False)}
     x = torch.randn(args.batch, args.length, 256, device="cuda")
 
     def forward(name, bf16):
-        module = layers[name]
-        call = (lambda: module(x)) if name == "titans-pytorch" else (lambda: module(x, backend="triton"))
+        module, kwargs, _ = layers[name]
+        call = lambda: module(x, **kwargs)  # noqa: E731
 
         def run():
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
@@ -67,14 +73,14 @@ def main() -> int:
 
         def step():
             run()[0].float().square().mean().backward()
-            layers[name].zero_grad(set_to_none=True)
+            layers[name][0].zero_grad(set_to_none=True)
 
         return step
 
     results = {}
     for bf16 in (False, True):
         for name in layers:
-            for mode in ("fwd", "fwd+bwd"):
+            for mode in ("fwd",) if layers[name][2] else ("fwd", "fwd+bwd"):
                 if mode == "fwd":
                     with torch.no_grad():
                         stats = time_cuda(forward(name, bf16), args.warmup, args.repeats)
@@ -90,6 +96,9 @@ def main() -> int:
         for name in layers:
             cells = [name, "bf16 autocast" if bf16 else "fp32"]
             for mode in ("fwd", "fwd+bwd"):
+                if (name, bf16, mode) not in results:
+                    cells += ["-"] * 4
+                    continue
                 stats, theirs = results[(name, bf16, mode)], results[("titans-pytorch", bf16, mode)]
                 cells += [f"{stats['median_ms']:.2f}", f"{stats['rate'] / 1e6:.2f}", f"{stats['rate'] / theirs['rate']:.2f}x",
                           f"{stats['peak_gib']:.2f}"]

@@ -89,6 +89,24 @@ def test_fused_equals_torch_chunked_in_fp32(changes):
     assert_results_close(fused, chunked, 1e-4, "fused vs torch_chunked:")
 
 
+@pytest.mark.parametrize("changes", [dict(), dict(depth=1), dict(algorithm="gd")], ids=["titans", "depth 1", "gd"])
+def test_without_the_momentum_signal_everything_else_is_unchanged(changes):
+    """momentum_signal=False (inference callers that read no ||S_t||) skips the Grams: the same
+    output, grad norms and state (to 1e-6: compiled without the Grams, a GPU may schedule the shared
+    products differently), and NaN for ||S_t||."""
+    config = MemoryConfig(num_heads=2, head_dim=16, chunk_size=16, max_grad_norm=0.5).replace(**changes)
+    (q, k, v, lr, momentum, decay, delta), weights, momenta = random_inputs(config, batch=2, length=40)
+    args = (q, k, v, lr, momentum, decay, delta, weights, momenta, config)
+    full = triton_fused.memory_update(*args, precision="ieee")
+    lean = triton_fused.memory_update(*args, precision="ieee", momentum_signal=False)
+    assert torch.isnan(lean.momentum_norm).all(), "||S_t|| should be NaN when it is not asked for"
+    assert torch.isfinite(full.momentum_norm).all()
+    pairs = [("output", lean.output, full.output), ("grad_norm", lean.grad_norm, full.grad_norm)]
+    pairs += [("state", a, b) for a, b in zip((*lean.weights, *lean.momenta), (*full.weights, *full.momenta))]
+    for name, a, b in pairs:
+        assert relative_error(a, b) < 1e-6, f"{name} changed without the momentum signal"
+
+
 def test_hidden_units_in_several_blocks_equal_one_block():
     """Depth 2 walks the hidden units in blocks; 4 blocks of 16 must give torch_chunked's result."""
     config = MemoryConfig(num_heads=1, head_dim=16, expansion=4, chunk_size=16, max_grad_norm=0.5)

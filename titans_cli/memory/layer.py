@@ -17,6 +17,7 @@ sequence in any pieces gives exactly the outputs of feeding it whole.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -53,6 +54,12 @@ def _bf16_kernels(config: MemoryConfig) -> bool:
     from .triton_fused import bf16_supported
 
     return bf16_supported(config)
+
+
+def _is_fused(op) -> bool:
+    from .triton_fused import memory_update
+
+    return op is memory_update
 
 
 def _prepare_on_gpu(x: torch.Tensor, head_dim: int) -> bool:
@@ -216,7 +223,7 @@ class NeuralMemory(nn.Module):
     def forward(self, x: torch.Tensor, state: MemoryStreamState | None = None, backend: str = "torch",
                 momentum: bool = True):
         """x (B, T, D) -> (y (B, T, D), state, {"grad": (B, T), "momentum": (B, T)}).
-        momentum=False lets the numba inference path skip ||S_t|| (then NaN)."""
+        momentum=False lets the numba and triton inference paths skip ||S_t|| (then NaN)."""
         config = self.config
         batch, length, _ = x.shape
         if state is None:
@@ -226,6 +233,9 @@ class NeuralMemory(nn.Module):
         if backend == "numba" and length > 0 and not torch.is_grad_enabled() and x.device.type == "cpu":
             return self._forward_numba(x, state, momentum)
         op = memory_op(backend)
+        if backend == "triton" and not momentum and not torch.is_grad_enabled() and _is_fused(op):
+            # nobody reads ||S_t||: the fused kernel skips its Grams (NaN, as the numba path)
+            op = functools.partial(op, momentum_signal=False)
 
         projected = self.to_qkv(x)
         gate_pre = self.to_gates(x)

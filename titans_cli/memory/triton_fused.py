@@ -230,6 +230,7 @@ if TRITON_AVAILABLE:
         BT: tl.constexpr, BD: tl.constexpr, BHID: tl.constexpr, HB: tl.constexpr,
         DEPTH: tl.constexpr, BIAS: tl.constexpr, RETENTION: tl.constexpr,
         GD: tl.constexpr, CLIP: tl.constexpr, PRECISION: tl.constexpr, SAVE_STATE: tl.constexpr,
+        MOMENTUM_NORM: tl.constexpr,
     ):
         # One program = one (batch row, head); it owns its state buffers, so the chunk loop needs
         # only CTA barriers between writing the state and reading it back. Depth 2 walks the hidden
@@ -320,7 +321,7 @@ if TRITON_AVAILABLE:
                     act = z * tl.sigmoid(z)
                     pred += _mm(act, tl.trans(w2), PRECISION)
                     hidden_sq += tl.sum(act * act, axis=1)
-                    if not GD:
+                    if MOMENTUM_NORM and not GD:
                         s2 = tl.load(s2_ptr + off2, mask=mask2, other=0.0)
                         hidden_gram += _mm(act, tl.trans(act), PRECISION)
                         hidden_s2 += _mm(act, tl.trans(s2), PRECISION)
@@ -333,10 +334,10 @@ if TRITON_AVAILABLE:
                 # ---- pass 2: δ1 = (δ2 W2) ⊙ σ'(z), its norms and Gram
                 delta1_sq = tl.zeros((BT,), tl.float32)
                 delta1_gram = tl.zeros((BT, BT), tl.float32)
-                if GD:
-                    s0_dot_u = tl.zeros((BT,), tl.float32)
-                else:
+                if MOMENTUM_NORM and not GD:
                     s0_dot_u = tl.sum(hidden_s2 * delta2, axis=1)
+                else:
+                    s0_dot_u = tl.zeros((BT,), tl.float32)
                 for j in range(0, BHID // HB):
                     hid = j * HB + rb
                     h_ok = hid < hidden
@@ -350,7 +351,7 @@ if TRITON_AVAILABLE:
                     sig = tl.sigmoid(z)
                     delta1 = _mm(delta2, w2, PRECISION) * (sig * (1.0 + z * (1.0 - sig)))
                     delta1_sq += tl.sum(delta1 * delta1, axis=1)
-                    if not GD:
+                    if MOMENTUM_NORM and not GD:
                         s1 = tl.load(s1_ptr + off1, mask=mask1, other=0.0)
                         delta1_gram += _mm(delta1, tl.trans(delta1), PRECISION)
                         s0_dot_u += tl.sum(_mm(keys, tl.trans(s1), PRECISION) * delta1, axis=1)
@@ -386,7 +387,9 @@ if TRITON_AVAILABLE:
             )
 
             # ---- ||S_t|| through b×b Grams: <u_i, u_j> = Σ_l <δ_l,i, δ_l,j> <x_l,i, x_l,j>
-            if GD:
+            if not MOMENTUM_NORM:  # the caller reads no ||S_t||: NaN, as numba_cpu writes then
+                momentum_norm = tl.full((BT,), float("nan"), tl.float32)
+            elif GD:
                 momentum_norm = theta * grad_norm  # S_t = -θ_t u_t exactly
             else:
                 key_gram = _mm(keys, tl.trans(keys), PRECISION)
@@ -776,7 +779,7 @@ if TRITON_AVAILABLE:
 
 def _fused_forward(q, k, v, lr, momentum, decay, huber_delta, weights, momenta, config: MemoryConfig,
                    precision: str | None, num_warps: int | None = None, block_hidden: int | None = None,
-                   checkpoints: torch.Tensor | None = None):
+                   checkpoints: torch.Tensor | None = None, momentum_signal: bool = True):
     """Run the kernel on detached tensors; returns (output, grad_norm, momentum_norm, weights, momenta)."""
     batch, heads, length, dim = k.shape
     device = k.device
@@ -819,7 +822,7 @@ def _fused_forward(q, k, v, lr, momentum, decay, huber_delta, weights, momenta, 
             try:
                 _launch(q, k, v, lr_c, eta_c, alpha_c, delta_c, w1, w2, s1, s2, output, grad_norm, momentum_norm,
                         config, heads, length, dim, hidden, block_t, block_h, kernel_precision, num_warps,
-                        checkpoints)
+                        checkpoints, momentum_signal)
                 break
             except OutOfResources:
                 # Shared memory of the tile products grows with the hidden block (fp32 operands of
@@ -835,7 +838,8 @@ def _fused_forward(q, k, v, lr, momentum, decay, huber_delta, weights, momenta, 
 
 
 def _launch(q, k, v, lr_c, eta_c, alpha_c, delta_c, w1, w2, s1, s2, output, grad_norm, momentum_norm,
-            config, heads, length, dim, hidden, block_t, block_h, kernel_precision, num_warps, checkpoints=None):
+            config, heads, length, dim, hidden, block_t, block_h, kernel_precision, num_warps, checkpoints=None,
+            want_momentum=True):
     depth = config.depth
     shapes = config.weight_shapes()
     rho1 = retention_radius(config, shapes[0][1])
@@ -856,7 +860,8 @@ def _launch(q, k, v, lr_c, eta_c, alpha_c, delta_c, w1, w2, s1, s2, output, grad
         DEPTH=depth, BIAS=_BIAS_CODES[config.attentional_bias],
         RETENTION=_RETENTION_CODES[config.retention],
         GD=config.algorithm == "gd", CLIP=config.max_grad_norm != float("inf"),
-        PRECISION=kernel_precision, SAVE_STATE=checkpoints is not None, num_warps=num_warps,
+        PRECISION=kernel_precision, SAVE_STATE=checkpoints is not None, MOMENTUM_NORM=want_momentum,
+        num_warps=num_warps,
         # No software pipelining: a prefetch of the next chunk's state would read it before
         # this chunk's stores (the state address does not change from chunk to chunk).
         num_stages=1,
@@ -1008,10 +1013,12 @@ class _FusedMemoryUpdate(torch.autograd.Function):
 
 
 def memory_update(q, k, v, lr, momentum, decay, huber_delta, weights, momenta, config: MemoryConfig,
-                  precision: str | None = None, backward: str = "auto") -> MemoryResult:
+                  precision: str | None = None, backward: str = "auto", momentum_signal: bool = True) -> MemoryResult:
     """The memory update of torch_chunked, fused into one Triton launch (see the module docstring).
 
-    Falls back to torch_chunked where `fused_supported` says no. ``backward`` (training only):
+    Falls back to torch_chunked where `fused_supported` says no. momentum_signal=False (inference
+    only): the caller reads no ||S_t||, so the kernel skips its Grams (~30 % of the chunk's products)
+    and returns NaN for it. ``backward`` (training only):
     "torch" recomputes through torch_chunked; "triton" and "auto" (the default) run the backward
     kernel where `backward_kernel_supported` says so and it fits the GPU, else recompute.
     """
@@ -1029,7 +1036,8 @@ def memory_update(q, k, v, lr, momentum, decay, huber_delta, weights, momenta, c
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
         outputs = _FusedMemoryUpdate.apply(config, precision, backward, *tensors)
     else:
-        outputs = _fused_forward(q, k, v, lr, momentum, decay, huber_delta, weights, momenta, config, precision)
+        outputs = _fused_forward(q, k, v, lr, momentum, decay, huber_delta, weights, momenta, config, precision,
+                                 momentum_signal=momentum_signal)
         outputs = (*outputs[:3], *outputs[3], *outputs[4])
     depth = config.depth
     return MemoryResult(

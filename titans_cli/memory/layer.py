@@ -216,6 +216,38 @@ class NeuralMemory(nn.Module):
             out.addcmul_(with_tail[:, j : j + length], taps[j])
         return out
 
+    def _memory_inputs(self, projected: torch.Tensor, gate_pre: torch.Tensor, tail: torch.Tensor, backend: str):
+        """From a piece's q|k|v projections (B, T, 3HD), gate pre-activations (B, T, G·H) and the
+        previous piece's last conv_size - 1 projections: q, k, v (B, H, T, d) after the causal conv,
+        SiLU and (q, k) L2 norms; the gates θ = max_lr·σ, η = σ, α = σ[, Huber δ = softplus] (B, H, T)
+        each; and the tail the next piece needs. One computation, three implementations: autograd's
+        (conv1d, F.normalize), CPU inference's (shifted multiply-adds on the (B, T, C) layout, ~4x
+        faster than conv1d's transposed path) and GPU inference's (one Triton kernel,
+        prepare_triton.py)."""
+        config, heads = self.config, self.config.num_heads
+        batch, length, _ = projected.shape
+        kept = config.conv_size - 1
+        tail = tail.to(projected.dtype)
+        if backend == "triton" and not torch.is_grad_enabled() and _prepare_on_gpu(projected, config.head_dim):
+            from .prepare_triton import prepare_inputs
+
+            q, k, v, gates = prepare_inputs(projected, tail, self.conv.weight, self.conv.bias, gate_pre, heads,
+                                            config.max_lr)  # fmt: skip
+            new_tail = projected[:, length - kept :] if length >= kept else torch.cat([tail[:, length:], projected], 1)
+            return q, k, v, gates, new_tail.clone()  # not a view of the piece
+        with_tail = torch.cat([tail, projected], dim=1)
+        if torch.is_grad_enabled():
+            convolved = F.conv1d(with_tail.transpose(1, 2), self.conv.weight, self.conv.bias, groups=self.conv.groups)
+            q, k, v = F.silu(convolved.transpose(1, 2)).chunk(3, dim=-1)
+            q, k = F.normalize(self._split_heads(q), dim=-1), F.normalize(self._split_heads(k), dim=-1)
+        else:
+            q, k, v = F.silu(self._causal_conv(with_tail, length), inplace=True).chunk(3, dim=-1)
+            q, k = self._split_heads(_l2_normalize(q, heads)), self._split_heads(_l2_normalize(k, heads))
+        pre = gate_pre.view(batch, length, -1, heads).permute(2, 0, 3, 1)  # (G, B, H, T)
+        gates = (torch.sigmoid(pre[0]) * config.max_lr, torch.sigmoid(pre[1]), torch.sigmoid(pre[2]),
+                 F.softplus(pre[3]) if self.uses_huber else None)  # fmt: skip
+        return q, k, self._split_heads(v), gates, with_tail[:, with_tail.shape[1] - kept :].clone()
+
     def _split_heads(self, t: torch.Tensor) -> torch.Tensor:
         batch, length, _ = t.shape
         return t.view(batch, length, self.config.num_heads, -1).transpose(1, 2)
@@ -237,39 +269,7 @@ class NeuralMemory(nn.Module):
             # nobody reads ||S_t||: the fused kernel skips its Grams (NaN, as the numba path)
             op = functools.partial(op, momentum_signal=False)
 
-        projected = self.to_qkv(x)
-        gate_pre = self.to_gates(x)
-        gates = None
-        if backend == "triton" and not torch.is_grad_enabled() and _prepare_on_gpu(x, config.head_dim):
-            # GPU inference: conv, SiLU, L2 norms and gates in one kernel (prepare_triton.py)
-            from .prepare_triton import prepare_inputs
-
-            q, k, v, gates = prepare_inputs(projected, state.conv_tail, self.conv.weight, self.conv.bias, gate_pre,
-                                            config.num_heads, config.max_lr)  # fmt: skip
-            kept = config.conv_size - 1  # the last conv_size - 1 rows of [tail; projected]
-            tail = state.conv_tail.to(projected.dtype)
-            conv_tail = projected[:, length - kept :].clone() if length >= kept else torch.cat([tail[:, length:], projected], 1)
-        elif torch.is_grad_enabled():
-            with_tail = torch.cat([state.conv_tail.to(projected.dtype), projected], dim=1)
-            convolved = F.conv1d(with_tail.transpose(1, 2), self.conv.weight, self.conv.bias, groups=self.conv.groups)
-            q, k, v = F.silu(convolved.transpose(1, 2)).chunk(3, dim=-1)
-            q = F.normalize(self._split_heads(q), dim=-1)
-            k = F.normalize(self._split_heads(k), dim=-1)
-        else:
-            # Inference: the same depthwise conv as conv_size shifted multiply-adds on the (B, T, C)
-            # layout (~4x faster than conv1d's transposed path on CPU), SiLU in place, and the L2
-            # norms over contiguous rows.
-            with_tail = torch.cat([state.conv_tail.to(projected.dtype), projected], dim=1)
-            convolved = self._causal_conv(with_tail, length)
-            q, k, v = F.silu(convolved, inplace=True).chunk(3, dim=-1)
-            q = self._split_heads(_l2_normalize(q, config.num_heads))
-            k = self._split_heads(_l2_normalize(k, config.num_heads))
-        if gates is None:
-            v = self._split_heads(v)
-            conv_tail = with_tail[:, with_tail.shape[1] - (config.conv_size - 1) :].clone()  # not a view of the piece
-            gates = gate_pre.view(batch, length, -1, config.num_heads).permute(2, 0, 3, 1)  # (G, B, H, T)
-            gates = (torch.sigmoid(gates[0]) * config.max_lr, torch.sigmoid(gates[1]), torch.sigmoid(gates[2]),
-                     F.softplus(gates[3]) if self.uses_huber else None)  # fmt: skip
+        q, k, v, gates, conv_tail = self._memory_inputs(self.to_qkv(x), self.to_gates(x), state.conv_tail, backend)
         lr, momentum, decay = gates[0], gates[1], gates[2]
         huber_delta = gates[3] if self.uses_huber else None
         if backend == "triton" and x.is_cuda and torch.is_autocast_enabled("cuda") and _bf16_kernels(config):

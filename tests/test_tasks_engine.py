@@ -188,6 +188,18 @@ def test_assign_shards_balances_by_length():
     assert owners == assign_shards(lengths, 2), "deterministic"
 
 
+def test_runtime_notice_names_the_slow_gpu_path():
+    """--backend auto on a GPU without triton says so in one line; every other choice is silent."""
+    from titans_cli.cli.common import runtime_notice
+
+    cuda, cpu = torch.device("cuda", 0), torch.device("cpu")
+    notice = runtime_notice(Runtime(cuda, "torch"), "auto")
+    assert notice and "triton" in notice and "\n" not in notice
+    assert runtime_notice(Runtime(cuda, "torch"), "torch") is None, "asked for explicitly: no warning"
+    assert runtime_notice(Runtime(cuda, "triton"), "auto") is None
+    assert runtime_notice(Runtime(cpu, "numba"), "auto") is None
+
+
 def test_softmax_head_learns_and_round_trips(tmp_path):
     from titans_cli.tasks.heads import load_head, save_head, train_head
 

@@ -109,6 +109,9 @@ def open_session(kind: str, model: str | None, device: str, backend: str, encodi
     from titans_cli.model import load_model
 
     runtime = choose_runtime(device, backend)
+    notice = runtime_notice(runtime, backend)
+    if notice:
+        info(f"titans: {notice}")
     name = model or DEFAULT_MODELS[kind]
     loaded = load_model(name, device=runtime.device)
     model_kind = "sequence" if loaded.config.tokenizer == "dna" else "text"
@@ -118,6 +121,14 @@ def open_session(kind: str, model: str | None, device: str, backend: str, encodi
             f"{'FASTA/FASTQ' if kind == 'sequence' else 'text'}; pick another --model"
         )
     return Session(loaded, runtime, kind, name, encoding)
+
+
+def runtime_notice(runtime, requested_backend: str) -> str | None:
+    """A one-line warning when --backend auto had to settle for a slow path, else None."""
+    if requested_backend == "auto" and runtime.device.type == "cuda" and runtime.backend == "torch":
+        return ("triton is not installed: the GPU runs the unfused torch path, 20x slower or more "
+                "(pip install 'titans-cli[gpu]', or a torch build that ships triton)")
+    return None
 
 
 def check_positive(name: str, value: int | float | None) -> None:

@@ -58,6 +58,7 @@ SECTIONS = [
     ("memory_layer_gpu", None, None),   # benchmarks/memory_layer_gpu.py: the layer vs titans-pytorch alone
     ("train_speed", None, None),        # benchmarks/train_speed.py on the GPU machine
     ("miras", None, None),
+    ("host_emit", None, None),          # benchmarks/host_emit.py --baseline-tree DIR: host cost of a step
     ("save_dtype", None, None),         # benchmarks/save_dtype.py: bfloat16 weight storage vs float32
     ("bad_inputs", "bad_inputs.py", None),  # issue 6: each bad input through the real CLI (5-12 min; full runs only)
     ("stability_gpu", None, None),      # benchmarks/stability.py --device cuda: 20 Mbp on the GPU machine

@@ -379,33 +379,33 @@ class StreamEngine:
         signals of input a + r (= token a + r - 1) and the bits of token a + r (predicted there)."""
         a = lane.fed
         n_tokens_total = lane.length if lane.exhausted else None
-        # tokens whose signals arrived this step: j = a + r - 1 for r in [0, n_fed), j >= 0
+        # tokens whose signals arrived this step: j = a + r - 1 for rows r in [first_row, n_fed)
         first_row = 1 if a == 0 else 0
-        rows = np.arange(first_row, n_fed)
-        if rows.size == 0:
+        if n_fed <= first_row:
             lane.carry_bits = float(bits[n_fed - 1]) if n_fed else lane.carry_bits
             return
         j_start = a + first_row - 1
-        token_bits = np.empty(rows.size, dtype=np.float32)
+        end = n_fed
+        if n_tokens_total is not None:  # rows past the record's last token carry nothing
+            end = max(first_row, min(n_fed, n_tokens_total - j_start + first_row))
+        count = end - first_row
+        token_bits = np.empty(count, dtype=np.float32)
         # bits of token j were computed at input j = row j - a: the previous row, or the carry
-        token_bits[1:] = bits[rows[:-1]]
-        token_bits[0] = lane.carry_bits if first_row == 0 else bits[0]
-        tokens = lane.buffer[rows]
-        if n_tokens_total is not None:
-            keep = j_start + np.arange(rows.size) < n_tokens_total
-            rows, token_bits, tokens = rows[keep], token_bits[keep], tokens[keep]
+        token_bits[0:1] = lane.carry_bits if first_row == 0 else bits[0]
+        token_bits[1:] = bits[first_row : end - 1]
         lane.carry_bits = float(bits[n_fed - 1])
-        if rows.size == 0:
+        if count == 0:
             return
+        rows = slice(first_row, end)  # copies, not views: a reducer may keep them past this step
         outputs = TokenOutputs(
             start=j_start,
-            tokens=tokens,
+            tokens=lane.buffer[rows].copy(),
             bits=token_bits,
-            grad=np.ascontiguousarray(grad[rows]),
-            momentum=np.ascontiguousarray(momentum[rows]),
-            hidden=None if hidden is None else np.ascontiguousarray(hidden[rows]),
+            grad=grad[rows].copy(),
+            momentum=momentum[rows].copy(),
+            hidden=None if hidden is None else hidden[rows].copy(),
         )
-        self.throughput.add(len(tokens))
+        self.throughput.add(count)
         lane.items.extend(lane.reducer.add(outputs))
 
     def _fingerprints(self, state, rows: list[int]):

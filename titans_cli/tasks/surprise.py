@@ -71,12 +71,16 @@ class WindowMeans:
         windows this completed."""
         if values.size == 0:
             return np.zeros(0, np.int64), np.zeros(0)
-        first = start // self.window
-        index = (start + np.arange(values.size)) // self.window
-        group_starts = np.concatenate(([0], np.flatnonzero(np.diff(index)) + 1))
-        sums = np.add.reduceat(values.astype(np.float64), group_starts)
-        counts = np.diff(np.append(group_starts, values.size))
-        windows = index[group_starts]
+        window = self.window
+        first = start // window
+        # groups of values that share a window: one starts at every window boundary in the piece
+        first_boundary = (-start) % window
+        boundaries = np.arange(first_boundary, values.size, window)
+        group_starts = boundaries if first_boundary == 0 else np.concatenate(([0], boundaries))
+        sums = np.add.reduceat(values, group_starts, dtype=np.float64)
+        # each group runs to the next window boundary or the piece's end
+        counts = np.minimum(group_starts - (start + group_starts) % window + window, values.size) - group_starts
+        windows = first + np.arange(len(group_starts), dtype=np.int64)  # group 0 lies in window `first`
         done_index, done_mean = [], []
         if first == self.current:  # the first group continues the window being filled
             sums[0] += self.total
@@ -85,7 +89,7 @@ class WindowMeans:
             done_index.append(self.current)
             done_mean.append(self.total / self.count)
         # every group but the last is a whole window; the last stays open
-        done_index = np.concatenate((np.asarray(done_index, dtype=np.int64), windows[:-1].astype(np.int64)))
+        done_index = np.concatenate((np.asarray(done_index, dtype=np.int64), windows[:-1]))
         done_mean = np.concatenate((np.asarray(done_mean, dtype=np.float64), sums[:-1] / counts[:-1]))
         self.current, self.total, self.count = int(windows[-1]), float(sums[-1]), int(counts[-1])
         return done_index, done_mean

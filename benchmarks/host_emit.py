@@ -1,10 +1,11 @@
 """Host-side cost of one streaming step: handing a GPU-sized step's outputs (128 lanes x 4,096 tokens)
-to the `surprise` reducers, with no model in the loop.
+to the `surprise` reducers, and writing their 50-base windows as bedGraph, with no model in the loop.
 
 On a GPU the engine waits for a step's outputs, then spends this time in Python and numpy before it
 builds the next step (stream.StreamEngine._emit -> SequenceTrackReducer.add -> WindowMeans.add, 50-base
-windows), so it adds to every step's wall time. This times that part alone on this machine's CPU:
-random bits and grad arrays, `_emit` for every lane, repeated; median over rounds.
+windows), so it adds to every step's wall time; the CLI then writes the windows (io.tracks). This
+times both alone on this machine's CPU: random bits and grad arrays, `_emit` for every lane; random
+window values through BedGraphWriter; median over rounds.
 
     python benchmarks/host_emit.py [--baseline-tree DIR] [--rounds 5] [--steps 40]
 
@@ -63,10 +64,34 @@ def one_round(steps: int) -> float:
     return (time.perf_counter() - start) / steps * 1e3
 
 
-def measure_tree(tree: Path, steps: int) -> float:
+def writer_round(steps: int) -> float:
+    """Milliseconds per step of writing a step's 50-base windows (LANES x PIECE / 50) as bedGraph
+    (io.tracks.BedGraphWriter, as `titans surprise -o x.bedgraph` does), random values."""
+    import tempfile
+
+    import numpy as np
+
+    from titans_cli.io.tracks import open_track_writer
+
+    per_lane = PIECE // 50
+    rng = np.random.default_rng(1)
+    values = rng.random((steps, LANES, per_lane)) * 2
+    with tempfile.TemporaryDirectory() as scratch:
+        start = time.perf_counter()
+        with open_track_writer(str(Path(scratch) / "t.bedgraph"), "bedgraph") as writer:
+            for lane in range(LANES):  # one record per lane, its windows written in step order
+                chrom = f"record{lane}"
+                for step in range(steps):
+                    first = step * per_lane * 50
+                    starts = first + 50 * np.arange(per_lane)
+                    writer.add_intervals(chrom, starts, starts + 50, values[step, lane])
+        return (time.perf_counter() - start) / steps * 1e3
+
+
+def measure_tree(tree: Path, steps: int, what: str = "one_round") -> float:
     """One round in a fresh interpreter with `tree` first on the path."""
     code = (f"import sys; sys.path.insert(1, {str(REPO / 'benchmarks')!r}); import host_emit, titans_cli; "
-            f"assert titans_cli.__file__.startswith({str(tree)!r}), titans_cli.__file__; print(host_emit.one_round({steps}))")
+            f"assert titans_cli.__file__.startswith({str(tree)!r}), titans_cli.__file__; print(host_emit.{what}({steps}))")
     env = dict(os.environ, PYTHONPATH=str(tree))
     # cwd = the tree: `python -c` puts the working directory first on sys.path
     out = subprocess.run([sys.executable, "-c", code], env=env, cwd=tree, capture_output=True, text=True, check=True)
@@ -85,22 +110,25 @@ def main() -> None:
         commit = subprocess.run(["git", "-C", str(args.baseline_tree), "rev-parse", "--short", "HEAD"],
                                 capture_output=True, text=True).stdout.strip() or args.baseline_tree.name
         trees = {f"baseline (commit {commit})": args.baseline_tree.resolve(), **trees}
-    times = {name: [] for name in trees}
+    parts = {"reducers (_emit)": "one_round", "bedGraph writer": "writer_round"}
+    times = {(part, name): [] for part in parts for name in trees}
     for round_ in range(args.rounds):
-        for name, tree in trees.items():
-            times[name].append(measure_tree(tree, args.steps))
-            common.log(f"round {round_}: {name} {times[name][-1]:.1f} ms/step")
+        for part, function in parts.items():
+            for name, tree in trees.items():
+                times[(part, name)].append(measure_tree(tree, args.steps, function))
+                common.log(f"round {round_}: {part}, {name}: {times[(part, name)][-1]:.1f} ms/step")
     rows = []
-    for name, values in times.items():
+    for (part, name), values in times.items():
         median = statistics.median(values)
-        rows.append([name, f"{median:.1f}", f"{min(values):.1f}-{max(values):.1f}",
+        rows.append([part, name, f"{median:.1f}", f"{min(values):.1f}-{max(values):.1f}",
                      f"{LANES * PIECE / median / 1e3:.1f}"])  # fmt: skip
     body = (f"`_emit` for {LANES} lanes x {PIECE:,} tokens per step (the `surprise --metric bits` reducer, 50-base "
             f"windows), {args.steps} steps per round, {args.rounds} rounds alternating between trees, each round in a "
             f"fresh interpreter; no model. Command: `python benchmarks/host_emit.py "
             f"{' '.join(sys.argv[1:])}`.\n\n"
-            + common.md_table(["code", "ms per step (median)", "range", "M tokens/s host-bound"], rows)
-            + f"\n\nRaw ms per step: `{json.dumps({k: [round(v, 2) for v in vs] for k, vs in times.items()})}`")
+            + common.md_table(["part", "code", "ms per step (median)", "range", "M tokens/s host-bound"], rows)
+            + "\n\nRaw ms per step: `"
+            + json.dumps({f"{part}, {name}": [round(v, 2) for v in vs] for (part, name), vs in times.items()}) + "`")
     path = common.write_section("host_emit", "Host-side cost of a streaming step", body, quick=False,
                                 elapsed_s=timer.elapsed)
     print(path.read_text())

@@ -180,18 +180,20 @@ class BedGraphWriter(TrackWriter):
             self.handle.write(" ".join(parts) + "\n")
 
     def _write(self, chrom, starts, ends, values) -> None:
+        # One pass over the intervals with the pending line in locals: the values formatted in one
+        # call (format_value's ".6g"), a line written when the next interval does not extend it.
+        texts = map("{:.6g}".format, np.asarray(values, dtype=np.float64).tolist())
         lines = []
-        pending = self._pending
-        for start, end, value in zip(starts.tolist(), ends.tolist(), values.tolist()):
-            text = format_value(value)
-            if (self.merge_equal and pending is not None and pending[0] == chrom
-                    and pending[2] == start and pending[3] == text):
-                pending[2] = end
+        merge = self.merge_equal
+        pending_chrom, pending_start, pending_end, pending_text = self._pending or (None, None, None, None)
+        for start, end, text in zip(starts.tolist(), ends.tolist(), texts):
+            if merge and pending_end == start and pending_text == text and pending_chrom == chrom:
+                pending_end = end
                 continue
-            if pending is not None:
-                lines.append(f"{pending[0]}\t{pending[1]}\t{pending[2]}\t{pending[3]}\n")
-            pending = [chrom, start, end, text]
-        self._pending = pending
+            if pending_chrom is not None:
+                lines.append(f"{pending_chrom}\t{pending_start}\t{pending_end}\t{pending_text}\n")
+            pending_chrom, pending_start, pending_end, pending_text = chrom, start, end, text
+        self._pending = None if pending_chrom is None else [pending_chrom, pending_start, pending_end, pending_text]
         self.handle.write("".join(lines))
 
     def _finish(self) -> None:

@@ -43,24 +43,9 @@ SHAPES = {  # name -> (d_model, heads, window)
 DEFAULT_CONFIGS = [None, (64, 64, 4, 2), (64, 64, 4, 3), (64, 64, 8, 2), (32, 32, 4, 2), (128, 64, 8, 2)]
 
 
-def log(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
 def time_cuda(fn, warmup: int, repeats: int) -> float:
     """Median milliseconds of fn() between CUDA events, after warm-up."""
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
+    return statistics.median(common.cuda_times_ms(fn, warmup, repeats))
 
 
 def parse_config(text: str) -> tuple[int, int, int, int]:
@@ -111,7 +96,7 @@ def run_shape(shape: str, args, configs) -> tuple[str, list[list]]:
         want_y, want_cache = attention(x, cache, backend="torch")
         torch_ms = time_cuda(lambda: attention(x, cache, backend="torch"), args.warmup, args.repeats)
         rows.append(["torch path", "-", f"{torch_ms:.3f}", "-", f"{tokens / torch_ms / 1e3:.1f}", "1.00", "-", "-"])
-        log(f"{shape}: torch path {torch_ms:.3f} ms")
+        common.log(f"{shape}: torch path {torch_ms:.3f} ms")
         inputs = attention._triton_inputs(x, cache)  # projection and rotation, once
 
         def measure(precision, tiles):
@@ -126,14 +111,14 @@ def run_shape(shape: str, args, configs) -> tuple[str, list[list]]:
                 kernel_ms = time_cuda(lambda: attention_triton.sliding_window_attention(*inputs, options),
                                       args.warmup, args.repeats)  # fmt: skip
             except Exception as error:  # a config the card cannot run (shared memory, registers)
-                log(f"{shape} {precision} {label}: failed\n{traceback.format_exc(limit=1)}")
+                common.log(f"{shape} {precision} {label}: failed\n{traceback.format_exc(limit=1)}")
                 rows.append([precision, label, f"failed: {type(error).__name__}", "", "", "", "", ""])
                 return float("inf")
             cache_error = max(max_difference(new_cache.keys, want_cache.keys),
                               max_difference(new_cache.values, want_cache.values))
             rows.append([precision, label, f"{forward_ms:.3f}", f"{kernel_ms:.3f}", f"{tokens / forward_ms / 1e3:.1f}",
                          f"{torch_ms / forward_ms:.2f}", f"{max_difference(y, want_y):.1e}", f"{cache_error:.1e}"])  # fmt: skip
-            log(f"{shape} {precision} {label}: forward {forward_ms:.3f} ms, kernel {kernel_ms:.3f} ms")
+            common.log(f"{shape} {precision} {label}: forward {forward_ms:.3f} ms, kernel {kernel_ms:.3f} ms")
             return forward_ms
 
         timings = {}
@@ -197,7 +182,7 @@ def main(argv=None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)
     print(text)
-    log(f"wrote {args.out}")
+    common.log(f"wrote {args.out}")
     return 0
 
 

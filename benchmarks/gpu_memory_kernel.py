@@ -56,17 +56,7 @@ def log(message: str) -> None:
 
 def time_cuda(fn, warmup: int, repeats: int) -> dict:
     """Median / min milliseconds of fn() between CUDA events, after warm-up; peak memory of one call."""
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
+    times = common.cuda_times_ms(fn, warmup, repeats)
     torch.cuda.synchronize()
     torch.cuda.empty_cache()
     base = torch.cuda.memory_allocated()

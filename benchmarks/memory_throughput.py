@@ -26,6 +26,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import common  # noqa: E402
 
 from titans_cli.memory import PRESETS, MemoryConfig, NeuralMemory  # noqa: E402
 from titans_cli.device import triton_available  # noqa: E402
@@ -71,15 +74,8 @@ def time_cuda(fn, repeats: int) -> tuple[float, float]:
     fn()
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
-    times = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end) / 1000.0)
-    return statistics.median(times), torch.cuda.max_memory_allocated() / 2**20
+    times = common.cuda_times_ms(fn, 0, repeats)
+    return statistics.median(times) / 1000.0, torch.cuda.max_memory_allocated() / 2**20
 
 
 def ours_call(layer, x, backend: str, backward: bool):

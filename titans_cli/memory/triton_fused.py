@@ -91,7 +91,8 @@ def _interpreting() -> bool:
 
 def elementwise_supported(x: torch.Tensor) -> tuple[bool, str]:
     """Whether the inference kernels that read and write tensors like x (fp32 arithmetic, any
-    float storage: model/fused_triton.py, prepare_triton.py) run on its device and dtype, and why not."""
+    float storage: model/fused_triton.py, model/attention_triton.py, prepare_triton.py) run on its
+    device and dtype, and why not."""
     if not TRITON_AVAILABLE:
         return False, "triton is not installed"
     if x.device.type != "cuda" and not _interpreting():
@@ -839,7 +840,7 @@ def _fused_forward(q, k, v, lr, momentum, decay, huber_delta, weights, momenta, 
 
 def _launch(q, k, v, lr_c, eta_c, alpha_c, delta_c, w1, w2, s1, s2, output, grad_norm, momentum_norm,
             config, heads, length, dim, hidden, block_t, block_h, kernel_precision, num_warps, checkpoints=None,
-            want_momentum=True):
+            momentum_signal=True):
     depth = config.depth
     shapes = config.weight_shapes()
     rho1 = retention_radius(config, shapes[0][1])
@@ -860,7 +861,7 @@ def _launch(q, k, v, lr_c, eta_c, alpha_c, delta_c, w1, w2, s1, s2, output, grad
         DEPTH=depth, BIAS=_BIAS_CODES[config.attentional_bias],
         RETENTION=_RETENTION_CODES[config.retention],
         GD=config.algorithm == "gd", CLIP=config.max_grad_norm != float("inf"),
-        PRECISION=kernel_precision, SAVE_STATE=checkpoints is not None, MOMENTUM_NORM=want_momentum,
+        PRECISION=kernel_precision, SAVE_STATE=checkpoints is not None, MOMENTUM_NORM=momentum_signal,
         num_warps=num_warps,
         # No software pipelining: a prefetch of the next chunk's state would read it before
         # this chunk's stores (the state address does not change from chunk to chunk).

@@ -48,8 +48,8 @@ same inputs (rounding the output alone gives 1.7e-3; the rest is the weights rou
 fp16: 2.4e-4 (2.1e-4). tf32 has not been measured here: on a GPU expect ~1e-3 relative (10-bit
 operands); benchmarks/attention_gpu.py reports it against the torch path on the card.
 
-Tiles and warps (`KernelOptions`) are not tuned yet: `_DEFAULT_TILES` holds first guesses per
-(head_dim, window), and benchmarks/attention_gpu.py sweeps them on a GPU.
+Tiles and warps (`KernelOptions`): `_DEFAULT_TILES`, the fastest of six swept by
+benchmarks/attention_gpu.py; the benchmark sweeps them again on any card.
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ from dataclasses import dataclass
 
 import torch
 
-from titans_cli.memory.triton_fused import TRITON_AVAILABLE, _block, _interpreting
+from titans_cli.memory.triton_fused import TRITON_AVAILABLE, _block, elementwise_supported
 
 if TRITON_AVAILABLE:
     import triton
@@ -68,18 +68,12 @@ _MAX_HEAD_DIM = 128
 _MAX_LANES = 65535  # CUDA's limit on the grid's second axis (batch x heads)
 _LOG2_E = 1.4426950408889634
 
-# (head_dim, window) -> (block_m, block_n, num_warps, num_stages). First guesses, not measured:
-# block_n = 64 divides W + block_m, so the band of a query block is (W + 64) / 64 tiles (3 at
-# window 128, 5 at window 256) and 2/3 resp. 4/5 of the scored pairs are visible ones.
-# Chosen by benchmarks/attention_gpu.py on one H100 (2026-11-27): 64 x 32 tiles, 4 warps, 2 stages
-# were the fastest of six for both measured shapes (dna 1.01 ms vs 1.33 for 64 x 64; dna-base 2.58
-# vs 2.92 ms per 128 x 4096-token call); dna-small's shape was not measured and takes the same.
-_DEFAULT_TILES = {
-    (32, 128): (64, 32, 4, 2),  # dna: d_model 128, 4 heads
-    (64, 128): (64, 32, 4, 2),  # dna-small: d_model 128, 2 heads
-    (64, 256): (64, 32, 4, 2),  # dna-base, text-small: d_model 256, 4 heads
-}
-_FALLBACK_TILES = (64, 32, 4, 2)
+# (block_m, block_n, num_warps, num_stages) for every shape. Chosen by benchmarks/attention_gpu.py
+# on one H100 and again on one H200 (2026-11-27): 64 x 32 tiles, 4 warps, 2 stages were the fastest
+# of six for both measured shapes (H100: dna 1.01 ms vs 1.33 for 64 x 64; dna-base 2.58 vs 2.92 ms
+# per 128 x 4096-token call). block_n = 32 divides W + block_m, so a query block's band is
+# (W + 64) / 32 tiles. Other shapes (dna-small) were not measured and take the same.
+_DEFAULT_TILES = (64, 32, 4, 2)
 
 
 @dataclass(frozen=True)
@@ -98,11 +92,13 @@ class KernelOptions:
     num_stages: int | None = None
 
     def resolve(self, dtype: torch.dtype, head_dim: int, window: int, length: int) -> "KernelOptions":
-        """Concrete options for one call: defaults filled in from `_DEFAULT_TILES`, blocks clamped."""
+        """Concrete options for one call: defaults filled in from `_DEFAULT_TILES`, blocks clamped.
+        dtype and head_dim do not change the tiles (one set served every measured shape); window and
+        length clamp the blocks."""
         precision = self.precision or "tf32"
         if precision not in ("ieee", "tf32"):
             raise ValueError(f"precision must be 'ieee' or 'tf32', got {precision!r}")
-        block_m, block_n, num_warps, num_stages = _DEFAULT_TILES.get((head_dim, window), _FALLBACK_TILES)
+        block_m, block_n, num_warps, num_stages = _DEFAULT_TILES
         block_m, block_n = self.block_m or block_m, self.block_n or block_n
         for name, value in (("block_m", block_m), ("block_n", block_n)):
             if value < 16 or value & (value - 1):
@@ -116,18 +112,15 @@ class KernelOptions:
 
 def supported(x: torch.Tensor, n_streams: int, head_dim: int, heads: int) -> tuple[bool, str]:
     """Whether the kernel runs this call (x: the block input (B, P, D)), and why not when it doesn't."""
-    if not TRITON_AVAILABLE:
-        return False, "triton is not installed"
-    if x.device.type != "cuda" and not _interpreting():
-        return False, "the Triton kernel runs on CUDA (or on CPU under TRITON_INTERPRET=1)"
+    ok, reason = elementwise_supported(x)  # triton installed, CUDA (or the interpreter), a float dtype
+    if not ok:
+        return False, reason
     if torch.is_grad_enabled():
         return False, "autograd is enabled (the kernel has no backward; training uses the torch path)"
     if n_streams != 1:
         return False, f"{n_streams} key/value streams (MAC) use the torch path"
     if head_dim % 2 or head_dim > _MAX_HEAD_DIM:
         return False, f"head_dim {head_dim} is not even and <= {_MAX_HEAD_DIM}"
-    if x.dtype not in (torch.float32, torch.bfloat16, torch.float16):
-        return False, f"dtype {x.dtype} (the kernel takes float32, bfloat16 or float16)"
     if x.shape[0] * heads > _MAX_LANES:
         return False, f"batch x heads = {x.shape[0] * heads} > {_MAX_LANES} (grid limit)"
     return True, ""

@@ -70,3 +70,21 @@ def test_train_rejects_an_unknown_memory_backend(titans_env, tmp_path, capsys):
                              "--memory-backend", "numba"], capsys)
     assert result.code == 2 and "memory backend" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_train_reuses_a_given_tokenizer(titans_env, tmp_path, capsys):
+    from pathlib import Path
+
+    shipped = Path(__file__).resolve().parents[1] / "models" / "text" / "tokenizer.json"
+    book, other = tmp_path / "book.txt", tmp_path / "other.txt"
+    book.write_text("It was the best of times, it was the worst of times. " * 40)
+    other.write_text("Call me Ishmael. Some years ago, never mind how long precisely. " * 40)
+    run = tmp_path / "run"
+    result = run_in_process(["train", book, other, "--preset", "text-small", "--tokenizer", shipped, "-o", run,
+                             "--steps", "1", "--batch-size", "1", "--crop-len", "64", "--bptt-len", "64",
+                             "--val-crops", "1", "--device", "cpu"], capsys)
+    assert result.code == 0, result.stderr
+    assert (run / "model" / "tokenizer.json").read_bytes() == shipped.read_bytes(), "no new BPE was trained"
+    refused = run_in_process(["train", book, "--preset", "dna-small", "--tokenizer", shipped, "-o", tmp_path / "r2",
+                              "--steps", "1"], capsys)
+    assert refused.code == 2 and "text presets" in refused.stderr

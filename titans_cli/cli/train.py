@@ -14,8 +14,11 @@ HELP = "Pretrain or fine-tune a Titans model on FASTA or text files (one GPU, or
 def command(
     corpus: List[str] = typer.Argument(..., help="Training FASTA/FASTQ or text files (never evaluation data)."),
     output: str = typer.Option(..., "-o", "--output", help="Run directory: checkpoint/, model/, train.log, metrics.jsonl."),
-    preset: Optional[str] = typer.Option(None, "--preset", help="Model preset for a new model (dna-small, text-small)."),
+    preset: Optional[str] = typer.Option(None, "--preset", help="Model preset for a new model (dna-small, dna-base, text-small, text-base)."),
     init_from: Optional[str] = typer.Option(None, "--init-from", help="Model (name or directory) to fine-tune."),
+    tokenizer: Optional[str] = typer.Option(
+        None, "--tokenizer", help="New text model: reuse this tokenizer.json, or a model's (name or directory), "
+                                  "instead of training a BPE on the corpus."),
     steps: Optional[int] = typer.Option(None, "--steps", help="Budget: optimizer steps."),
     tokens: Optional[int] = typer.Option(None, "--tokens", help="Budget: training tokens (all ranks)."),
     minutes: Optional[float] = typer.Option(None, "--minutes", help="Budget: minutes of training."),
@@ -47,6 +50,14 @@ def command(
     if preset is None and init_from is None:
         raise TitansInputError("give --preset NAME for a new model or --init-from MODEL to fine-tune")
     config = preset
+    if tokenizer is not None:
+        from titans_cli.model.config import PRESETS
+
+        if preset is None:
+            raise TitansInputError("--tokenizer goes with --preset (a fine-tuned model keeps its own tokenizer)")
+        if preset in PRESETS and PRESETS[preset].tokenizer != "bpe":
+            raise TitansInputError(f"--tokenizer is for text presets; {preset} reads nucleotides")
+        tokenizer = str(_tokenizer_file(tokenizer))
     if init_from is not None:
         from titans_cli.model import resolve_model
 
@@ -65,9 +76,24 @@ def command(
     from titans_cli.cli import common
 
     command_line = common.command_line()
-    result = train(config, corpus, output, init_from=init_from, device=device, resume=not no_resume,
+    result = train(config, corpus, output, tokenizer=tokenizer, init_from=init_from, device=device, resume=not no_resume,
                    command=command_line, **options)
     if common.rank() == 0:
         typer.echo(f"model -> {result.model_dir} ({result.steps} steps, {result.tokens_seen:,} tokens, "
                    f"validation {result.val_bits_per_token if result.val_bits_per_token is not None else float('nan'):.4f} bits/token)",
                    err=True)
+
+
+def _tokenizer_file(value: str):
+    """A tokenizer.json path, or the tokenizer.json of a model given by name or directory."""
+    from pathlib import Path
+
+    path = Path(value)
+    if path.is_file():
+        return path
+    from titans_cli.model import resolve_model
+
+    found = Path(resolve_model(value)) / "tokenizer.json"
+    if not found.is_file():
+        raise TitansInputError(f"--tokenizer {value}: no tokenizer.json there (DNA models need none)")
+    return found

@@ -158,6 +158,21 @@ PRESETS: dict[str, ModelConfig] = {
         memory=MemoryConfig(num_heads=4, head_dim=64, depth=2, expansion=2, chunk_size=64),
         tokenizer="bpe",
     ),
+    # The larger text model: text-small twice as deep (8 blocks, 11.3M parameters), meant to be
+    # stored in bf16 (22.7 MB). About 2x text-small's CPU time per token; its memory is the fused
+    # kernels' reference configuration (4 heads x 64), so it trains with the bf16 Triton backward.
+    "text-base": ModelConfig(
+        vocab_size=8192,
+        d_model=256,
+        n_layers=8,
+        n_heads=4,
+        block="mag",
+        window=256,
+        n_persistent=4,
+        ffn_mult=2.5,
+        memory=MemoryConfig(num_heads=4, head_dim=64, depth=2, expansion=2, chunk_size=64),
+        tokenizer="bpe",
+    ),
 }
 
 

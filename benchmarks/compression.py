@@ -11,6 +11,8 @@ Three steps, so the GPU part and the CPU part can run on different machines:
   # the markdown table
   python benchmarks/compression.py table --dna dna_model.jsonl dna_comp.json --text text_model.jsonl text_comp.json \
       -o benchmarks/results/compression.md
+  # a second model of a kind, appended under its own heading
+  python benchmarks/compression.py table --append --text text_base_model.jsonl text_comp.json --text-name models/text-base
 
 DNA: bits of every base whose *target* is A/C/G/T (N excluded from the average; N is still read as
 context); per record and per file (total bits / total ACGT bases). Text: total bits of all tokens of
@@ -338,10 +340,15 @@ def run_table(args) -> None:
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     if args.append:
         # Another model's section under its own heading, after the sections already in the file.
-        if not args.dna or args.text:
-            raise SystemExit("compression.py table --append: give --dna (one DNA model's section) and no --text")
-        title = args.append_title or f"DNA: bits per base (ACGT only), {args.dna_name or 'second model'}"
-        section = ["", f"## {title}", "", dna_section(*args.dna, model_name=args.dna_name)]
+        if bool(args.dna) == bool(args.text):
+            raise SystemExit("compression.py table --append: give one model's section, --dna or --text")
+        if args.dna:
+            title = args.append_title or f"DNA: bits per base (ACGT only), {args.dna_name or 'second model'}"
+            body = dna_section(*args.dna, model_name=args.dna_name)
+        else:
+            title = args.append_title or f"Text: bits per UTF-8 byte, held-out books, {args.text_name or 'second model'}"
+            body = text_section(*args.text, model_name=args.text_name)
+        section = ["", f"## {title}", "", body]
         with open(args.output, "a") as handle:
             handle.write("\n".join(section))
         return
@@ -378,7 +385,7 @@ def main() -> None:
     table.add_argument("--text-name", default=None, help="name of the text model directory shown in the table")
     table.add_argument("-o", "--output", default=str(REPO / "benchmarks/results/compression.md"))
     table.add_argument("--append", action="store_true",
-                       help="append the --dna section to OUTPUT under its own heading (a second DNA model)")
+                       help="append the --dna or --text section to OUTPUT under its own heading (a second model)")
     table.add_argument("--append-title", default=None, help="heading of the appended section")
     args = parser.parse_args()
     {"model": run_model, "compressors": run_compressors, "table": run_table}[args.step](args)

@@ -49,6 +49,8 @@ SECTIONS = [
     ("speed_cpu", "speed_cpu.py", ["--quick"]),
     ("speed_model_cpu", None, None),    # benchmarks/speed_model_cpu.py
     ("speed_model_cpu_dna_base", None, None),  # speed_model_cpu.py --model dna-base --bases 300000 --threads 2 --signals bits
+    ("speed_model_cpu_text", None, None),  # speed_model_cpu.py --model text --text BOOK --bases 200000 --threads 2 --signals bits
+    ("speed_model_cpu_text_base", None, None),  # the same with --model text-base
     ("speed_gpu", None, None),
     ("speed_gpu_dna_base", None, None),  # speed_gpu.py --model dna-base --sizes 10 --backends triton
     ("attention_gpu", None, None),      # benchmarks/attention_gpu.py on the GPU machine: tile sweep
@@ -60,6 +62,7 @@ SECTIONS = [
     ("miras", None, None),
     ("host_emit", None, None),          # benchmarks/host_emit.py --baseline-tree DIR: host cost of a step
     ("save_dtype", None, None),         # benchmarks/save_dtype.py: bfloat16 weight storage vs float32
+    ("copying", "copying.py", None),    # in-context copying of the shipped models + a copy task (~2 min)
     ("bad_inputs", "bad_inputs.py", None),  # issue 6: each bad input through the real CLI (5-12 min; full runs only)
     ("stability_gpu", None, None),      # benchmarks/stability.py --device cuda: 20 Mbp on the GPU machine
     ("stability_cpu", None, None),      # benchmarks/stability.py --bases 1000000 --device cpu

@@ -1,10 +1,12 @@
-"""Whole-model streaming throughput on CPU over a real genome: bases/s, CPU-seconds per Mbase, peak RSS.
+"""Whole-model streaming throughput on CPU over a real genome (or a book): bases/s, CPU-seconds per Mbase, peak RSS.
 
     python benchmarks/speed_model_cpu.py                          # shipped DNA model, 1 Mbp of E. coli, 1 and 2 threads
     python benchmarks/speed_model_cpu.py --model dna-small         # a preset at initialisation instead
     python benchmarks/speed_model_cpu.py --bases 0 --threads 2     # the whole genome (4.64 Mbp)
     python benchmarks/speed_model_cpu.py --baseline-tree DIR       # also the code in DIR (e.g. a
                                                                    # `git worktree` of an older commit), same script, rows interleaved
+    python benchmarks/speed_model_cpu.py --model text-base --text BOOK.txt.gz --bases 300000 --signals bits \
+        --out benchmarks/results/speed_model_cpu_text_base.md     # a text model over a book: bytes/s and tokens/s
 
 What is timed: `TitansLM.step` over the genome's first record (its first --bases bases, BOS first),
 one lane, in pieces of --piece tokens, the Numba memory backend, under torch.inference_mode and,
@@ -65,6 +67,14 @@ def read_first_record(path: Path, limit: int) -> str:
     return sequence[:limit] if limit else sequence
 
 
+def read_text(path: Path, limit: int) -> str:
+    """The first `limit` characters of a UTF-8 text file, plain or gzip (all of it when limit is 0)."""
+    opener = gzip.open if path.read_bytes()[:2] == b"\x1f\x8b" else open
+    with opener(path, "rt", encoding="utf-8") as handle:
+        text = handle.read()
+    return text[:limit] if limit else text
+
+
 def load(model_name: str):
     """(model, tokenizer, description): a shipped/local model directory, or a preset at init."""
     import torch
@@ -73,7 +83,15 @@ def load(model_name: str):
     from titans_cli.model.lm import TitansLM
     from titans_cli.model.tokenizers import DNATokenizer
 
-    if model_name in PRESETS:
+    from titans_cli.errors import TitansInputError
+    from titans_cli.model.files import resolve_model
+
+    try:
+        resolve_model(model_name)  # a shipped model wins over a preset of the same name (dna-base, text-base)
+        shipped = True
+    except TitansInputError:
+        shipped = False
+    if model_name in PRESETS and not shipped:
         torch.manual_seed(0)
         return TitansLM(preset(model_name)).eval(), DNATokenizer(), f"preset {model_name} (weights at initialisation)"
     from titans_cli.model.files import load_model
@@ -95,7 +113,7 @@ def worker(args) -> dict:
 
     configure_threads(args.threads)
     model, tokenizer, description = load(args.model)
-    sequence = read_first_record(Path(args.genome), args.bases)
+    sequence = read_text(Path(args.text), args.bases) if args.text else read_first_record(Path(args.genome), args.bases)
     tokens = np.concatenate([[model.config.bos_id], tokenizer.encode(sequence)]).astype(np.int64)
     stream = torch.from_numpy(tokens).unsqueeze(0)
     # as the StreamEngine runs the model on a CPU, in code that has these (older code: neither)
@@ -113,8 +131,9 @@ def worker(args) -> dict:
             bits_sum += float(output.logits[0, -1, 0])  # touch the outputs (as a consumer would)
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
         load_end = os.getloadavg()
-    bases = len(sequence)
+    bases = len(sequence.encode("utf-8")) if args.text else len(sequence)
     return {
+        "tokens": int(tokens.shape[0]),
         "code": args.label,
         "signals": args.signals if options or args.signals == "all" else "all (no momentum=False)",
         "model": description,
@@ -154,6 +173,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="dna", help="shipped model name, model directory, or preset (dna-small)")
     parser.add_argument("--genome", default=str(DEFAULT_GENOME))
+    parser.add_argument("--text", help="a UTF-8 book (plain or .gz) instead of a genome, for text models: rates per byte")
     parser.add_argument("--bases", type=int, default=1_000_000, help="prefix length of the first record (0 = all)")
     parser.add_argument("--threads", default="1,2", help="comma-separated thread counts, one process each")
     parser.add_argument("--piece", type=int, default=8192)
@@ -181,6 +201,7 @@ def main() -> None:
                     continue  # the baseline has no momentum=False
                 command = [
                     sys.executable, __file__, "--worker", "--model", args.model, "--genome", args.genome,
+                    *(["--text", args.text] if args.text else []),
                     "--bases", str(args.bases), "--threads", str(threads), "--piece", str(args.piece),
                     "--backend", args.backend, "--signals", signals, "--label", label,
                 ]  # fmt: skip
@@ -191,7 +212,8 @@ def main() -> None:
                 row = json.loads(done.stdout.strip().splitlines()[-1])
                 rows.append(row)
                 print(
-                    f"{label}, {threads} thread(s), signals {row['signals']}: {row['bases_per_s']:,.0f} bases/s wall, "
+                    f"{label}, {threads} thread(s), signals {row['signals']}: {row['bases_per_s']:,.0f} "
+                    f"{'bytes' if args.text else 'bases'}/s wall, "
                     f"{row['cpu_s_per_mbase']:.1f} CPU-s/Mbase, peak RSS {row['peak_rss_mib']:.0f} MiB, "
                     f"load {row['load_start']:.1f}->{row['load_end']:.1f}",
                     flush=True,
@@ -199,8 +221,10 @@ def main() -> None:
 
     genome_bases = 4_641_652  # E. coli K-12 MG1655
     command_line = (
-        f"python benchmarks/speed_model_cpu.py --model {args.model} --bases {args.bases} --threads {args.threads} "
-        f"--piece {args.piece} --signals {args.signals}" + (" --baseline-tree DIR" if args.baseline_tree else "")
+        f"python benchmarks/speed_model_cpu.py --model {args.model}"
+        + (f" --text {Path(args.text).name}" if args.text else "")
+        + f" --bases {args.bases} --threads {args.threads} --piece {args.piece} --signals {args.signals}"
+        + (" --baseline-tree DIR" if args.baseline_tree else "")
     )
     lines = [
         "# Whole-model streaming speed on CPU",
@@ -212,21 +236,40 @@ def main() -> None:
         f"Load average (1/5/15 min) when the table was written: {' / '.join(f'{x:.1f}' for x in os.getloadavg())} "
         "(the machine is shared: wall-clock rates are what the other jobs left; CPU-s per Mbase is the comparable figure).",
         "",
-        f"Input: the first {rows[0]['bases']:,} bases of `{Path(args.genome).name}` (one record, one lane), "
-        f"{rows[-1]['model']}, memory backend {args.backend}, pieces of {args.piece} tokens; model time only "
-        "(no FASTA parsing or output writing). Signals \"all\": the step's default outputs; \"bits\": "
-        "`momentum=False`, what `titans surprise --metric bits` asks for.",
-        "",
-        "| code | signals | threads | bases/s (wall) | CPU-s per Mbase | bases per CPU-s | E. coli (4.64 Mbp) at this rate | peak RSS (MiB) | load avg start -> end |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for row in rows:
-        minutes = genome_bases / row["bases_per_s"] / 60
-        lines.append(
-            f"| {row['code']} | {row['signals']} | {row['threads']} | {row['bases_per_s']:,.0f} | {row['cpu_s_per_mbase']:.1f} | "
-            f"{1e6 / row['cpu_s_per_mbase']:,.0f} | {minutes:.1f} min | {row['peak_rss_mib']:.0f} | "
-            f"{row['load_start']:.1f} -> {row['load_end']:.1f} |"
-        )
+    if args.text:
+        lines += [
+            f"Input: the first {rows[0]['bases']:,} UTF-8 bytes ({rows[0]['tokens']:,} tokens) of `{Path(args.text).name}` "
+            f"(one lane), {rows[-1]['model']}, memory backend {args.backend}, pieces of {args.piece} tokens; model time "
+            "only (no tokenising or output writing). Signals \"all\": the step's default outputs; \"bits\": "
+            "`momentum=False`, what `titans surprise --metric bits` asks for.",
+            "",
+            "| code | signals | threads | bytes/s (wall) | tokens/s (wall) | CPU-s per MB | a 1 MB book at this rate | peak RSS (MiB) | load avg start -> end |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for row in rows:
+            lines.append(
+                f"| {row['code']} | {row['signals']} | {row['threads']} | {row['bases_per_s']:,.0f} | "
+                f"{row['tokens'] / row['wall_s']:,.0f} | {row['cpu_s_per_mbase']:.1f} | {1e6 / row['bases_per_s']:.0f} s | "
+                f"{row['peak_rss_mib']:.0f} | {row['load_start']:.1f} -> {row['load_end']:.1f} |"
+            )
+    else:
+        lines += [
+            f"Input: the first {rows[0]['bases']:,} bases of `{Path(args.genome).name}` (one record, one lane), "
+            f"{rows[-1]['model']}, memory backend {args.backend}, pieces of {args.piece} tokens; model time only "
+            "(no FASTA parsing or output writing). Signals \"all\": the step's default outputs; \"bits\": "
+            "`momentum=False`, what `titans surprise --metric bits` asks for.",
+            "",
+            "| code | signals | threads | bases/s (wall) | CPU-s per Mbase | bases per CPU-s | E. coli (4.64 Mbp) at this rate | peak RSS (MiB) | load avg start -> end |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for row in rows:
+            minutes = genome_bases / row["bases_per_s"] / 60
+            lines.append(
+                f"| {row['code']} | {row['signals']} | {row['threads']} | {row['bases_per_s']:,.0f} | {row['cpu_s_per_mbase']:.1f} | "
+                f"{1e6 / row['cpu_s_per_mbase']:,.0f} | {minutes:.1f} min | {row['peak_rss_mib']:.0f} | "
+                f"{row['load_start']:.1f} -> {row['load_end']:.1f} |"
+            )
     text = "\n".join(lines) + "\n"
     if args.out != "-":
         out = Path(args.out)

@@ -130,8 +130,8 @@ PRESETS: dict[str, ModelConfig] = {
         memory=MemoryConfig(num_heads=4, head_dim=32, depth=2, expansion=2, chunk_size=64),
         tokenizer="dna",
     ),
-    # The GPU model: 8x dna-small's parameters (4.6M) at 5.8x its CPU time per base (325 vs 56
-    # CPU-s/Mbase: E. coli in ~15 min on 2 cores, benchmarks/results/speed_model_cpu_dna_base.md).
+    # The GPU model: 8x dna-small's parameters (4.6M) at ~6x its CPU time per base (382 vs 56
+    # CPU-s/Mbase: E. coli in ~17 min on 2 cores, benchmarks/results/speed_model_cpu_dna_base.md).
     # Its memory (4 heads x 64, hidden 128) is the reference configuration of the fused kernels,
     # bf16 backward included, so it trains at ~480k tokens/s on one H100.
     "dna-base": ModelConfig(

@@ -43,6 +43,9 @@ SECTIONS = [
     # titans summaries on a 62-document subsample, written by
     # `summarization.py --subsample --section summarization_quick` when the full titans run is too slow
     ("summarization_quick", None, None),
+    # the same subsample with text-base: TITANS_BENCH_TEXT_MODEL=models/text-base summarization.py --subsample
+    #   --section summarization_text_base
+    ("summarization_text_base", None, None),
     ("compression", None, None),        # benchmarks/compression.py, three steps, GPU part
     ("memory_throughput", None, None),  # benchmarks/memory_throughput.py --out ..., CPU and CUDA rows
     ("memory_throughput_gpu", None, None),  # memory_throughput.py --skip-cpu on the GPU machine

@@ -301,6 +301,11 @@ def main(argv=None) -> int:
     body.append(common.md_table(["set", "method", "ROUGE-1", "ROUGE-2", "ROUGE-L",
                                  "earlier (issue 5) R-1/R-2/R-L"], rows, "llrrrl"))
     body.append("")
+    if not args.no_titans:
+        import titans_bridge
+
+        body.append(f"titans rows: model `{Path(titans_bridge.model_name('text')).name}`.")
+        body.append("")
     if args.quick:
         body.append("**Quick mode (smoke run, subsample)**: only the first document of SQuALITY, GovReport "
                     "and Multi-News and the first and last of ScisummNet and CNN/DM are scored (every "

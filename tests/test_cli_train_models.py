@@ -88,3 +88,16 @@ def test_train_reuses_a_given_tokenizer(titans_env, tmp_path, capsys):
     refused = run_in_process(["train", book, "--preset", "dna-small", "--tokenizer", shipped, "-o", tmp_path / "r2",
                               "--steps", "1"], capsys)
     assert refused.code == 2 and "text presets" in refused.stderr
+
+
+def test_default_text_model_prefers_text_base_within_a_folder(tmp_path, monkeypatch):
+    from titans_cli.cli.common import default_model
+
+    monkeypatch.setenv("TITANS_MODELS", str(tmp_path / "nothing-here"))
+    assert default_model("text") == "text-base", "the shipped folder has both: the larger model leads"
+    assert default_model("sequence") == "dna"
+    own = tmp_path / "own"
+    (own / "text").mkdir(parents=True)
+    (own / "text" / "config.json").write_text("{}")
+    monkeypatch.setenv("TITANS_MODELS", str(own))
+    assert default_model("text") == "text", "a model of one's own in $TITANS_MODELS wins over the shipped ones"

@@ -88,6 +88,9 @@ def test_train_reuses_a_given_tokenizer(titans_env, tmp_path, capsys):
     refused = run_in_process(["train", book, "--preset", "dna-small", "--tokenizer", shipped, "-o", tmp_path / "r2",
                               "--steps", "1"], capsys)
     assert refused.code == 2 and "text presets" in refused.stderr
+    missing = run_in_process(["train", book, "--preset", "text-small", "--tokenizer", tmp_path / "none.json", "-o",
+                              tmp_path / "r3", "--steps", "1"], capsys)
+    assert missing.code == 2 and "none.json: no such file" in missing.stderr
 
 
 def test_default_text_model_prefers_text_base_within_a_folder(tmp_path, monkeypatch):

@@ -91,6 +91,8 @@ def _tokenizer_file(value: str):
     path = Path(value)
     if path.is_file():
         return path
+    if path.suffix == ".json":
+        raise TitansInputError(f"--tokenizer {value}: no such file")
     from titans_cli.model import resolve_model
 
     found = Path(resolve_model(value)) / "tokenizer.json"

@@ -66,6 +66,7 @@ SECTIONS = [
     ("host_emit", None, None),          # benchmarks/host_emit.py --baseline-tree DIR: host cost of a step
     ("save_dtype", None, None),         # benchmarks/save_dtype.py: bfloat16 weight storage vs float32
     ("copying", "copying.py", None),    # in-context copying of the shipped models + a copy task (~2 min)
+    ("repeat_distance", "repeat_distance.py", None),  # human piece: how far back its repeats are, bits on them (~6 min)
     ("bad_inputs", "bad_inputs.py", None),  # issue 6: each bad input through the real CLI (5-12 min; full runs only)
     ("stability_gpu", None, None),      # benchmarks/stability.py --device cuda: 20 Mbp on the GPU machine
     ("stability_cpu", None, None),      # benchmarks/stability.py --bases 1000000 --device cpu

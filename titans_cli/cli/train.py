@@ -94,8 +94,9 @@ def _tokenizer_file(value: str):
     if path.suffix == ".json":
         raise TitansInputError(f"--tokenizer {value}: no such file")
     from titans_cli.model import resolve_model
+    from titans_cli.model.files import TOKENIZER_FILE
 
-    found = Path(resolve_model(value)) / "tokenizer.json"
+    found = Path(resolve_model(value)) / TOKENIZER_FILE
     if not found.is_file():
-        raise TitansInputError(f"--tokenizer {value}: no tokenizer.json there (DNA models need none)")
+        raise TitansInputError(f"--tokenizer {value}: no {TOKENIZER_FILE} there (DNA models need none)")
     return found

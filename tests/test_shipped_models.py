@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -116,3 +117,15 @@ def test_bf16_kernels_only_for_64_wide_tiles():
     assert triton_fused.backward_kernel_supported(reference, "bf16")
     assert not triton_fused.backward_kernel_supported(reference, "tf32"), "tf32 at d 64 does not fit an H100"
     assert triton_fused.backward_kernel_supported(MemoryConfig(num_heads=4, head_dim=32, depth=2, expansion=2), "tf32")
+
+
+def test_shipped_genre_head_reads_text_base_and_classifies_a_passage():
+    import titans_cli
+
+    predictions = titans_cli.classify("genre", [("passage", ENGLISH)])
+    assert predictions.classes[0] == "adventure" and len(predictions.classes) == 15
+    assert len(predictions.labels) == 1 and predictions.labels[0] in predictions.classes
+    assert np.allclose(predictions.probabilities.sum(axis=1), 1.0, atol=1e-5)
+    from titans_cli.tasks.heads import load_head
+
+    assert load_head("genre").settings["model"] == "text-base", "the head loads the embeddings' own model"

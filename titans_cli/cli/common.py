@@ -14,9 +14,10 @@ from rich.console import Console
 
 from titans_cli.errors import TitansInputError
 
-# The default model per input kind: the first of these that is installed. Text: `text-base` reads books
-# 0.48 bits/byte better than `text` and ranks sentences better for `summarize` (benchmarks/results/
-# summarization_text_base.md) at 1.6x its CPU time per byte, so it leads; DNA: `dna` is the model that
+# The default model per input kind: the first of these that is installed (see default_model). Text:
+# `text-base` reads books 0.48 bits/byte better than `text`, ranks sentences better for `summarize`
+# (benchmarks/results/summarization_text_base.md) and its embeddings classify Brown genres better
+# (models/heads/genre), at 1.6x `text`'s CPU time per byte, so it leads. DNA: `dna` is the model that
 # streams a bacterial genome on 2 CPU cores in 3 minutes (`dna-base` is opt-in for GPUs).
 DEFAULT_MODELS = {"sequence": ("dna",), "text": ("text-base", "text")}
 

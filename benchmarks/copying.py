@@ -46,17 +46,17 @@ PASSAGE = ("The ferry left the harbour an hour late, and by the time it reached 
            "turn before morning. Nobody believed him, but everyone buttoned their coats all the same.")
 
 
-def copies_cost(name: str, unit: list[int], frozen: bool) -> tuple[float, float, int]:
+def copies_cost(loaded, unit: list[int]) -> tuple[float, float]:
     """Mean bits/token of the first and third copy of `unit` (token ids) fed as BOS + unit x 3."""
-    model, config, tokenizer = load_model_dir(SHIPPED_MODELS / name, frozen_memory=frozen)
-    tokens = torch.as_tensor([tokenizer.bos_id, *(unit * 3)], dtype=torch.long).unsqueeze(0)
+    model, config, tokenizer = loaded
     if len(unit) >= config.window:
-        raise SystemExit(f"{name}: a copy {len(unit)} tokens back is outside the attention window {config.window}")
+        raise SystemExit(f"a copy {len(unit)} tokens back is outside the attention window {config.window}")
+    tokens = torch.as_tensor([tokenizer.bos_id, *(unit * 3)], dtype=torch.long).unsqueeze(0)
     with torch.no_grad():
         output, _ = model.eval().step(tokens)
     bits = bits_per_token(output.logits, tokens)[0]  # bits[i]: cost of tokens[i + 1]
     n = len(unit)
-    return bits[:n].mean().item(), bits[2 * n:].mean().item(), config.window
+    return bits[:n].mean().item(), bits[2 * n:].mean().item()
 
 
 def shipped_rows() -> list[list]:
@@ -66,7 +66,8 @@ def shipped_rows() -> list[list]:
     for name in ("dna", "dna-base", "text", "text-base"):
         if not (SHIPPED_MODELS / name / "config.json").is_file():
             continue
-        tokenizer = load_model_dir(SHIPPED_MODELS / name).tokenizer
+        live, frozen = (load_model_dir(SHIPPED_MODELS / name, frozen_memory=f) for f in (False, True))
+        tokenizer, window = live.tokenizer, live.config.window
         if name.startswith("dna"):
             inputs = [("100 random bases", list(tokenizer.encode(dna)))]
         else:
@@ -74,9 +75,9 @@ def shipped_rows() -> list[list]:
             random_ids = [rng.randrange(3, tokenizer.vocab_size) for _ in range(80)]
             inputs = [(f"English passage ({len(words)} tokens)", words), ("80 random vocabulary entries", random_ids)]
         for label, unit in inputs:
-            for frozen in (False, True):
-                first, third, window = copies_cost(name, unit, frozen)
-                rows.append([f"`{name}`", label, "frozen" if frozen else "live", window, common.fmt(first, 2),
+            for memory, loaded in (("live", live), ("frozen", frozen)):
+                first, third = copies_cost(loaded, unit)
+                rows.append([f"`{name}`", label, memory, window, common.fmt(first, 2),
                              common.fmt(third, 2), f"{100 * (1 - third / first):.0f} %"])
     return rows
 

@@ -67,14 +67,6 @@ def read_first_record(path: Path, limit: int) -> str:
     return sequence[:limit] if limit else sequence
 
 
-def read_text(path: Path, limit: int) -> str:
-    """The first `limit` characters of a UTF-8 text file, plain or gzip (all of it when limit is 0)."""
-    opener = gzip.open if path.read_bytes()[:2] == b"\x1f\x8b" else open
-    with opener(path, "rt", encoding="utf-8") as handle:
-        text = handle.read()
-    return text[:limit] if limit else text
-
-
 def load(model_name: str):
     """(model, tokenizer, description): a shipped/local model directory, or a preset at init."""
     import torch
@@ -113,7 +105,12 @@ def worker(args) -> dict:
 
     configure_threads(args.threads)
     model, tokenizer, description = load(args.model)
-    sequence = read_text(Path(args.text), args.bases) if args.text else read_first_record(Path(args.genome), args.bases)
+    if args.text:  # as the CLI reads it (plain or compressed, line breaks normalised)
+        from titans_cli.io.text import read_text
+
+        sequence = read_text(args.text)[: args.bases or None]
+    else:
+        sequence = read_first_record(Path(args.genome), args.bases)
     tokens = np.concatenate([[model.config.bos_id], tokenizer.encode(sequence)]).astype(np.int64)
     stream = torch.from_numpy(tokens).unsqueeze(0)
     # as the StreamEngine runs the model on a CPU, in code that has these (older code: neither)

@@ -81,16 +81,15 @@ def test_shipped_text_model_streams_like_the_whole_pass_and_reads_english(name):
 
 
 def test_text_base_is_the_better_text_model():
-    scores = {}
-    for name in TEXT_MODELS:
-        model, _, tokenizer = load_model_dir(SHIPPED_MODELS / name)
+    scores, loaded = {}, {name: load_model_dir(SHIPPED_MODELS / name) for name in TEXT_MODELS}
+    for name, (model, _, tokenizer) in loaded.items():
         tokens = torch.as_tensor([tokenizer.bos_id, *tokenizer.encode(ENGLISH)], dtype=torch.long).unsqueeze(0)
         with torch.no_grad():
             output, _ = model.eval().step(tokens)
         scores[name] = bits_per_token(output.logits, tokens).mean().item()
     assert scores["text-base"] < scores["text"], scores
-    base, text = load_model_dir(SHIPPED_MODELS / "text-base"), load_model_dir(SHIPPED_MODELS / "text")
-    assert (base.path / "tokenizer.json").read_bytes() == (text.path / "tokenizer.json").read_bytes()
+    tokenizers = [(loaded[name].path / "tokenizer.json").read_bytes() for name in TEXT_MODELS]
+    assert tokenizers[0] == tokenizers[1]
 
 
 def test_dna_base_is_the_larger_model():

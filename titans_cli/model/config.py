@@ -158,24 +158,13 @@ PRESETS: dict[str, ModelConfig] = {
         memory=MemoryConfig(num_heads=4, head_dim=64, depth=2, expansion=2, chunk_size=64),
         tokenizer="bpe",
     ),
-    # The larger text model (the shipped default for text): text-small twice as deep (8 blocks, 11.3M
-    # parameters), stored in bf16 (22.7 MB) to stay under the ~25 MB cap. 1.6x the shipped `text`'s
-    # CPU time per byte (237 vs 149 CPU-s per MB, benchmarks/results/speed_model_cpu_text_base.md);
-    # its memory is the fused kernels' reference configuration (4 heads x 64), so it trains with the
-    # bf16 Triton backward.
-    "text-base": ModelConfig(
-        vocab_size=8192,
-        d_model=256,
-        n_layers=8,
-        n_heads=4,
-        block="mag",
-        window=256,
-        n_persistent=4,
-        ffn_mult=2.5,
-        memory=MemoryConfig(num_heads=4, head_dim=64, depth=2, expansion=2, chunk_size=64),
-        tokenizer="bpe",
-    ),
 }
+# The larger text model (the shipped default for text): text-small twice as deep (8 blocks, 11.3M
+# parameters), stored in bf16 (22.7 MB) to stay under the ~25 MB cap. 1.6x the shipped `text`'s
+# CPU time per byte (237 vs 149 CPU-s per MB, benchmarks/results/speed_model_cpu_text_base.md);
+# its memory is the fused kernels' reference configuration (4 heads x 64), so it trains with the
+# bf16 Triton backward.
+PRESETS["text-base"] = PRESETS["text-small"].replace(n_layers=8)
 
 
 def preset(name: str, **overrides) -> ModelConfig:

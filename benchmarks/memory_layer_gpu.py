@@ -8,8 +8,9 @@ backend (the fused input-path and update kernels, Triton backward) against
 ``titans_pytorch.NeuralMemory(dim=256, chunk_size=64, heads=4, dim_head=64)``, both in fp32 and
 both under bf16 autocast (as `titans train` runs on a GPU); forward under no_grad and forward +
 backward of a mean-square loss. titans_cli's layer also returns per-token ||S_t|| (the momentum
-signal), which titans-pytorch does not compute: a second titans_cli forward row passes
-momentum=False (what `titans surprise` does unless it reports that signal), the like-for-like one. CUDA events, warm-up, median of repeats (gpu_memory_kernel.time_cuda);
+signal), which titans-pytorch does not compute: a second titans_cli row passes momentum=False
+(what `titans surprise` does unless it reports that signal, and what `titans train` does), the
+like-for-like one. CUDA events, warm-up, median of repeats (gpu_memory_kernel.time_cuda);
 peak = max_memory_allocated over one call. Writes benchmarks/results/memory_layer_gpu.md.
 
     python benchmarks/memory_layer_gpu.py [--repeats 5]
@@ -42,6 +43,8 @@ def main() -> int:
     parser.add_argument("--length", type=int, default=16384)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--profile", action="store_true",
+                        help="also print torch.profiler's GPU-time table of one bf16 momentum=False forward")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         sys.exit("memory_layer_gpu.py needs a CUDA GPU")
@@ -54,7 +57,7 @@ def main() -> int:
     ours = memory_layer.NeuralMemory(256, config).cuda()
     # name -> (module, keyword arguments, forward only?)
     layers = {"titans_cli (triton)": (ours, {"backend": "triton"}, False),
-              "titans_cli (triton), momentum=False": (ours, {"backend": "triton", "momentum": False}, True),
+              "titans_cli (triton), momentum=False": (ours, {"backend": "triton", "momentum": False}, False),
               "titans-pytorch": (titans_pytorch_layer(), {}, False)}
     x = torch.randn(args.batch, args.length, 256, device="cuda")
 
@@ -90,6 +93,18 @@ def main() -> int:
                 results[(name, bf16, mode)] = stats
                 common.log(f"{name} bf16={bf16} {mode}: {stats['median_ms']:.2f} ms {stats['rate'] / 1e6:.2f} M tok/s "
                            f"peak {stats['peak_gib']:.2f} GiB")
+
+    if args.profile:
+        from torch.profiler import ProfilerActivity, profile
+
+        run = forward("titans_cli (triton), momentum=False", True)
+        with torch.no_grad():
+            run()
+            torch.cuda.synchronize()
+            with profile(activities=[ProfilerActivity.CUDA, ProfilerActivity.CPU]) as trace:
+                run()
+                torch.cuda.synchronize()
+        print(trace.key_averages().table(sort_by="cuda_time_total", row_limit=25, max_name_column_width=60))
 
     rows = []
     for bf16 in (False, True):

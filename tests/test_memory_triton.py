@@ -160,11 +160,14 @@ def test_gradients_flow_and_equal_torch_chunked():
         assert error < 1e-4, f"gradient of input {index}: relative error {error:.2e}"
 
 
-@pytest.mark.parametrize("changes, block_hidden", [(dict(), 64), (dict(algorithm="gd", max_grad_norm=0.3), 16)],
-                         ids=["titans, one hidden block", "gd clipped, two hidden blocks"])
-def test_backward_kernel_equals_torch_chunked_gradients(changes, block_hidden, monkeypatch):
+@pytest.mark.parametrize("changes, block_hidden, momentum_signal",
+                         [(dict(), 64, True), (dict(algorithm="gd", max_grad_norm=0.3), 16, True), (dict(), 16, False)],
+                         ids=["titans, one hidden block", "gd clipped, two hidden blocks",
+                              "titans without the ||S_t|| signal, two hidden blocks"])
+def test_backward_kernel_equals_torch_chunked_gradients(changes, block_hidden, momentum_signal, monkeypatch):
     """backward="triton": the reverse chunk loop over checkpointed states, against autograd through
-    torch_chunked, for every input and every output (output, both signals, weights, momenta)."""
+    torch_chunked, for every input and every output (output, both signals, weights, momenta; without
+    the ||S_t|| signal, every output but that one: the kernels skip its Grams and their adjoints)."""
     monkeypatch.setattr(triton_fused, "_DEFAULT_BLOCK_HIDDEN", block_hidden)
     config = MemoryConfig(num_heads=1, head_dim=16, chunk_size=16).replace(**changes)
     assert triton_fused.backward_kernel_supported(config)
@@ -178,10 +181,10 @@ def test_backward_kernel_equals_torch_chunked_gradients(changes, block_hidden, m
         q_, k_, v_, lr_, momentum_, decay_, w1, w2, s1, s2 = leaves
         result = impl(q_, k_, v_, lr_, momentum_, decay_, None, (w1, w2), (s1, s2), config, **kwargs)
         outputs = (result.output, result.grad_norm, result.momentum_norm, *result.weights, *result.momenta)
-        return sum((o * c).sum() for o, c in zip(outputs, cotangents))
+        return sum((o * c).sum() for i, (o, c) in enumerate(zip(outputs, cotangents)) if momentum_signal or i != 2)
 
-    fused = torch.autograd.grad(loss(triton_fused.memory_update, precision="ieee", backward="triton"), leaves,
-                                allow_unused=True)
+    fused_loss = loss(triton_fused.memory_update, precision="ieee", backward="triton", momentum_signal=momentum_signal)
+    fused = torch.autograd.grad(fused_loss, leaves, allow_unused=True)
     chunked = torch.autograd.grad(loss(torch_chunked.memory_update), leaves, allow_unused=True)
     names = ["q", "k", "v", "lr", "momentum", "decay", "W1", "W2", "S1", "S2"]
     for name, a, b in zip(names, fused, chunked):
@@ -211,3 +214,70 @@ def test_reduced_precision_on_cuda(precision, dtype, tolerance):
     low = tuple(t.to(dtype) for t in (q, k, v))
     fused = triton_fused.memory_update(*low, lr, momentum, decay, delta, weights, momenta, config, precision=precision)
     assert_results_close(fused, exact, tolerance, f"{precision} fused vs fp32 torch_chunked:")
+
+
+# ---- triton_split: a (row, head)'s hidden units across P programs that meet twice a chunk
+
+SPLIT_CONFIGS = {
+    "titans (momentum, clipped)": dict(),
+    "yaad-like (huber, gd)": dict(attentional_bias="huber", algorithm="gd"),
+    "no retention, no clipping, chunk 10": dict(retention="none", max_grad_norm=float("inf"), chunk_size=10),
+}
+
+
+@pytest.mark.parametrize("changes", list(SPLIT_CONFIGS.values()), ids=list(SPLIT_CONFIGS))
+def test_split_kernel_equals_torch_chunked(changes):
+    """One part anywhere (the interpreter runs programs in turn, so parts that wait for each other
+    need CUDA); one, two and four parts (hidden 64 in slices of 16) on CUDA. ||S_t|| is NaN unless
+    gd, where it is θ·||u||."""
+    config = MemoryConfig(num_heads=2, head_dim=16, expansion=4, chunk_size=16, max_grad_norm=0.5).replace(**changes)
+    (q, k, v, lr, momentum, decay, delta), weights, momenta = random_inputs(config, batch=2, length=40)
+    args = (q, k, v, lr, momentum, decay, delta, weights, momenta, config)
+    chunked = torch_chunked.memory_update(*args)
+    for parts in (1, 2, 4) if CUDA else (1,):
+        split = triton_fused.MemoryResult(*triton_fused._fused_forward(*args, "ieee", momentum_signal=False, parts=parts))
+        want = chunked
+        if config.algorithm != "gd":  # compare everything but the signal it did not compute
+            assert torch.isnan(split.momentum_norm).all(), "||S_t|| should be NaN when it is not asked for"
+            split = split._replace(momentum_norm=torch.zeros_like(split.grad_norm))
+            want = chunked._replace(momentum_norm=torch.zeros_like(split.grad_norm))
+        assert_results_close(split, want, 1e-4, f"split P={parts} vs torch_chunked:")
+
+
+def test_split_kernel_saves_the_checkpoints_of_the_one_program_kernel():
+    """The chunk-start states the backward kernel reads, written part by part, in the same layout."""
+    config = MemoryConfig(num_heads=2, head_dim=16, chunk_size=16, max_grad_norm=0.5)
+    (q, k, v, lr, momentum, decay, delta), weights, momenta = random_inputs(config, batch=2, length=40)
+    args = (q, k, v, lr, momentum, decay, delta, weights, momenta, config, "ieee")
+    size = 2 * 2 * 3 * 4 * config.hidden_dim * config.head_dim  # batch x heads x chunks x [W1, W2, S1, S2]
+    one, split = (torch.full((size,), float("nan"), device=DEVICE) for _ in range(2))
+    triton_fused._fused_forward(*args, checkpoints=one, momentum_signal=False, parts=0)
+    triton_fused._fused_forward(*args, checkpoints=split, momentum_signal=False, parts=1)
+    assert torch.isfinite(split).all(), "some checkpoint entries were not written"
+    assert relative_error(split, one) < 1e-6
+
+
+def test_split_kernel_refuses_what_it_does_not_cover():
+    config = MemoryConfig(num_heads=1, head_dim=16, chunk_size=16, retention="lq")
+    (q, k, v, lr, momentum, decay, delta), weights, momenta = random_inputs(config, length=20)
+    args = (q, k, v, lr, momentum, decay, delta, weights, momenta, config, "ieee")
+    with pytest.raises(ValueError, match="does not cover"):
+        triton_fused._fused_forward(*args, momentum_signal=False, parts=2)
+    with pytest.raises(ValueError, match="does not cover"):  # the ||S_t|| Grams are sums over all parts
+        triton_fused._fused_forward(*args[:-2], config.replace(retention="decay"), "ieee", momentum_signal=True, parts=2)
+    if not CUDA:
+        with pytest.raises(ValueError, match="only on CUDA"):
+            triton_fused._fused_forward(*args[:-2], config.replace(retention="decay"), "ieee",
+                                        momentum_signal=False, parts=2)
+
+
+def test_split_is_chosen_only_where_the_card_has_idle_sms():
+    from titans_cli.memory.triton_split import choose_parts
+
+    reference = MemoryConfig(num_heads=4, head_dim=64, chunk_size=64)  # issue 8's shape: hidden 128
+    assert choose_parts(reference, 32, "bf16", 132) == 2  # bf16 products need 64-wide slices
+    assert choose_parts(reference, 32, "tf32", 132) == 4
+    assert choose_parts(reference, 40, "tf32", 132) == 2  # 160 programs would not all be resident
+    assert choose_parts(reference, 512, "bf16", 132) == 1  # 128 lanes x 4 heads already fill the card
+    dna = MemoryConfig(num_heads=4, head_dim=32, chunk_size=64)  # the shipped dna model: hidden 64
+    assert choose_parts(dna, 4, "tf32", 132) == 2

@@ -265,8 +265,9 @@ class NeuralMemory(nn.Module):
         if backend == "numba" and length > 0 and not torch.is_grad_enabled() and x.device.type == "cpu":
             return self._forward_numba(x, state, momentum)
         op = memory_op(backend)
-        if backend == "triton" and not momentum and not torch.is_grad_enabled() and _is_fused(op):
-            # nobody reads ||S_t||: the fused kernel skips its Grams (NaN, as the numba path)
+        if backend == "triton" and not momentum and _is_fused(op):
+            # nobody reads ||S_t||: the fused kernels skip its Grams and their adjoints (NaN, as the
+            # numba path)
             op = functools.partial(op, momentum_signal=False)
 
         q, k, v, gates, conv_tail = self._memory_inputs(self.to_qkv(x), self.to_gates(x), state.conv_tail, backend)

@@ -207,6 +207,30 @@ if TRITON_AVAILABLE:
                 tl.exp(log_eta_total), tl.exp(log_beta_total))
 
     @triton.jit
+    def _chunk_inputs(k_base, q_base, lr_ptr, eta_ptr, alpha_ptr, hd_ptr, g_off, pos, rd, t_ok, tok_mask, k_st, q_st,
+                      g_st, GD: tl.constexpr, BIAS: tl.constexpr):
+        """One chunk's keys, queries (fp32) and gates: θ, log η, log(1 - α), Huber δ (else θ)."""
+        tiny = 1.1754943508222875e-38
+        keys = tl.load(k_base + pos[:, None] * k_st + rd[None, :], mask=tok_mask, other=0.0).to(tl.float32)
+        queries = tl.load(q_base + pos[:, None] * q_st + rd[None, :], mask=tok_mask, other=0.0).to(tl.float32)
+        theta = tl.load(lr_ptr + g_off + pos * g_st, mask=t_ok, other=0.0).to(tl.float32)
+        alpha = tl.load(alpha_ptr + g_off + pos * g_st, mask=t_ok, other=0.0).to(tl.float32)
+        if GD:
+            log_eta = tl.where(t_ok, tl.log(tiny), 0.0)
+        else:
+            eta = tl.load(eta_ptr + g_off + pos * g_st, mask=t_ok, other=1.0).to(tl.float32)
+            log_eta = tl.log(tl.maximum(eta, tiny))
+        # log(1 - α) = log1p(-α), accurate for small α (u = 1 - α; log(u)·(-α)/(u - 1));
+        # padded tokens have α = 0 -> 0.
+        keep = 1.0 - alpha
+        log_keep = tl.where(keep == 1.0, -alpha, tl.log(keep) * (-alpha) / tl.where(keep == 1.0, -1.0, keep - 1.0))
+        if BIAS == 2:
+            delta_t = tl.load(hd_ptr + g_off + pos * g_st, mask=t_ok, other=1.0).to(tl.float32)
+        else:
+            delta_t = theta
+        return keys, queries, theta, log_eta, log_keep, delta_t
+
+    @triton.jit
     def _momentum_norm(eta_products, eta_prefix, step, gram, s0_dot_u, s0_sq, PRECISION: tl.constexpr):
         """||S_t|| = sqrt(E(1..t)²||S0||² - 2 E(1..t) Σ_i Λ_ti <S0,u_i> + Σ_ij Λ_ti Λ_tj <u_i,u_j>)."""
         weighted = eta_products * step[None, :]  # Λ[t, i] = E(i+1..t) θ_i clip_i
@@ -259,28 +283,14 @@ if TRITON_AVAILABLE:
             pos = c * chunk + rt
             t_ok = (rt < chunk) & (pos < length)
             tok_mask = t_ok[:, None] & d_ok[None, :]
-            keys = tl.load(k_base + pos[:, None] * k_st + rd[None, :], mask=tok_mask, other=0.0).to(tl.float32)
-            queries = tl.load(q_base + pos[:, None] * q_st + rd[None, :], mask=tok_mask, other=0.0).to(tl.float32)
-            theta = tl.load(lr_ptr + g_off + pos * g_st, mask=t_ok, other=0.0).to(tl.float32)
-            alpha = tl.load(alpha_ptr + g_off + pos * g_st, mask=t_ok, other=0.0).to(tl.float32)
-            if GD:
-                log_eta = tl.where(t_ok, tl.log(tiny), 0.0)
-            else:
-                eta = tl.load(eta_ptr + g_off + pos * g_st, mask=t_ok, other=1.0).to(tl.float32)
-                log_eta = tl.log(tl.maximum(eta, tiny))
-            # log(1 - α) = log1p(-α), accurate for small α (u = 1 - α; log(u)·(-α)/(u - 1));
-            # padded tokens have α = 0 -> 0.
-            keep = 1.0 - alpha
-            log_keep = tl.where(keep == 1.0, -alpha, tl.log(keep) * (-alpha) / tl.where(keep == 1.0, -1.0, keep - 1.0))
+            keys, queries, theta, log_eta, log_keep, delta_t = _chunk_inputs(
+                k_base, q_base, lr_ptr, eta_ptr, alpha_ptr, hd_ptr, g_off, pos, rd, t_ok, tok_mask, k_st, q_st, g_st,
+                GD, BIAS)
             if RETENTION <= 1:
                 log_beta = log_keep
             else:
                 log_beta = tl.zeros_like(log_keep)
             log_temperature = tl.sum(log_keep, axis=0)
-            if BIAS == 2:
-                delta_t = tl.load(hd_ptr + g_off + pos * g_st, mask=t_ok, other=1.0).to(tl.float32)
-            else:
-                delta_t = theta
             key_sq = tl.sum(keys * keys, axis=1)
 
             if SAVE_STATE:  # chunk-start state for the backward kernel: [W1, W2, S1, S2] per chunk
@@ -454,12 +464,12 @@ if TRITON_AVAILABLE:
 
     @triton.jit
     def _block_delta1_adjoint(keys, delta1, w1_adj, s1_adj, s1, memory_step, momentum_step, norm_term,
-                              key_gram_adj, d_s0_dot_u, GD: tl.constexpr, PRECISION: tl.constexpr):
+                              key_gram_adj, d_s0_dot_u, GRAMS: tl.constexpr, PRECISION: tl.constexpr):
         """Adjoint of one block of δ1, from the state update, ||u_i|| and the ||S_t|| Grams."""
         keys_dw1 = _mm(keys, tl.trans(w1_adj), PRECISION)
         keys_ds1 = _mm(keys, tl.trans(s1_adj), PRECISION)
         d_delta1 = -memory_step[:, None] * keys_dw1 - momentum_step[:, None] * keys_ds1 + norm_term[:, None] * delta1
-        if not GD:
+        if GRAMS:
             d_delta1 += 2.0 * _mm(key_gram_adj, delta1, PRECISION)
             d_delta1 += d_s0_dot_u[:, None] * _mm(keys, tl.trans(s1), PRECISION)
         return d_delta1
@@ -475,7 +485,10 @@ if TRITON_AVAILABLE:
         num_heads, length, chunk, head_dim, hidden, max_grad_norm,
         BT: tl.constexpr, BD: tl.constexpr, BHID: tl.constexpr, HB: tl.constexpr,
         RETENTION: tl.constexpr, GD: tl.constexpr, CLIP: tl.constexpr, PRECISION: tl.constexpr,
+        GRAMS: tl.constexpr,
     ):
+        # GRAMS (momentum, and the caller asked for ||S_t||): the adjoint of the ||S_t|| signal and
+        # the Grams it needs; without it they are skipped, as the forward skips them.
         # Reverse-mode of the depth-2, l2 chunk step, chunk by chunk from the last one, one program
         # per (row, head). The chunk-start state comes from the forward's checkpoints; everything
         # else of the chunk is recomputed. dw*/ds* hold the adjoint of the state after the chunk and
@@ -568,7 +581,7 @@ if TRITON_AVAILABLE:
                 d_beta_total += tl.sum(tl.sum(dw1 * w1, axis=1), axis=0) + tl.sum(tl.sum(dw2 * w2, axis=1), axis=0)
                 d_momentum_carry += tl.sum(tl.sum(dw1 * s1, axis=1), axis=0) + tl.sum(tl.sum(dw2 * s2, axis=1), axis=0)
                 d_eta_total += tl.sum(tl.sum(ds1 * s1, axis=1), axis=0) + tl.sum(tl.sum(ds2 * s2, axis=1), axis=0)
-                if not GD:
+                if GRAMS:
                     act_gram += _mm(act, tl.trans(act), PRECISION)
                     act_s2 += _mm(act, tl.trans(s2), PRECISION)
                     s0_sq += tl.sum(tl.sum(s1 * s1, axis=1), axis=0) + tl.sum(tl.sum(s2 * s2, axis=1), axis=0)
@@ -580,10 +593,10 @@ if TRITON_AVAILABLE:
             # ---- pass B: δ1 = (δ2 W2) ⊙ σ'(z), its norms and Grams
             delta1_sq = tl.zeros((BT,), tl.float32)
             delta1_gram = tl.zeros((BT, BT), tl.float32)
-            if GD:
-                s0_dot_u = tl.zeros((BT,), tl.float32)
-            else:
+            if GRAMS:
                 s0_dot_u = tl.sum(act_s2 * delta2, axis=1)
+            else:
+                s0_dot_u = tl.zeros((BT,), tl.float32)
             for j in range(0, BHID // HB):
                 hid = j * HB + rb
                 h_ok = hid < hidden
@@ -599,7 +612,7 @@ if TRITON_AVAILABLE:
                 delta1_sq += tl.sum(delta1 * delta1, axis=1)
                 d_memory_step -= tl.sum(delta1 * _mm(keys, tl.trans(dw1), PRECISION), axis=1)
                 d_momentum_step -= tl.sum(delta1 * _mm(keys, tl.trans(ds1), PRECISION), axis=1)
-                if not GD:
+                if GRAMS:
                     s1 = tl.load(ck + 2 * matrix + loc1, mask=mask1, other=0.0)
                     delta1_gram += _mm(delta1, tl.trans(delta1), PRECISION)
                     s0_dot_u += tl.sum(_mm(keys, tl.trans(s1), PRECISION) * delta1, axis=1)
@@ -638,6 +651,8 @@ if TRITON_AVAILABLE:
             if GD:
                 d_theta = d_momentum_norm * grad_norm
                 d_grad_norm += d_momentum_norm * theta
+            elif not GRAMS:
+                d_theta = tl.zeros((BT,), tl.float32)
             else:
                 d_theta = tl.zeros((BT,), tl.float32)
                 weighted = eta_products * step[None, :]
@@ -693,7 +708,7 @@ if TRITON_AVAILABLE:
             d_delta2 = (-memory_step[:, None] * act_dw2 - momentum_step[:, None] * act_ds2
                         + (2.0 * d_norm_sq * act_sq)[:, None] * delta2)
             d_keys = (2.0 * d_norm_sq * delta1_sq)[:, None] * keys
-            if not GD:
+            if GRAMS:
                 d_delta2 += 2.0 * _mm(act_gram_adj, delta2, PRECISION) + d_s0_dot_u[:, None] * act_s2
                 d_keys += 2.0 * _mm(delta1_gram_adj, keys, PRECISION)
             norm_term1 = 2.0 * d_norm_sq * key_sq
@@ -713,7 +728,7 @@ if TRITON_AVAILABLE:
                 ds1 = tl.load(ds1_ptr + pid * matrix + loc1, mask=mask1, other=0.0)
                 z, sig, act, dsig, g1, delta1 = _block_forward(keys, delta2, w1, w2, PRECISION)
                 d_delta1 = _block_delta1_adjoint(keys, delta1, dw1, ds1, s1, memory_step, momentum_step, norm_term1,
-                                                 key_gram_adj, d_s0_dot_u, GD, PRECISION)
+                                                 key_gram_adj, d_s0_dot_u, GRAMS, PRECISION)
                 d_delta2 += _mm(d_delta1 * dsig, tl.trans(w2), PRECISION)
             d_pred = tl.where(tok_mask, 2.0 * d_delta2, 0.0)
 
@@ -737,7 +752,7 @@ if TRITON_AVAILABLE:
                 ds2 = tl.load(ds2_ptr + pid * matrix + loc2, mask=mask2, other=0.0)
                 z, sig, act, dsig, g1, delta1 = _block_forward(keys, delta2, w1, w2, PRECISION)
                 d_delta1 = _block_delta1_adjoint(keys, delta1, dw1, ds1, s1, memory_step, momentum_step, norm_term1,
-                                                 key_gram_adj, d_s0_dot_u, GD, PRECISION)
+                                                 key_gram_adj, d_s0_dot_u, GRAMS, PRECISION)
                 d_g1 = d_delta1 * dsig
                 d_act = (-_mm(delta2 * memory_step[:, None], dw2, PRECISION)
                          - _mm(delta2 * momentum_step[:, None], ds2, PRECISION)
@@ -746,7 +761,7 @@ if TRITON_AVAILABLE:
                     delta1 * momentum_step[:, None], ds1, PRECISION)
                 d_s1 = momentum_carry * dw1 + eta_total * ds1
                 d_s2 = momentum_carry * dw2 + eta_total * ds2
-                if not GD:
+                if GRAMS:
                     d_act += 2.0 * _mm(delta2_gram_adj, act, PRECISION) + _mm(delta2 * d_s0_dot_u[:, None], s2, PRECISION)
                     d_keys += _mm(delta1 * d_s0_dot_u[:, None], s1, PRECISION)
                     d_s1 += 2.0 * d_s0_sq * s1 + _mm(tl.trans(delta1 * d_s0_dot_u[:, None]), keys, PRECISION)
@@ -780,8 +795,12 @@ if TRITON_AVAILABLE:
 
 def _fused_forward(q, k, v, lr, momentum, decay, huber_delta, weights, momenta, config: MemoryConfig,
                    precision: str | None, num_warps: int | None = None, block_hidden: int | None = None,
-                   checkpoints: torch.Tensor | None = None, momentum_signal: bool = True):
-    """Run the kernel on detached tensors; returns (output, grad_norm, momentum_norm, weights, momenta)."""
+                   checkpoints: torch.Tensor | None = None, momentum_signal: bool = True, parts: int | None = None):
+    """Run the kernel on detached tensors; returns (output, grad_norm, momentum_norm, weights, momenta).
+
+    Where the config allows and the card has SMs to spare, each (row, head)'s hidden units are split
+    across programs (triton_split.py). `parts`: None chooses; 0 runs the one-program kernel; P >= 1
+    forces the split kernel with P parts (1 = its code path without splitting, for tests)."""
     batch, heads, length, dim = k.shape
     device = k.device
     out_dtype = q.dtype
@@ -810,6 +829,7 @@ def _fused_forward(q, k, v, lr, momentum, decay, huber_delta, weights, momenta, 
         block_h = _block(hidden)
         if depth == 2 and config.retention not in ("lq", "kl"):  # those need whole matrices at chunk end
             block_h = min(block_h, _block(block_hidden or _DEFAULT_BLOCK_HIDDEN))
+        requested_warps = num_warps
         if num_warps is None:
             num_warps = _DEFAULT_NUM_WARPS if depth == 2 and hidden * dim >= 4096 else 4
         if kernel_precision == "bf16" and not _bf16_tiles(dim, block_h if depth == 2 else 64):
@@ -819,7 +839,10 @@ def _fused_forward(q, k, v, lr, momentum, decay, huber_delta, weights, momenta, 
             # (docs/KERNEL_NOTES.md).
             warnings.warn("triton_fused: bf16 products need 64-wide tiles; using tf32", stacklevel=3)
             kernel_precision = "tf32"
-        while True:
+        split = _run_split(q, k, v, lr_c, eta_c, alpha_c, delta_c, w1, w2, s1, s2, output, grad_norm,
+                           momentum_norm, config, kernel_precision, requested_warps, checkpoints, momentum_signal,
+                           parts)
+        while not split:
             try:
                 _launch(q, k, v, lr_c, eta_c, alpha_c, delta_c, w1, w2, s1, s2, output, grad_norm, momentum_norm,
                         config, heads, length, dim, hidden, block_t, block_h, kernel_precision, num_warps,
@@ -836,6 +859,39 @@ def _fused_forward(q, k, v, lr, momentum, decay, huber_delta, weights, momenta, 
     new_weights = tuple(s.to(weight_dtype) for s in state[:depth])
     new_momenta = tuple(s.to(weight_dtype) for s in state[depth:])
     return output, grad_norm, momentum_norm, new_weights, new_momenta
+
+
+def _run_split(q, k, v, lr_c, eta_c, alpha_c, delta_c, w1, w2, s1, s2, output, grad_norm, momentum_norm,
+               config, precision, num_warps, checkpoints, momentum_signal, parts) -> bool:
+    """Run triton_split's kernel where it applies (`parts` forced, or chosen there); False = not run,
+    use the one-program kernel. A chosen split that the card refuses warns and returns False."""
+    from . import triton_split
+
+    if parts == 0:
+        return False
+    if not triton_split.split_supported(config, momentum_signal):
+        if parts is not None:
+            raise ValueError("the split kernel does not cover this config (see triton_split)")
+        return False
+    lanes = k.shape[0] * k.shape[1]
+    if parts is None and k.device.type != "cuda":
+        return False  # the interpreter runs one part per (row, head) only, which gains nothing
+    sms = torch.cuda.get_device_properties(k.device).multi_processor_count if parts is None else 0
+    chosen = parts if parts is not None else triton_split.choose_parts(config, lanes, precision, sms)
+    if chosen < 1 or (parts is None and chosen == 1):
+        return False
+    if precision == "bf16" and not _bf16_tiles(k.shape[-1], config.hidden_dim // chosen):
+        precision = "tf32"  # the bf16 guard of _fused_forward, at the slice width
+    warps = num_warps or (_DEFAULT_NUM_WARPS if config.hidden_dim // chosen >= 64 else 4)
+    try:
+        triton_split.launch_split(q, k, v, lr_c, eta_c, alpha_c, delta_c, w1, w2, s1, s2, output, grad_norm,
+                                  momentum_norm, config, chosen, precision, warps, checkpoints)
+    except (OutOfResources, RuntimeError) as error:
+        if parts is not None:
+            raise
+        warnings.warn(f"triton_fused: split kernel refused ({error}); using one program per head", stacklevel=4)
+        return False
+    return True
 
 
 def _launch(q, k, v, lr_c, eta_c, alpha_c, delta_c, w1, w2, s1, s2, output, grad_norm, momentum_norm,
@@ -891,7 +947,8 @@ def _kernel_precision(precision: str | None, dtype: torch.dtype, device: torch.d
     return precision
 
 
-def _triton_backward(config, precision, saved, checkpoints, grads, block_hidden: int | None = None):
+def _triton_backward(config, precision, saved, checkpoints, grads, block_hidden: int | None = None,
+                     momentum_signal: bool = True):
     """Adjoints of (q, k, v, lr, momentum, decay, weights, momenta) by the backward kernel."""
     q, k, v, lr, momentum, decay, _huber_delta, *state = saved
     batch, heads, length, dim = k.shape
@@ -919,7 +976,7 @@ def _triton_backward(config, precision, saved, checkpoints, grads, block_hidden:
         try:
             _launch_backward(qs, ks, vs, lr_c, eta_c, alpha_c, checkpoints, d_w1, d_w2, d_s1, d_s2, d_output,
                              d_grad_norm, d_momentum_norm, d_q, d_k, d_v, d_lr, d_eta, d_alpha, config, heads,
-                             length, dim, hidden, block_h, kernel_precision)
+                             length, dim, hidden, block_h, kernel_precision, momentum_signal)
             break
         except OutOfResources:
             # fp32 operands (tf32 / ieee products) need twice bf16's shared memory: on an H100 the
@@ -935,7 +992,7 @@ def _triton_backward(config, precision, saved, checkpoints, grads, block_hidden:
 
 def _launch_backward(qs, ks, vs, lr_c, eta_c, alpha_c, checkpoints, d_w1, d_w2, d_s1, d_s2, d_output,
                      d_grad_norm, d_momentum_norm, d_q, d_k, d_v, d_lr, d_eta, d_alpha, config, heads,
-                     length, dim, hidden, block_h, kernel_precision):
+                     length, dim, hidden, block_h, kernel_precision, momentum_signal=True):
     batch = qs.shape[0]
     _memory_chunks_backward_kernel[(batch * heads,)](
         qs, ks, vs, lr_c, eta_c, alpha_c, checkpoints,
@@ -949,7 +1006,8 @@ def _launch_backward(qs, ks, vs, lr_c, eta_c, alpha_c, checkpoints, d_w1, d_w2, 
         BT=_block(config.chunk_size), BD=_block(dim), BHID=_block(hidden), HB=block_h,
         RETENTION=_RETENTION_CODES[config.retention], GD=config.algorithm == "gd",
         CLIP=config.max_grad_norm != float("inf"),
-        PRECISION=kernel_precision, num_warps=_DEFAULT_NUM_WARPS, num_stages=1,
+        PRECISION=kernel_precision, GRAMS=momentum_signal and config.algorithm != "gd",
+        num_warps=_DEFAULT_NUM_WARPS, num_stages=1,
     )
 
 
@@ -959,11 +1017,12 @@ class _FusedMemoryUpdate(torch.autograd.Function):
     torch_chunked and backpropagate through it."""
 
     @staticmethod
-    def forward(ctx, config, precision, backward, q, k, v, lr, momentum, decay, huber_delta, *state):
+    def forward(ctx, config, precision, backward, momentum_signal, q, k, v, lr, momentum, decay, huber_delta, *state):
         depth = config.depth
         weights, momenta = state[:depth], state[depth:]
         ctx.config = config
         ctx.precision = precision
+        ctx.momentum_signal = momentum_signal
         kernel_precision = _kernel_precision(precision, q.dtype, k.device)
         if kernel_precision == "bf16" and not bf16_supported(config):
             kernel_precision = "tf32"
@@ -976,7 +1035,7 @@ class _FusedMemoryUpdate(torch.autograd.Function):
                                       device=k.device, dtype=torch.float32)
         output, grad_norm, momentum_norm, new_weights, new_momenta = _fused_forward(
             q, k, v, lr, momentum, decay, huber_delta, weights, momenta, config, precision,
-            checkpoints=checkpoints,
+            checkpoints=checkpoints, momentum_signal=momentum_signal or not ctx.use_kernel,
         )
         ctx.save_for_backward(q, k, v, lr, momentum, decay, huber_delta, *state,
                               *(() if checkpoints is None else (checkpoints,)))
@@ -988,9 +1047,10 @@ class _FusedMemoryUpdate(torch.autograd.Function):
         saved = ctx.saved_tensors
         if ctx.use_kernel:
             try:
-                input_grads = _triton_backward(config, ctx.precision, saved[:-1], saved[-1], grads)
-                input_grads = [g if need else None for g, need in zip(input_grads, ctx.needs_input_grad[3:])]
-                return (None, None, None, *input_grads)
+                input_grads = _triton_backward(config, ctx.precision, saved[:-1], saved[-1], grads,
+                                               momentum_signal=ctx.momentum_signal)
+                input_grads = [g if need else None for g, need in zip(input_grads, ctx.needs_input_grad[4:])]
+                return (None, None, None, None, *input_grads)
             except OutOfResources:  # the full-tile backward did not fit this GPU: recompute instead
                 warnings.warn("triton_fused: backward kernel out of resources; recomputing through torch_chunked")
             saved = saved[:-1]
@@ -998,7 +1058,7 @@ class _FusedMemoryUpdate(torch.autograd.Function):
         from .torch_chunked import memory_update as chunked_update
 
         inputs = [None if t is None else t.detach().requires_grad_(need)
-                  for t, need in zip(saved, ctx.needs_input_grad[3:])]
+                  for t, need in zip(saved, ctx.needs_input_grad[4:])]
         q, k, v, lr, momentum, decay, huber_delta, *state = inputs
         depth = config.depth
         with torch.enable_grad():
@@ -1010,16 +1070,18 @@ class _FusedMemoryUpdate(torch.autograd.Function):
             found = torch.autograd.grad([o for o, _ in pairs], wanted, [g for _, g in pairs], allow_unused=True) if pairs and wanted else []
         found = iter(found)
         input_grads = [next(found) if (t is not None and t.requires_grad) else None for t in inputs]
-        return (None, None, None, *input_grads)
+        return (None, None, None, None, *input_grads)
 
 
 def memory_update(q, k, v, lr, momentum, decay, huber_delta, weights, momenta, config: MemoryConfig,
                   precision: str | None = None, backward: str = "auto", momentum_signal: bool = True) -> MemoryResult:
     """The memory update of torch_chunked, fused into one Triton launch (see the module docstring).
 
-    Falls back to torch_chunked where `fused_supported` says no. momentum_signal=False (inference
-    only): the caller reads no ||S_t||, so the kernel skips its Grams (~30 % of the chunk's products)
-    and returns NaN for it. ``backward`` (training only):
+    Falls back to torch_chunked where `fused_supported` says no. momentum_signal=False: the caller
+    reads no ||S_t||, so the kernels skip its Grams (~30 % of the chunk's products) and their
+    adjoints, and return NaN for it (no gradient flows through it); with SMs to spare the forward
+    then runs the split kernel (triton_split.py). Where the backward recomputes through
+    torch_chunked, the forward keeps the signal. ``backward`` (training only):
     "torch" recomputes through torch_chunked; "triton" and "auto" (the default) run the backward
     kernel where `backward_kernel_supported` says so and it fits the GPU, else recompute.
     """
@@ -1035,7 +1097,7 @@ def memory_update(q, k, v, lr, momentum, decay, huber_delta, weights, momenta, c
         return chunked_update(q, k, v, lr, momentum, decay, huber_delta, weights, momenta, config)
     tensors = (q, k, v, lr, momentum, decay, huber_delta, *weights, *momenta)
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
-        outputs = _FusedMemoryUpdate.apply(config, precision, backward, *tensors)
+        outputs = _FusedMemoryUpdate.apply(config, precision, backward, momentum_signal, *tensors)
     else:
         outputs = _fused_forward(q, k, v, lr, momentum, decay, huber_delta, weights, momenta, config, precision,
                                  momentum_signal=momentum_signal)

@@ -402,11 +402,12 @@ class _PieceLoss(torch.nn.Module):
         self.backend = backend
 
     def forward(self, inputs, targets, state):
+        # momentum=False: the loss reads only the logits, so the fused kernels skip the ||S_t|| signal
         if self.autocast_dtype is None:
-            output, state = self.model.step(inputs, state, backend=self.backend)
+            output, state = self.model.step(inputs, state, backend=self.backend, momentum=False)
         else:
             with torch.autocast("cuda", dtype=self.autocast_dtype):
-                output, state = self.model.step(inputs, state, backend=self.backend)
+                output, state = self.model.step(inputs, state, backend=self.backend, momentum=False)
         logits = output.logits
         nats = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1),
                                ignore_index=IGNORE_INDEX, reduction="sum")

@@ -1,0 +1,190 @@
+"""The split memory kernel (hidden units of a (row, head) across P programs) against the one-program
+kernel, on one GPU, in one run.
+
+1. Correctness on CUDA: the split kernel at P = 2 and 4 with fp32 (ieee) products against
+   torch_chunked in fp32 and the float64 reference, for the titans config at issue 8's shape
+   (d 64, hidden 128, chunk 64), the `dna` model's shape (d 32, hidden 64), gd + huber, and no
+   clipping with retention none; bf16 products at P = 2 against the one-program kernel's bf16.
+2. The memory op at issue 8's reference size (batch 8 x 16,384 tokens, 4 heads x 64, hidden 128,
+   chunk 64), forward without the ||S_t|| signal (as `titans surprise` and the like-for-like layer
+   row run it): the one-program kernel and split variants (parts, products, warps), ms per call,
+   µs per chunk, registers and spills of each compiled variant.
+3. Where the split pays: the same op at batch 1, 2 and 4 (4-16 (row, head) lanes), split vs not.
+
+CUDA events, warm-up, median of repeats, fresh random inputs. Writes
+benchmarks/results/memory_split_gpu.md naming the GPU.
+
+    python benchmarks/memory_split_gpu.py [--repeats 7]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import common  # noqa: E402
+from gpu_memory_kernel import max_result_error, op_inputs  # noqa: E402
+
+from titans_cli.memory import reference, torch_chunked, triton_fused, triton_split  # noqa: E402
+from titans_cli.memory.config import MemoryConfig  # noqa: E402
+from titans_cli.memory.mlp import MemoryResult  # noqa: E402
+
+REFERENCE = MemoryConfig(num_heads=4, head_dim=64, depth=2, expansion=2, chunk_size=64)
+
+
+def run_op(args, config, precision, parts, num_warps=None):
+    """The op's forward without the momentum signal; parts 0 = the one-program kernel."""
+    q, k, v, lr, momentum, decay, delta, weights, momenta = args
+    out = triton_fused._fused_forward(q, k, v, lr, momentum, decay, delta, weights, momenta, config, precision,
+                                      num_warps=num_warps, momentum_signal=False, parts=parts)
+    return MemoryResult(*out)
+
+
+def without_signal(result: MemoryResult, want: MemoryResult) -> MemoryResult:
+    """want's ||S_t|| replaced by the got's, when the got does not compute it (NaN)."""
+    if torch.isnan(result.momentum_norm).all():
+        return MemoryResult(want.output, want.grad_norm, result.momentum_norm, want.weights, want.momenta)
+    return want
+
+
+def compare(got: MemoryResult, want: MemoryResult) -> float:
+    want = without_signal(got, want)
+    if torch.isnan(got.momentum_norm).all():
+        got = MemoryResult(got.output, got.grad_norm, torch.zeros_like(got.grad_norm), got.weights, got.momenta)
+        want = MemoryResult(want.output, want.grad_norm, torch.zeros_like(want.grad_norm), want.weights, want.momenta)
+    return max_result_error(got, want)
+
+
+def correctness() -> list[list]:
+    cases = {
+        "titans, d 64 / hidden 128, chunk 64": REFERENCE.replace(num_heads=2),
+        "dna model shape, d 32 / hidden 64": REFERENCE.replace(num_heads=2, head_dim=32),
+        "gd + huber": REFERENCE.replace(num_heads=2, algorithm="gd", attentional_bias="huber"),
+        # without clipping or forgetting, θ up to 0.1 diverges in every implementation: θ up to 0.01
+        "retention none, no clipping, chunk 40, max_lr 0.01": REFERENCE.replace(
+            num_heads=2, retention="none", max_grad_norm=float("inf"), chunk_size=40, max_lr=0.01),
+    }
+    rows = []
+    for label, config in cases.items():
+        args = op_inputs(config, batch=2, length=300, seed=1)
+        chunked = torch_chunked.memory_update(*args[:7], args[7], args[8], config)
+        exact = reference.memory_update(*(t.double() if torch.is_tensor(t) else t for t in args[:7]),
+                                        tuple(w.double() for w in args[7]), tuple(s.double() for s in args[8]), config)
+        for parts in (2, 4):
+            if config.hidden_dim // parts < 16:
+                continue
+            got = run_op(args, config, "ieee", parts)
+            for name, want, tolerance in (("torch_chunked fp32", chunked, 1e-4), ("float64 reference", exact, 1e-4)):
+                error = compare(got, want)
+                rows.append([label, f"split P={parts} ieee vs {name}", f"{error:.2e}",
+                             "PASS" if error < tolerance else "FAIL"])
+            common.log(f"correctness {label} P={parts}: {rows[-1][2]}")
+        if config.head_dim >= 64:
+            low = tuple(t.to(torch.bfloat16) for t in args[:3]) + args[3:]
+            one = run_op(low, config, "bf16", 0)
+            split = run_op(low, config, "bf16", 2)
+            error = compare(split, one)
+            rows.append([label, "split P=2 bf16 vs one-program bf16", f"{error:.2e}", "PASS" if error < 3e-2 else "FAIL"])
+    return rows
+
+
+def newest_binary(kernel) -> str:
+    """'registers / spilled registers' of the variant of `kernel` compiled last (each variant timed
+    here has its own constants, so its first call compiles it)."""
+    try:
+        binaries = [b for per_device in kernel.device_caches.values()
+                    for b in (per_device[0] if isinstance(per_device, tuple) else per_device).values()]
+        binary = binaries[-1]
+        return f"{getattr(binary, 'n_regs', '?')} / {getattr(binary, 'n_spills', '?')}"
+    except Exception as error:  # noqa: BLE001 - triton internals differ between versions
+        return f"? ({type(error).__name__})"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--length", type=int, default=16384)
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        sys.exit("memory_split_gpu.py needs a CUDA GPU")
+    started = time.time()
+    gpu = torch.cuda.get_device_name()
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+
+    checks = correctness()
+
+    def timed(fn):
+        times = common.cuda_times_ms(fn, args.warmup, args.repeats)
+        return statistics.median(times)
+
+    chunks = -(-args.length // REFERENCE.chunk_size)
+    variants = [  # (label, precision, parts, warps)
+        ("one program per (row, head), bf16, 8 warps (main)", "bf16", 0, 8),
+        ("split P=2, bf16, 8 warps", "bf16", 2, 8),
+        ("split P=2, bf16, 4 warps", "bf16", 2, 4),
+        ("split P=2, bf16, 16 warps", "bf16", 2, 16),
+        ("one program per (row, head), tf32, 8 warps", "tf32", 0, 8),
+        ("split P=2, tf32, 8 warps", "tf32", 2, 8),
+        ("split P=4, tf32, 4 warps", "tf32", 4, 4),
+        ("split P=4, tf32, 8 warps", "tf32", 4, 8),
+        ("split P=4, tf32, 16 warps", "tf32", 4, 16),
+    ]
+    op = op_inputs(REFERENCE, batch=8, length=args.length, seed=2)
+    low = tuple(t.to(torch.bfloat16) for t in op[:3]) + op[3:]
+    base = {}
+    rows = []
+    for label, precision, parts, warps in variants:
+        inputs = low if precision == "bf16" else op
+        try:
+            ms = timed(lambda: run_op(inputs, REFERENCE, precision, parts, warps))
+        except Exception as error:  # noqa: BLE001 - a variant the card refuses is a row, not a crash
+            rows.append([label, "failed", f"{type(error).__name__}: {str(error)[:80]}", "", "", ""])
+            common.log(f"{label}: {type(error).__name__}: {error}")
+            continue
+        binary = newest_binary(triton_split._memory_split_kernel if parts else triton_fused._memory_chunks_kernel)
+        if parts == 0:
+            base[precision] = ms
+        tokens = 8 * args.length
+        rows.append([label, f"{ms:.2f}", f"{tokens / ms / 1e3:.1f}", f"{ms * 1e3 / chunks:.1f}",
+                     f"{base[precision] / ms:.2f}x" if precision in base else "", binary])
+        common.log(f"{label}: {ms:.2f} ms")
+
+    sweep = []
+    for batch in (1, 2, 4):
+        small = op_inputs(REFERENCE, batch=batch, length=args.length, seed=3)
+        small = tuple(t.to(torch.bfloat16) for t in small[:3]) + small[3:]
+        one = timed(lambda: run_op(small, REFERENCE, "bf16", 0))
+        parts = triton_split.choose_parts(REFERENCE, batch * REFERENCE.num_heads, "bf16", sms)
+        split = timed(lambda: run_op(small, REFERENCE, "bf16", None))
+        sweep.append([batch, batch * REFERENCE.num_heads, f"{one:.2f}", parts, f"{split:.2f}", f"{one / split:.2f}x"])
+        common.log(f"batch {batch}: one-program {one:.2f} ms, chosen P={parts} {split:.2f} ms")
+
+    body = (
+        f"Card: {gpu} ({sms} SMs). Command: `python benchmarks/memory_split_gpu.py"
+        f"{' ' + ' '.join(sys.argv[1:]) if sys.argv[1:] else ''}`.\n\n"
+        "### Correctness on CUDA (max relative error over output, grad_norm, weights, momenta)\n\n"
+        + common.md_table(["inputs (batch 2, 300 tokens)", "comparison", "rel. error", "result"], checks)
+        + f"\n\n### The memory op at issue 8's reference size (batch 8 x {args.length:,} tokens, 4 heads x 64, "
+        f"hidden 128, chunk 64), forward without ||S_t||, median of {args.repeats}\n\n"
+        + common.md_table(["kernel", "ms", "M tok/s", "µs per chunk", "vs one-program, same products",
+                          "registers / spills"], rows)
+        + "\n\n### Fewer lanes: batch 1-4 x the same length, bf16 products, split as `choose_parts` picks it\n\n"
+        + common.md_table(["batch", "(row, head) lanes", "one-program ms", "parts chosen", "split ms", "speed-up"], sweep)
+    )
+    path = common.write_section("memory_split_gpu", "The split memory kernel on one GPU", body, quick=False,
+                                elapsed_s=time.time() - started, gpu=gpu)
+    print(path.read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,259 @@
+"""The fused memory update with each (row, head)'s hidden units split across P programs.
+
+`triton_fused._memory_chunks_kernel` runs one program per (batch row, head): at issue 8's reference
+shape (batch 8 x 4 heads) that is 32 programs on a 132-SM card, each walking 256 chunks as a chain
+of small dependent products, so three quarters of the card idle. Here P programs ("parts") share a
+(row, head). Part p owns the hidden units [p·HB, (p+1)·HB): rows of W1 and S1, columns of W2 and S2.
+It keeps that slice of the state in registers for the whole call instead of rewriting it through L2
+every chunk, and it does only its slice's products. In the chunk step of MEMORY_MATH.md everything
+is local to a slice except three sums over all hidden units:
+
+    pred_t = Σ_p W2,p σ(W1,p k_t)   (with the read Σ_p W2,p σ(W1,p q_t) and ||a_t||²)  meeting 1
+    ||δ1_t||² = Σ_p ||δ1,p,t||²     (the clip of ||u_t||, and the grad_norm signal)     meeting 2
+
+so twice a chunk the P parts write their partial sums to a scratch buffer, wait at a barrier (an
+atomic counter per (row, head)), and then every part adds the partials in the same order p = 0..P-1:
+all P parts hold bit-identical δ2 and clip factors, so their slices stay one consistent state. The
+read is written by part 0. Per part and chunk that is 9 products of b × d × HB (read 2, keys forward
+2, δ1 1, update 4) against 24 of b × d × 64 in the one-program kernel at hidden 128 (three passes,
+recomputing the keys forward).
+
+The barrier needs every part of a (row, head) resident at once: the launch is cooperative (the
+driver refuses a grid that does not fit, and the caller falls back to the one-program kernel), and
+the split is chosen only when batch x heads x P programs fit the card's SMs, which is exactly where
+the one-program kernel leaves the card idle. Under Triton's interpreter programs run one after
+another, so only P = 1 can run there (the tests check the arithmetic that way; P > 1 on CUDA).
+
+Scope: depth 2, retention decay or none (lq / kl need whole matrices at chunk end), any attentional
+bias, momentum or gd, clipping or not, no ||S_t|| signal unless gd (its Grams are sums over hidden
+units too; callers that need it get the one-program kernel).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .config import MemoryConfig
+from .triton_fused import (
+    _BIAS_CODES,
+    _LENGTH_DEPENDENT,
+    _RETENTION_CODES,
+    TRITON_AVAILABLE,
+    _block,
+    _interpreting,
+)
+
+if TRITON_AVAILABLE:
+    import triton
+    import triton.language as tl
+
+    from .triton_fused import _bias_derivative, _chunk_gates, _chunk_inputs, _mm
+
+    @triton.jit
+    def _meet(counter, target):
+        """Wait until `target` arrivals at this (row, head)'s counter, counting this part's own.
+
+        The CTA barrier first makes every thread's scratch stores part of this program's release;
+        after the acquire, a second CTA barrier holds every thread until the partials are visible."""
+        tl.debug_barrier()
+        tl.atomic_add(counter, 1, sem="release", scope="gpu")
+        seen = tl.atomic_add(counter, 0, sem="acquire", scope="gpu")
+        while seen < target:
+            seen = tl.atomic_add(counter, 0, sem="acquire", scope="gpu")
+        tl.debug_barrier()
+
+    @triton.jit(do_not_specialize=_LENGTH_DEPENDENT)
+    def _memory_split_kernel(
+        q_ptr, k_ptr, v_ptr, lr_ptr, eta_ptr, alpha_ptr, hd_ptr,
+        w1_ptr, w2_ptr, s1_ptr, s2_ptr,
+        o_ptr, gn_ptr, mn_ptr, ckpt_ptr, xch_ptr, sync_ptr,
+        q_sb, q_sh, q_st, k_sb, k_sh, k_st, v_sb, v_sh, v_st,
+        g_sb, g_sh, g_st,
+        num_heads, length, chunk, head_dim, hidden,
+        max_grad_norm, p_exp,
+        BT: tl.constexpr, BD: tl.constexpr, HB: tl.constexpr, PARTS: tl.constexpr,
+        BIAS: tl.constexpr, RETENTION: tl.constexpr, GD: tl.constexpr, CLIP: tl.constexpr,
+        PRECISION: tl.constexpr, SAVE_STATE: tl.constexpr,
+    ):
+        pid = tl.program_id(0)
+        lane = pid // PARTS  # the (row, head) this part works for
+        part = pid % PARTS
+        row = lane // num_heads
+        head = lane % num_heads
+        tiny = 1.1754943508222875e-38
+
+        rt = tl.arange(0, BT)
+        rd = tl.arange(0, BD)
+        hid = part * HB + tl.arange(0, HB)
+        d_ok = rd < head_dim
+        h_ok = hid < hidden
+        q_base = q_ptr + row * q_sb + head * q_sh
+        k_base = k_ptr + row * k_sb + head * k_sh
+        v_base = v_ptr + row * v_sb + head * v_sh
+        g_off = row * g_sb + head * g_sh
+        o_base = o_ptr + lane * length * head_dim
+        s_base = lane * length
+        causal = rt[:, None] >= rt[None, :]
+
+        # This part's slice of the state, (HB, d) rows of W1/S1 and (d, HB) columns of W2/S2, held
+        # in registers across the chunk loop.
+        matrix = hidden * head_dim
+        loc1 = hid[:, None] * head_dim + rd[None, :]
+        loc2 = rd[:, None] * hidden + hid[None, :]
+        mask1 = h_ok[:, None] & d_ok[None, :]
+        mask2 = d_ok[:, None] & h_ok[None, :]
+        w1 = tl.load(w1_ptr + lane * matrix + loc1, mask=mask1, other=0.0)
+        s1 = tl.load(s1_ptr + lane * matrix + loc1, mask=mask1, other=0.0)
+        w2 = tl.load(w2_ptr + lane * matrix + loc2, mask=mask2, other=0.0)
+        s2 = tl.load(s2_ptr + lane * matrix + loc2, mask=mask2, other=0.0)
+
+        # Scratch per (row, head): per part [pred (BT, BD), read (BT, BD), ||a||² (BT), ||δ1||² (BT)].
+        slot = 2 * BT * BD + 2 * BT
+        x_lane = xch_ptr + lane * PARTS * slot
+        x_mine = x_lane + part * slot
+        tile = rt[:, None] * BD + rd[None, :]
+        counter = sync_ptr + lane
+
+        n_chunks = tl.cdiv(length, chunk)
+        for c in range(0, n_chunks):
+            pos = c * chunk + rt
+            t_ok = (rt < chunk) & (pos < length)
+            tok_mask = t_ok[:, None] & d_ok[None, :]
+            keys, queries, theta, log_eta, log_keep, delta_t = _chunk_inputs(
+                k_base, q_base, lr_ptr, eta_ptr, alpha_ptr, hd_ptr, g_off, pos, rd, t_ok, tok_mask, k_st, q_st, g_st,
+                GD, BIAS)
+            if RETENTION == 0:
+                log_beta = log_keep
+            else:
+                log_beta = tl.zeros_like(log_keep)
+
+            if SAVE_STATE:  # chunk-start state, laid out as triton_fused's checkpoints
+                ck = ckpt_ptr + (lane * n_chunks + c) * 4 * matrix
+                tl.store(ck + loc1, w1, mask=mask1)
+                tl.store(ck + matrix + loc2, w2, mask=mask2)
+                tl.store(ck + 2 * matrix + loc1, s1, mask=mask1)
+                tl.store(ck + 3 * matrix + loc2, s2, mask=mask2)
+
+            # ---- this slice's share of the read and of the keys forward, at the chunk-start state
+            zq = _mm(queries, tl.trans(w1), PRECISION)
+            read_part = _mm(zq * tl.sigmoid(zq), tl.trans(w2), PRECISION)
+            z = _mm(keys, tl.trans(w1), PRECISION)
+            sig = tl.sigmoid(z)
+            act = z * sig
+            pred_part = _mm(act, tl.trans(w2), PRECISION)
+            tl.store(x_mine + tile, pred_part)
+            tl.store(x_mine + BT * BD + tile, read_part)
+            tl.store(x_mine + 2 * BT * BD + rt, tl.sum(act * act, axis=1))
+            _meet(counter, PARTS * (2 * c + 1))  # meeting 1
+            pred = tl.zeros((BT, BD), tl.float32)
+            read = tl.zeros((BT, BD), tl.float32)
+            hidden_sq = tl.zeros((BT,), tl.float32)
+            for p in tl.static_range(PARTS):  # the same order in every part: bit-identical sums
+                x_part = x_lane + p * slot
+                pred += tl.load(x_part + tile, cache_modifier=".cg")
+                read += tl.load(x_part + BT * BD + tile, cache_modifier=".cg")
+                hidden_sq += tl.load(x_part + 2 * BT * BD + rt, cache_modifier=".cg")
+            if part == 0:
+                tl.store(o_base + pos[:, None] * head_dim + rd[None, :], read.to(o_ptr.dtype.element_ty), mask=tok_mask)
+
+            values = tl.load(v_base + pos[:, None] * v_st + rd[None, :], mask=tok_mask, other=0.0).to(tl.float32)
+            delta2 = _bias_derivative(pred - values, delta_t, p_exp, BIAS)
+            delta2 = tl.where(tok_mask, delta2, 0.0)
+            delta1 = _mm(delta2, w2, PRECISION) * (sig * (1.0 + z * (1.0 - sig)))
+            tl.store(x_mine + 2 * BT * BD + BT + rt, tl.sum(delta1 * delta1, axis=1))
+            _meet(counter, PARTS * (2 * c + 2))  # meeting 2
+            delta1_sq = tl.zeros((BT,), tl.float32)
+            for p in tl.static_range(PARTS):
+                delta1_sq += tl.load(x_lane + p * slot + 2 * BT * BD + BT + rt, cache_modifier=".cg")
+            key_sq = tl.sum(keys * keys, axis=1)
+            grad_sq = delta1_sq * key_sq + tl.sum(delta2 * delta2, axis=1) * hidden_sq
+
+            # ---- ||u_i||, its clip, the chunk's gate products (as triton_fused)
+            grad_norm = tl.sqrt(tl.maximum(grad_sq, tiny))
+            if CLIP:
+                clip = max_grad_norm / tl.maximum(grad_norm, max_grad_norm)
+            else:
+                clip = tl.full((BT,), 1.0, tl.float32)
+            grad_norm = grad_norm * clip
+            step = tl.where(t_ok, theta * clip, 0.0)
+            gates = _chunk_gates(log_eta, log_beta, step, t_ok, causal)
+            memory_step, momentum_step, momentum_carry, eta_total, beta_total = gates[2], gates[3], gates[4], gates[5], gates[6]
+            if part == 0:
+                if GD:
+                    momentum_norm = theta * grad_norm  # S_t = -θ_t u_t exactly
+                else:  # not asked for (the dispatcher sends callers that read it elsewhere)
+                    momentum_norm = tl.full((BT,), float("nan"), tl.float32)
+                tl.store(gn_ptr + s_base + pos, grad_norm.to(gn_ptr.dtype.element_ty), mask=t_ok)
+                tl.store(mn_ptr + s_base + pos, momentum_norm.to(mn_ptr.dtype.element_ty), mask=t_ok)
+
+            # ---- this slice of M_b = B M0 + c_S S0 - Σ w_i θ_i u_i and S_b = E S0 - Σ E(i+1..b) θ_i u_i
+            grad_w1 = _mm(tl.trans(delta1 * memory_step[:, None]), keys, PRECISION)
+            mom_w1 = _mm(tl.trans(delta1 * momentum_step[:, None]), keys, PRECISION)
+            grad_w2 = _mm(tl.trans(delta2 * memory_step[:, None]), act, PRECISION)
+            mom_w2 = _mm(tl.trans(delta2 * momentum_step[:, None]), act, PRECISION)
+            w1 = beta_total * w1 + momentum_carry * s1 - grad_w1
+            s1 = eta_total * s1 - mom_w1
+            w2 = beta_total * w2 + momentum_carry * s2 - grad_w2
+            s2 = eta_total * s2 - mom_w2
+
+        tl.store(w1_ptr + lane * matrix + loc1, w1, mask=mask1)
+        tl.store(s1_ptr + lane * matrix + loc1, s1, mask=mask1)
+        tl.store(w2_ptr + lane * matrix + loc2, w2, mask=mask2)
+        tl.store(s2_ptr + lane * matrix + loc2, s2, mask=mask2)
+
+
+def split_supported(config: MemoryConfig, momentum_signal: bool) -> bool:
+    """Configs the split kernel covers (see the module docstring)."""
+    return (TRITON_AVAILABLE and config.depth == 2 and config.retention in ("decay", "none")
+            and (not momentum_signal or config.algorithm == "gd"))
+
+
+def choose_parts(config: MemoryConfig, lanes: int, precision: str, sms: int) -> int:
+    """How many programs share a (row, head) on a card of `sms` SMs: the most of 4 and 2 whose
+    slices stay at least as wide as the products allow (64 hidden units with bf16 products, 32
+    otherwise: see triton_fused's bf16 guard) and whose programs all fit the SMs at once, one per
+    SM; 1 = do not split (the one-program kernel already has lanes enough)."""
+    narrowest = 64 if precision == "bf16" else 32
+    hidden = config.hidden_dim
+    for parts in (4, 2):
+        width = hidden // parts
+        if hidden % parts == 0 and width >= narrowest and width == _block(width) and lanes * parts <= sms:
+            return parts
+    return 1
+
+
+def launch_split(q, k, v, lr_c, eta_c, alpha_c, delta_c, w1, w2, s1, s2, output, grad_norm, momentum_norm,
+                 config: MemoryConfig, parts: int, precision: str, num_warps: int, checkpoints=None):
+    """Run the split kernel on triton_fused._fused_forward's prepared tensors (state rewritten in
+    place). Raises on a launch the card refuses (cooperative grid too large, out of resources)."""
+    batch, heads, length, dim = k.shape
+    hidden = config.hidden_dim
+    lanes = batch * heads
+    if parts > 1 and _interpreting():
+        raise ValueError("the split kernel runs P > 1 parts only on CUDA (the interpreter runs programs in turn)")
+    block_t = _block(config.chunk_size)
+    block_d = _block(dim)
+    block_h = hidden // parts
+    if hidden % parts or block_h != _block(block_h):
+        raise ValueError(f"hidden {hidden} does not split into {parts} power-of-two slices of at least 16")
+    slot = 2 * block_t * block_d + 2 * block_t
+    exchange = torch.empty(lanes * parts * slot, device=k.device, dtype=torch.float32)
+    counters = torch.zeros(lanes, device=k.device, dtype=torch.int32)
+    _memory_split_kernel[(lanes * parts,)](
+        q, k, v, lr_c, eta_c, alpha_c, delta_c,
+        w1, w2, s1, s2,
+        output, grad_norm, momentum_norm, w1 if checkpoints is None else checkpoints, exchange, counters,
+        q.stride(0), q.stride(1), q.stride(2),
+        k.stride(0), k.stride(1), k.stride(2),
+        v.stride(0), v.stride(1), v.stride(2),
+        lr_c.stride(0), lr_c.stride(1), lr_c.stride(2),
+        heads, length, config.chunk_size, dim, hidden,
+        float(config.max_grad_norm) if config.max_grad_norm != float("inf") else 1.0,
+        float(config.p),
+        BT=block_t, BD=block_d, HB=block_h, PARTS=parts,
+        BIAS=_BIAS_CODES[config.attentional_bias], RETENTION=_RETENTION_CODES[config.retention],
+        GD=config.algorithm == "gd", CLIP=config.max_grad_norm != float("inf"),
+        PRECISION=precision, SAVE_STATE=checkpoints is not None,
+        num_warps=num_warps, num_stages=1,
+        launch_cooperative_grid=parts > 1,
+    )

@@ -9,6 +9,8 @@ kernel, on one GPU, in one run.
    chunk 64), forward without the ||S_t|| signal (as `titans surprise` and the like-for-like layer
    row run it): the one-program kernel and split variants (parts, products, warps), ms per call,
    µs per chunk, registers and spills of each compiled variant.
+   Forward + backward of the op at that size, one-program kernels vs split (the backward kernel
+   shares a (row, head)'s hidden blocks the same way, meeting after each of its four passes).
 3. Where the split pays: the same op at batch 1, 2 and 4 (4-16 (row, head) lanes), split vs not.
 
 CUDA events, warm-up, median of repeats, fresh random inputs. Writes
@@ -158,6 +160,35 @@ def main() -> int:
                      f"{base[precision] / ms:.2f}x" if precision in base else "", binary])
         common.log(f"{label}: {ms:.2f} ms")
 
+    # forward + backward of the op (a loss on every output but ||S_t||), one program per (row, head)
+    # vs split, forward and backward kernels alike (parts as choose_parts picks them)
+    def op_step(inputs):
+        leaves = [t.detach().clone().requires_grad_(True) for t in (*inputs[:6], *inputs[7], *inputs[8])]
+        q, k, v, lr, momentum, decay, w1, w2, s1, s2 = leaves
+        result = triton_fused.memory_update(q, k, v, lr, momentum, decay, None, (w1, w2), (s1, s2), REFERENCE,
+                                            momentum_signal=False)
+        loss = (result.output.float().square().sum() + result.grad_norm.float().sum()
+                + sum(w.square().sum() for w in (*result.weights, *result.momenta)))
+        return torch.autograd.grad(loss, leaves)
+
+    original_choice = triton_split.choose_parts
+    training = []
+    grads = {}
+    for label, choice in (("one program per (row, head)", lambda *a: 1), ("split as chosen", original_choice)):
+        triton_split.choose_parts = choice
+        try:
+            ms = timed(lambda: op_step(low))
+            grads[label] = op_step(low)
+        finally:
+            triton_split.choose_parts = original_choice
+        parts = choice(REFERENCE, 32, "bf16", sms)
+        training.append([label, parts, f"{ms:.2f}", f"{8 * args.length / ms / 1e3:.2f}"])
+        common.log(f"forward+backward {label}: {ms:.2f} ms")
+    a, b = grads.values()
+    difference = max((x.double() - y.double()).norm().item() / max(y.double().norm().item(), 1e-30) for x, y in zip(b, a))
+    training[-1].append(f"{difference:.1e}")
+    training[0].append("")
+
     sweep = []
     for batch in (1, 2, 4):
         small = op_inputs(REFERENCE, batch=batch, length=args.length, seed=3)
@@ -177,6 +208,8 @@ def main() -> int:
         f"hidden 128, chunk 64), forward without ||S_t||, median of {args.repeats}\n\n"
         + common.md_table(["kernel", "ms", "M tok/s", "µs per chunk", "vs one-program, same products",
                           "registers / spills"], rows)
+        + "\n\n### Forward + backward of the op at the same size (bf16 inputs and products), without ||S_t||\n\n"
+        + common.md_table(["kernels", "parts", "ms", "M tok/s", "max rel. gradient difference vs one-program"], training)
         + "\n\n### Fewer lanes: batch 1-4 x the same length, bf16 products, split as `choose_parts` picks it\n\n"
         + common.md_table(["batch", "(row, head) lanes", "one-program ms", "parts chosen", "split ms", "speed-up"], sweep)
     )

@@ -6,7 +6,11 @@ _forward_backward, AdamW update included) with the memory update on
 
 - torch:  torch_chunked under autograd (~15 launches per 64-token chunk, forward and backward);
 - triton: the fused forward kernel and the Triton backward kernel over checkpointed chunk-start
-  states (titans_cli.memory.triton_fused; recompute through torch_chunked where it does not fit);
+  states (titans_cli.memory.triton_fused; recompute through torch_chunked where it does not fit),
+  asking for no ||S_t|| signal (the loss reads only logits), so the forward may run split
+  (memory/triton_split.py) and the backward skips the signal's Grams;
+- triton-signal: the same kernels computing the ||S_t|| signal nobody reads, as `titans train` did
+  before (for an A/B in one run: `--backends triton-signal,triton`);
 
 and checks that both give the same gradients on one batch (relative L2 difference of the whole
 parameter gradient, and of the loss). Tokens are uniform random A/C/G/T: throughput does not
@@ -42,9 +46,17 @@ def make_batch(batch: int, crop: int, vocab_low: int, generator) -> tuple[torch.
     return tokens[:, :-1].cuda(), tokens[:, 1:].cuda()
 
 
+def piece_loss(model, autocast, backend: str):
+    """`titans train`'s loss; backend "triton-signal" = triton computing the ||S_t|| signal nobody
+    reads, as `titans train` did before it asked for none (no split forward, backward with Grams)."""
+    if backend == "triton-signal":
+        return train_module._PieceLoss(model, autocast, "triton", momentum=True)
+    return train_module._PieceLoss(model, autocast, backend)
+
+
 def gradients(model, backend, inputs, targets, bptt, autocast=torch.bfloat16) -> tuple[float, torch.Tensor]:
     model.zero_grad(set_to_none=True)
-    loss = train_module._forward_backward(train_module._PieceLoss(model, autocast, backend), inputs, targets, bptt)
+    loss = train_module._forward_backward(piece_loss(model, autocast, backend), inputs, targets, bptt)
     flat = torch.cat([p.grad.float().flatten() for p in model.parameters() if p.grad is not None])
     return float(loss), flat
 
@@ -56,13 +68,13 @@ def comparison(label: str, what: str, got: tuple[float, torch.Tensor], want: tup
 
 def time_steps(model, backend, batches, bptt) -> dict:
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
-    piece_loss = train_module._PieceLoss(model, torch.bfloat16, backend)
+    loss_fn = piece_loss(model, torch.bfloat16, backend)
     times = []
     for i, (inputs, targets) in enumerate(batches):
         torch.cuda.synchronize()
         start = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
-        train_module._forward_backward(piece_loss, inputs, targets, bptt)
+        train_module._forward_backward(loss_fn, inputs, targets, bptt)
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         torch.cuda.synchronize()

@@ -169,7 +169,21 @@ def test_backward_kernel_equals_torch_chunked_gradients(changes, block_hidden, m
     torch_chunked, for every input and every output (output, both signals, weights, momenta; without
     the ||S_t|| signal, every output but that one: the kernels skip its Grams and their adjoints)."""
     monkeypatch.setattr(triton_fused, "_DEFAULT_BLOCK_HIDDEN", block_hidden)
-    config = MemoryConfig(num_heads=1, head_dim=16, chunk_size=16).replace(**changes)
+    check_backward_gradients(MemoryConfig(num_heads=1, head_dim=16, chunk_size=16).replace(**changes), momentum_signal)
+
+
+@pytest.mark.skipif(not CUDA, reason="programs that wait for each other need a GPU (the interpreter runs them in turn)")
+@pytest.mark.parametrize("parts", [2, 4])
+def test_split_backward_equals_torch_chunked_gradients(parts, monkeypatch):
+    """Forward and backward with a (row, head)'s hidden units (64, in slices of 64 / parts) shared by
+    `parts` programs that meet after each pass."""
+    from titans_cli.memory import triton_split
+
+    monkeypatch.setattr(triton_split, "choose_parts", lambda *args: parts)
+    check_backward_gradients(MemoryConfig(num_heads=2, head_dim=16, expansion=4, chunk_size=16), False)
+
+
+def check_backward_gradients(config, momentum_signal):
     assert triton_fused.backward_kernel_supported(config)
     (q, k, v, lr, momentum, decay, delta), weights, momenta = random_inputs(config, length=24)
     leaves = [t.clone().requires_grad_(True) for t in (q, k, v, lr, momentum, decay, *weights, *momenta)]

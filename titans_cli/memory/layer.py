@@ -327,7 +327,9 @@ class NeuralMemory(nn.Module):
         else:
             read = q
             grad_norm = momentum_norm = lr
-        y = self.to_out(read.to(x.dtype).transpose(1, 2).reshape(batch, length, config.inner_dim))
+        if not torch.is_autocast_enabled(x.device.type):  # (under autocast to_out casts read itself)
+            read = read.to(x.dtype)
+        y = self.to_out(read.transpose(1, 2).reshape(batch, length, config.inner_dim))
 
         keep = slice(boundary, total)
         new_state = replace(

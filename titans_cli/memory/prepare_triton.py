@@ -25,7 +25,7 @@ import torch
 
 from .triton_fused import TRITON_AVAILABLE, elementwise_supported, tl, triton
 
-_BLOCK_T = 64  # tokens per program
+_BLOCK_T, _NUM_WARPS = 64, 4  # tokens per program, warps per program (benchmarks/prepare_gpu.py)
 
 
 def supported(x: torch.Tensor, head_dim: int) -> tuple[bool, str]:
@@ -66,13 +66,12 @@ if TRITON_AVAILABLE:
             acc = tl.zeros((BLOCK_T, BD), tl.float32) + tl.load(bias_ptr + chan, mask=e_ok, other=0.0)[None, :]
             for j in tl.static_range(SIZE):
                 source = rows + (j - (SIZE - 1))
-                in_piece = (source >= 0)[:, None] & out_mask
-                in_tail = (source < 0)[:, None] & out_mask
-                x = tl.load(proj_ptr + b * proj_sb + source[:, None] * proj_st + chan[None, :], mask=in_piece, other=0.0)
-                x_tail = tl.load(tail_ptr + b * tail_sb + (source + (SIZE - 1))[:, None] * tail_st + chan[None, :],
-                                 mask=in_tail, other=0.0)  # fmt: skip
+                # rows before the piece come from the tail: one load through a pointer per row
+                row_ptr = tl.where(source >= 0, proj_ptr + b * proj_sb + source * proj_st,
+                                   tail_ptr + b * tail_sb + (source + (SIZE - 1)) * tail_st)
+                x = tl.load(row_ptr[:, None] + chan[None, :], mask=out_mask, other=0.0)
                 tap = tl.load(taps_ptr + j * (3 * inner) + chan, mask=e_ok, other=0.0)
-                acc += (x.to(tl.float32) + x_tail.to(tl.float32)) * tap[None, :]
+                acc += x.to(tl.float32) * tap[None, :]
             act = acc * _sigmoid(acc)
             if part < 2:
                 norm = tl.maximum(tl.sqrt(tl.sum(act * act, axis=1)), 1e-12)
@@ -95,7 +94,8 @@ if TRITON_AVAILABLE:
 
 
 def prepare_inputs(projected: torch.Tensor, tail: torch.Tensor, conv_weight: torch.Tensor, conv_bias: torch.Tensor,
-                   gate_pre: torch.Tensor, heads: int, max_lr: float):  # fmt: skip
+                   gate_pre: torch.Tensor, heads: int, max_lr: float, block_t: int | None = None,
+                   num_warps: int | None = None):  # fmt: skip
     """projected (B, T, 3C) (the q|k|v projections, C = H·d), tail (B, size - 1, 3C) (the previous
     projected rows), conv_weight (3C, 1, size), conv_bias (3C,), gate_pre (B, T, G·H).
     Returns q, k, v (B, H, T, d) in projected's dtype and gates (G, B, H, T) fp32 (see the module
@@ -114,12 +114,13 @@ def prepare_inputs(projected: torch.Tensor, tail: torch.Tensor, conv_weight: tor
     if size == 1:
         tail = projected  # never read
     taps = conv_weight[:, 0, :].t().to(torch.float32).contiguous()  # (size, 3C)
-    grid = (triton.cdiv(length, _BLOCK_T), batch * heads)
+    block_t = block_t or _BLOCK_T
+    grid = (triton.cdiv(length, block_t), batch * heads)
     _prepare_kernel[grid](
         projected, tail, taps, conv_bias.to(torch.float32).contiguous(), gate_pre, q, k, v, gates,
         batch, length, projected.stride(0), projected.stride(1), tail.stride(0), tail.stride(1),
         gate_pre.stride(0), gate_pre.stride(1), float(max_lr),
         HEADS=heads, DIM=dim, BD=max(16, triton.next_power_of_2(dim)), SIZE=size, N_GATES=n_gates,
-        BLOCK_T=_BLOCK_T, num_warps=4,
+        BLOCK_T=block_t, num_warps=num_warps or _NUM_WARPS,
     )  # fmt: skip
     return q, k, v, gates

@@ -231,6 +231,30 @@ if TRITON_AVAILABLE:
         return keys, queries, theta, log_eta, log_keep, delta_t
 
     @triton.jit
+    def _meet(counter, target):
+        """Wait until `target` arrivals at a (row, head)'s counter, counting this program's own: the
+        barrier of the programs that share a (row, head) (triton_split.py).
+
+        The CTA barrier first makes every thread's scratch stores part of this program's release;
+        after the acquire, a second CTA barrier holds every thread until the partials are visible."""
+        tl.debug_barrier()
+        tl.atomic_add(counter, 1, sem="release", scope="gpu")
+        seen = tl.atomic_add(counter, 0, sem="acquire", scope="gpu")
+        while seen < target:
+            seen = tl.atomic_add(counter, 0, sem="acquire", scope="gpu")
+        tl.debug_barrier()
+
+    @triton.jit
+    def _sum_parts(x_lane, slot, offsets, PARTS: tl.constexpr):
+        """Σ_p of the partials the parts of a (row, head) wrote at `offsets` of their scratch slots,
+        in the order p = 0..PARTS-1 in every part (bit-identical sums); read past L1 (.cg), which
+        may hold a stale copy from an earlier chunk."""
+        total = tl.load(x_lane + offsets, cache_modifier=".cg")
+        for p in tl.static_range(1, PARTS):
+            total += tl.load(x_lane + p * slot + offsets, cache_modifier=".cg")
+        return total
+
+    @triton.jit
     def _momentum_norm(eta_products, eta_prefix, step, gram, s0_dot_u, s0_sq, PRECISION: tl.constexpr):
         """||S_t|| = sqrt(E(1..t)²||S0||² - 2 E(1..t) Σ_i Λ_ti <S0,u_i> + Σ_ij Λ_ti Λ_tj <u_i,u_j>)."""
         weighted = eta_products * step[None, :]  # Λ[t, i] = E(i+1..t) θ_i clip_i
@@ -479,14 +503,17 @@ if TRITON_AVAILABLE:
         q_ptr, k_ptr, v_ptr, lr_ptr, eta_ptr, alpha_ptr, ckpt_ptr,
         dw1_ptr, dw2_ptr, ds1_ptr, ds2_ptr,
         do_ptr, dgn_ptr, dmn_ptr,
-        dq_ptr, dk_ptr, dv_ptr, dlr_ptr, deta_ptr, dalpha_ptr,
+        dq_ptr, dk_ptr, dv_ptr, dlr_ptr, deta_ptr, dalpha_ptr, xch_ptr, sync_ptr,
         q_sb, q_sh, q_st, k_sb, k_sh, k_st, v_sb, v_sh, v_st,
         g_sb, g_sh, g_st,
         num_heads, length, chunk, head_dim, hidden, max_grad_norm,
         BT: tl.constexpr, BD: tl.constexpr, BHID: tl.constexpr, HB: tl.constexpr,
         RETENTION: tl.constexpr, GD: tl.constexpr, CLIP: tl.constexpr, PRECISION: tl.constexpr,
-        GRAMS: tl.constexpr,
+        GRAMS: tl.constexpr, PARTS: tl.constexpr,
     ):
+        # PARTS > 1: the hidden blocks of a (row, head) are shared among PARTS programs, which meet
+        # after each pass to add up the sums over hidden units (as triton_split's forward; without
+        # GRAMS only). Part 0 writes the per-token adjoints.
         # GRAMS (momentum, and the caller asked for ||S_t||): the adjoint of the ||S_t|| signal and
         # the Grams it needs; without it they are skipped, as the forward skips them.
         # Reverse-mode of the depth-2, l2 chunk step, chunk by chunk from the last one, one program
@@ -498,14 +525,30 @@ if TRITON_AVAILABLE:
         # its norms and Grams; C: the δ1 path's share of the δ2 adjoint; D: everything per block and
         # the state adjoints), recomputing the block products each pass instead of holding
         # (b × hidden) tiles.
-        pid = tl.program_id(0)
+        tl.static_assert(PARTS == 1 or not GRAMS)
+        program = tl.program_id(0)
+        pid = program // PARTS  # the (row, head)
+        part = program % PARTS
+        blocks = BHID // HB // PARTS  # hidden blocks per part
+        first = part * blocks
         row = pid // num_heads
         head = pid % num_heads
         tiny = 1.1754943508222875e-38
+        # exchange per (row, head) and part: A [pred, A W̄2ᵀ, A S̄2ᵀ, ||a||², 3 scalars], B [||δ1||²,
+        # two step adjoints], C [δ2 adjoint], D [key and query adjoints]
+        tile_size = BT * BD
+        x_b = 3 * tile_size + BT + 4
+        x_c = x_b + 3 * BT
+        x_d = x_c + tile_size
+        slot = x_d + 2 * tile_size
+        x_lane = xch_ptr + pid * PARTS * slot
+        x_mine = x_lane + part * slot
+        counter = sync_ptr + pid
 
         rt = tl.arange(0, BT)
         rd = tl.arange(0, BD)
         rb = tl.arange(0, HB)
+        tile = rt[:, None] * BD + rd[None, :]
         d_ok = rd < head_dim
         matrix = hidden * head_dim
         q_base = q_ptr + row * q_sb + head * q_sh
@@ -557,7 +600,7 @@ if TRITON_AVAILABLE:
             d_momentum_carry = 0.0
             d_eta_total = 0.0
             s0_sq = 0.0
-            for j in range(0, BHID // HB):
+            for j in range(first, first + blocks):
                 hid = j * HB + rb
                 h_ok = hid < hidden
                 loc1 = hid[:, None] * head_dim + rd[None, :]
@@ -585,6 +628,22 @@ if TRITON_AVAILABLE:
                     act_gram += _mm(act, tl.trans(act), PRECISION)
                     act_s2 += _mm(act, tl.trans(s2), PRECISION)
                     s0_sq += tl.sum(tl.sum(s1 * s1, axis=1), axis=0) + tl.sum(tl.sum(s2 * s2, axis=1), axis=0)
+            if PARTS > 1:
+                tl.store(x_mine + tile, pred)
+                tl.store(x_mine + tile_size + tile, act_dw2)
+                tl.store(x_mine + 2 * tile_size + tile, act_ds2)
+                tl.store(x_mine + 3 * tile_size + rt, act_sq)
+                tl.store(x_mine + 3 * tile_size + BT, d_beta_total)
+                tl.store(x_mine + 3 * tile_size + BT + 1, d_momentum_carry)
+                tl.store(x_mine + 3 * tile_size + BT + 2, d_eta_total)
+                _meet(counter, PARTS * (4 * rc + 1))
+                pred = _sum_parts(x_lane, slot, tile, PARTS)
+                act_dw2 = _sum_parts(x_lane, slot, tile_size + tile, PARTS)
+                act_ds2 = _sum_parts(x_lane, slot, 2 * tile_size + tile, PARTS)
+                act_sq = _sum_parts(x_lane, slot, 3 * tile_size + rt, PARTS)
+                d_beta_total = _sum_parts(x_lane, slot, 3 * tile_size + BT, PARTS)
+                d_momentum_carry = _sum_parts(x_lane, slot, 3 * tile_size + BT + 1, PARTS)
+                d_eta_total = _sum_parts(x_lane, slot, 3 * tile_size + BT + 2, PARTS)
             delta2 = tl.where(tok_mask, 2.0 * (pred - values), 0.0)
             delta2_sq = tl.sum(delta2 * delta2, axis=1)
             d_memory_step = -tl.sum(delta2 * act_dw2, axis=1)
@@ -592,12 +651,14 @@ if TRITON_AVAILABLE:
 
             # ---- pass B: δ1 = (δ2 W2) ⊙ σ'(z), its norms and Grams
             delta1_sq = tl.zeros((BT,), tl.float32)
+            d_memory_step_b = tl.zeros((BT,), tl.float32)  # the hidden blocks' shares of the two
+            d_momentum_step_b = tl.zeros((BT,), tl.float32)  # step adjoints
             delta1_gram = tl.zeros((BT, BT), tl.float32)
             if GRAMS:
                 s0_dot_u = tl.sum(act_s2 * delta2, axis=1)
             else:
                 s0_dot_u = tl.zeros((BT,), tl.float32)
-            for j in range(0, BHID // HB):
+            for j in range(first, first + blocks):
                 hid = j * HB + rb
                 h_ok = hid < hidden
                 loc1 = hid[:, None] * head_dim + rd[None, :]
@@ -610,12 +671,23 @@ if TRITON_AVAILABLE:
                 ds1 = tl.load(ds1_ptr + pid * matrix + loc1, mask=mask1, other=0.0)
                 z, sig, act, dsig, g1, delta1 = _block_forward(keys, delta2, w1, w2, PRECISION)
                 delta1_sq += tl.sum(delta1 * delta1, axis=1)
-                d_memory_step -= tl.sum(delta1 * _mm(keys, tl.trans(dw1), PRECISION), axis=1)
-                d_momentum_step -= tl.sum(delta1 * _mm(keys, tl.trans(ds1), PRECISION), axis=1)
+                d_memory_step_b -= tl.sum(delta1 * _mm(keys, tl.trans(dw1), PRECISION), axis=1)
+                d_momentum_step_b -= tl.sum(delta1 * _mm(keys, tl.trans(ds1), PRECISION), axis=1)
                 if GRAMS:
                     s1 = tl.load(ck + 2 * matrix + loc1, mask=mask1, other=0.0)
                     delta1_gram += _mm(delta1, tl.trans(delta1), PRECISION)
                     s0_dot_u += tl.sum(_mm(keys, tl.trans(s1), PRECISION) * delta1, axis=1)
+
+            if PARTS > 1:
+                tl.store(x_mine + x_b + rt, delta1_sq)
+                tl.store(x_mine + x_b + BT + rt, d_memory_step_b)
+                tl.store(x_mine + x_b + 2 * BT + rt, d_momentum_step_b)
+                _meet(counter, PARTS * (4 * rc + 2))
+                delta1_sq = _sum_parts(x_lane, slot, x_b + rt, PARTS)
+                d_memory_step_b = _sum_parts(x_lane, slot, x_b + BT + rt, PARTS)
+                d_momentum_step_b = _sum_parts(x_lane, slot, x_b + 2 * BT + rt, PARTS)
+            d_memory_step += d_memory_step_b
+            d_momentum_step += d_momentum_step_b
 
             # ---- the per-token part of the chunk (as the forward), then its adjoints
             norm_sq = delta1_sq * key_sq + delta2_sq * act_sq
@@ -714,7 +786,8 @@ if TRITON_AVAILABLE:
             norm_term1 = 2.0 * d_norm_sq * key_sq
 
             # ---- pass C: the δ1 path's share of the δ2 adjoint (δ1 = (δ2 W2) ⊙ σ'(z))
-            for j in range(0, BHID // HB):
+            d_delta2_c = tl.zeros((BT, BD), tl.float32)
+            for j in range(first, first + blocks):
                 hid = j * HB + rb
                 h_ok = hid < hidden
                 loc1 = hid[:, None] * head_dim + rd[None, :]
@@ -729,13 +802,19 @@ if TRITON_AVAILABLE:
                 z, sig, act, dsig, g1, delta1 = _block_forward(keys, delta2, w1, w2, PRECISION)
                 d_delta1 = _block_delta1_adjoint(keys, delta1, dw1, ds1, s1, memory_step, momentum_step, norm_term1,
                                                  key_gram_adj, d_s0_dot_u, GRAMS, PRECISION)
-                d_delta2 += _mm(d_delta1 * dsig, tl.trans(w2), PRECISION)
+                d_delta2_c += _mm(d_delta1 * dsig, tl.trans(w2), PRECISION)
+            if PARTS > 1:
+                tl.store(x_mine + x_c + tile, d_delta2_c)
+                _meet(counter, PARTS * (4 * rc + 3))
+                d_delta2_c = _sum_parts(x_lane, slot, x_c + tile, PARTS)
+            d_delta2 += d_delta2_c
             d_pred = tl.where(tok_mask, 2.0 * d_delta2, 0.0)
 
             # ---- pass D: per block, the activations' and weights' adjoints; state adjoints out
             d_queries = tl.zeros((BT, BD), tl.float32)
+            d_keys_d = tl.zeros((BT, BD), tl.float32)  # the hidden blocks' share of the key adjoint
             norm_term2 = 2.0 * d_norm_sq * delta2_sq
-            for j in range(0, BHID // HB):
+            for j in range(first, first + blocks):
                 hid = j * HB + rb
                 h_ok = hid < hidden
                 loc1 = hid[:, None] * head_dim + rd[None, :]
@@ -757,17 +836,17 @@ if TRITON_AVAILABLE:
                 d_act = (-_mm(delta2 * memory_step[:, None], dw2, PRECISION)
                          - _mm(delta2 * momentum_step[:, None], ds2, PRECISION)
                          + norm_term2[:, None] * act + _mm(d_pred, w2, PRECISION))
-                d_keys -= _mm(delta1 * memory_step[:, None], dw1, PRECISION) + _mm(
+                d_keys_d -= _mm(delta1 * memory_step[:, None], dw1, PRECISION) + _mm(
                     delta1 * momentum_step[:, None], ds1, PRECISION)
                 d_s1 = momentum_carry * dw1 + eta_total * ds1
                 d_s2 = momentum_carry * dw2 + eta_total * ds2
                 if GRAMS:
                     d_act += 2.0 * _mm(delta2_gram_adj, act, PRECISION) + _mm(delta2 * d_s0_dot_u[:, None], s2, PRECISION)
-                    d_keys += _mm(delta1 * d_s0_dot_u[:, None], s1, PRECISION)
+                    d_keys_d += _mm(delta1 * d_s0_dot_u[:, None], s1, PRECISION)
                     d_s1 += 2.0 * d_s0_sq * s1 + _mm(tl.trans(delta1 * d_s0_dot_u[:, None]), keys, PRECISION)
                     d_s2 += 2.0 * d_s0_sq * s2 + _mm(tl.trans(delta2 * d_s0_dot_u[:, None]), act, PRECISION)
                 d_z = d_delta1 * g1 * (sig * (1.0 - sig) * (2.0 + z * (1.0 - 2.0 * sig))) + d_act * dsig  # σ''
-                d_keys += _mm(d_z, w1, PRECISION)
+                d_keys_d += _mm(d_z, w1, PRECISION)
                 zq = _mm(queries, tl.trans(w1), PRECISION)
                 sq = tl.sigmoid(zq)
                 d_zq = _mm(d_read, w2, PRECISION) * (sq * (1.0 + zq * (1.0 - sq)))
@@ -781,15 +860,24 @@ if TRITON_AVAILABLE:
                 tl.store(ds1_ptr + pid * matrix + loc1, d_s1, mask=mask1)
                 tl.store(ds2_ptr + pid * matrix + loc2, d_s2, mask=mask2)
 
-            # ---- this chunk's input adjoints
-            tl.store(dq_ptr + tok_base + tok_off, d_queries, mask=tok_mask)
-            tl.store(dk_ptr + tok_base + tok_off, d_keys, mask=tok_mask)
-            tl.store(dv_ptr + tok_base + tok_off, -d_pred, mask=tok_mask)
-            tl.store(dlr_ptr + s_base + pos, d_theta, mask=t_ok)
-            if not GD:
-                tl.store(deta_ptr + s_base + pos, tl.where(eta >= tiny, d_log_eta / eta, 0.0), mask=t_ok)
-            if RETENTION <= 1:
-                tl.store(dalpha_ptr + s_base + pos, -d_log_beta / keep, mask=t_ok)
+            if PARTS > 1:
+                tl.store(x_mine + x_d + tile, d_keys_d)
+                tl.store(x_mine + x_d + tile_size + tile, d_queries)
+                _meet(counter, PARTS * (4 * rc + 4))
+                d_keys_d = _sum_parts(x_lane, slot, x_d + tile, PARTS)
+                d_queries = _sum_parts(x_lane, slot, x_d + tile_size + tile, PARTS)
+            d_keys += d_keys_d
+
+            # ---- this chunk's input adjoints (part 0's to write)
+            if part == 0:
+                tl.store(dq_ptr + tok_base + tok_off, d_queries, mask=tok_mask)
+                tl.store(dk_ptr + tok_base + tok_off, d_keys, mask=tok_mask)
+                tl.store(dv_ptr + tok_base + tok_off, -d_pred, mask=tok_mask)
+                tl.store(dlr_ptr + s_base + pos, d_theta, mask=t_ok)
+                if not GD:
+                    tl.store(deta_ptr + s_base + pos, tl.where(eta >= tiny, d_log_eta / eta, 0.0), mask=t_ok)
+                if RETENTION <= 1:
+                    tl.store(dalpha_ptr + s_base + pos, -d_log_beta / keep, mask=t_ok)
             tl.debug_barrier()
 
 
@@ -948,8 +1036,12 @@ def _kernel_precision(precision: str | None, dtype: torch.dtype, device: torch.d
 
 
 def _triton_backward(config, precision, saved, checkpoints, grads, block_hidden: int | None = None,
-                     momentum_signal: bool = True):
-    """Adjoints of (q, k, v, lr, momentum, decay, weights, momenta) by the backward kernel."""
+                     momentum_signal: bool = True, parts: int | None = None):
+    """Adjoints of (q, k, v, lr, momentum, decay, weights, momenta) by the backward kernel.
+
+    Without the ||S_t|| Grams and with SMs to spare, each (row, head)'s hidden blocks are shared by
+    `parts` programs (chosen as triton_split.choose_parts does for the forward; a number forces
+    it, 1 = one program per (row, head))."""
     q, k, v, lr, momentum, decay, _huber_delta, *state = saved
     batch, heads, length, dim = k.shape
     hidden = config.hidden_dim
@@ -972,11 +1064,26 @@ def _triton_backward(config, precision, saved, checkpoints, grads, block_hidden:
     block_h = min(_block(hidden), _block(block_hidden or _DEFAULT_BLOCK_HIDDEN))
     if kernel_precision == "bf16" and not _bf16_tiles(dim, block_h):  # see _fused_forward
         kernel_precision = "tf32"
+    grams = momentum_signal and config.algorithm != "gd"
+    forced = parts is not None
+    if not forced:
+        parts = 1
+        if device.type == "cuda" and not grams:
+            from .triton_split import choose_parts
+
+            sms = torch.cuda.get_device_properties(device).multi_processor_count
+            parts = choose_parts(config, batch * heads, kernel_precision, sms)
+    elif parts > 1 and (grams or _interpreting()):
+        raise ValueError("the backward kernel shares a (row, head) among programs only on CUDA and without "
+                         "the ||S_t|| Grams")
+    one_part_block = block_h
+    if parts > 1:
+        block_h = min(block_h, _block(hidden) // parts)  # at least one hidden block per part
     while length > 0:
         try:
             _launch_backward(qs, ks, vs, lr_c, eta_c, alpha_c, checkpoints, d_w1, d_w2, d_s1, d_s2, d_output,
                              d_grad_norm, d_momentum_norm, d_q, d_k, d_v, d_lr, d_eta, d_alpha, config, heads,
-                             length, dim, hidden, block_h, kernel_precision, momentum_signal)
+                             length, dim, hidden, block_h, kernel_precision, momentum_signal, parts)
             break
         except OutOfResources:
             # fp32 operands (tf32 / ieee products) need twice bf16's shared memory: on an H100 the
@@ -984,6 +1091,12 @@ def _triton_backward(config, precision, saved, checkpoints, grads, block_hidden:
             if block_h <= 16 or kernel_precision == "bf16":
                 raise
             block_h //= 2
+        except RuntimeError as error:
+            if parts == 1 or forced:
+                raise
+            # a cooperative grid the card refuses (other work holds SMs): one program per (row, head)
+            warnings.warn(f"triton_fused: split backward refused ({error}); using one program per head")
+            parts, block_h = 1, one_part_block
     cast = lambda g, like: g.to(like.dtype)  # noqa: E731
     state_grads = [cast(g, t) for g, t in zip((d_w1, d_w2, d_s1, d_s2), state)]
     return [cast(d_q, q), cast(d_k, k), cast(d_v, v), cast(d_lr, lr), cast(d_eta, momentum),
@@ -992,22 +1105,28 @@ def _triton_backward(config, precision, saved, checkpoints, grads, block_hidden:
 
 def _launch_backward(qs, ks, vs, lr_c, eta_c, alpha_c, checkpoints, d_w1, d_w2, d_s1, d_s2, d_output,
                      d_grad_norm, d_momentum_norm, d_q, d_k, d_v, d_lr, d_eta, d_alpha, config, heads,
-                     length, dim, hidden, block_h, kernel_precision, momentum_signal=True):
+                     length, dim, hidden, block_h, kernel_precision, momentum_signal=True, parts=1):
     batch = qs.shape[0]
-    _memory_chunks_backward_kernel[(batch * heads,)](
+    lanes = batch * heads
+    block_t, block_d = _block(config.chunk_size), _block(dim)
+    # exchange slot per (row, head) and part, as laid out in the kernel (6 tiles, 4 vectors, 4 scalars)
+    slot = 6 * block_t * block_d + 4 * block_t + 4
+    exchange = torch.empty(lanes * parts * slot if parts > 1 else 1, device=qs.device, dtype=torch.float32)
+    counters = torch.zeros(lanes if parts > 1 else 1, device=qs.device, dtype=torch.int32)
+    _memory_chunks_backward_kernel[(lanes * parts,)](
         qs, ks, vs, lr_c, eta_c, alpha_c, checkpoints,
         d_w1, d_w2, d_s1, d_s2,
         d_output, d_grad_norm, d_momentum_norm,
-        d_q, d_k, d_v, d_lr, d_eta, d_alpha,
+        d_q, d_k, d_v, d_lr, d_eta, d_alpha, exchange, counters,
         qs.stride(0), qs.stride(1), qs.stride(2), ks.stride(0), ks.stride(1), ks.stride(2),
         vs.stride(0), vs.stride(1), vs.stride(2), lr_c.stride(0), lr_c.stride(1), lr_c.stride(2),
         heads, length, config.chunk_size, dim, hidden,
         float(config.max_grad_norm) if config.max_grad_norm != float("inf") else 1.0,
-        BT=_block(config.chunk_size), BD=_block(dim), BHID=_block(hidden), HB=block_h,
+        BT=block_t, BD=block_d, BHID=_block(hidden), HB=block_h,
         RETENTION=_RETENTION_CODES[config.retention], GD=config.algorithm == "gd",
         CLIP=config.max_grad_norm != float("inf"),
-        PRECISION=kernel_precision, GRAMS=momentum_signal and config.algorithm != "gd",
-        num_warps=_DEFAULT_NUM_WARPS, num_stages=1,
+        PRECISION=kernel_precision, GRAMS=momentum_signal and config.algorithm != "gd", PARTS=parts,
+        num_warps=_DEFAULT_NUM_WARPS, num_stages=1, launch_cooperative_grid=parts > 1,
     )
 
 

@@ -47,20 +47,7 @@ if TRITON_AVAILABLE:
     import triton
     import triton.language as tl
 
-    from .triton_fused import _bias_derivative, _chunk_gates, _chunk_inputs, _mm
-
-    @triton.jit
-    def _meet(counter, target):
-        """Wait until `target` arrivals at this (row, head)'s counter, counting this part's own.
-
-        The CTA barrier first makes every thread's scratch stores part of this program's release;
-        after the acquire, a second CTA barrier holds every thread until the partials are visible."""
-        tl.debug_barrier()
-        tl.atomic_add(counter, 1, sem="release", scope="gpu")
-        seen = tl.atomic_add(counter, 0, sem="acquire", scope="gpu")
-        while seen < target:
-            seen = tl.atomic_add(counter, 0, sem="acquire", scope="gpu")
-        tl.debug_barrier()
+    from .triton_fused import _bias_derivative, _chunk_gates, _chunk_inputs, _meet, _mm, _sum_parts
 
     @triton.jit(do_not_specialize=_LENGTH_DEPENDENT)
     def _memory_split_kernel(
@@ -145,14 +132,9 @@ if TRITON_AVAILABLE:
             tl.store(x_mine + BT * BD + tile, read_part)
             tl.store(x_mine + 2 * BT * BD + rt, tl.sum(act * act, axis=1))
             _meet(counter, PARTS * (2 * c + 1))  # meeting 1
-            pred = tl.zeros((BT, BD), tl.float32)
-            read = tl.zeros((BT, BD), tl.float32)
-            hidden_sq = tl.zeros((BT,), tl.float32)
-            for p in tl.static_range(PARTS):  # the same order in every part: bit-identical sums
-                x_part = x_lane + p * slot
-                pred += tl.load(x_part + tile, cache_modifier=".cg")
-                read += tl.load(x_part + BT * BD + tile, cache_modifier=".cg")
-                hidden_sq += tl.load(x_part + 2 * BT * BD + rt, cache_modifier=".cg")
+            pred = _sum_parts(x_lane, slot, tile, PARTS)
+            read = _sum_parts(x_lane, slot, BT * BD + tile, PARTS)
+            hidden_sq = _sum_parts(x_lane, slot, 2 * BT * BD + rt, PARTS)
             if part == 0:
                 tl.store(o_base + pos[:, None] * head_dim + rd[None, :], read.to(o_ptr.dtype.element_ty), mask=tok_mask)
 
@@ -162,9 +144,7 @@ if TRITON_AVAILABLE:
             delta1 = _mm(delta2, w2, PRECISION) * (sig * (1.0 + z * (1.0 - sig)))
             tl.store(x_mine + 2 * BT * BD + BT + rt, tl.sum(delta1 * delta1, axis=1))
             _meet(counter, PARTS * (2 * c + 2))  # meeting 2
-            delta1_sq = tl.zeros((BT,), tl.float32)
-            for p in tl.static_range(PARTS):
-                delta1_sq += tl.load(x_lane + p * slot + 2 * BT * BD + BT + rt, cache_modifier=".cg")
+            delta1_sq = _sum_parts(x_lane, slot, 2 * BT * BD + BT + rt, PARTS)
             key_sq = tl.sum(keys * keys, axis=1)
             grad_sq = delta1_sq * key_sq + tl.sum(delta2 * delta2, axis=1) * hidden_sq
 

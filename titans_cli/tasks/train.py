@@ -395,19 +395,21 @@ class _PieceLoss(torch.nn.Module):
     """Summed next-token cross entropy (nats) of one piece of a batch of crops, continuing the
     model's streaming state; BOS targets (record starts inside a crop) are ignored."""
 
-    def __init__(self, model, autocast_dtype, backend: str = "torch"):
+    def __init__(self, model, autocast_dtype, backend: str = "torch", momentum: bool = False):
         super().__init__()
         self.model = model
         self.autocast_dtype = autocast_dtype
         self.backend = backend
+        # The loss reads only the logits, so by default the fused kernels skip the ||S_t|| signal
+        # (benchmarks/train_speed.py times it both ways).
+        self.momentum = momentum
 
     def forward(self, inputs, targets, state):
-        # momentum=False: the loss reads only the logits, so the fused kernels skip the ||S_t|| signal
         if self.autocast_dtype is None:
-            output, state = self.model.step(inputs, state, backend=self.backend, momentum=False)
+            output, state = self.model.step(inputs, state, backend=self.backend, momentum=self.momentum)
         else:
             with torch.autocast("cuda", dtype=self.autocast_dtype):
-                output, state = self.model.step(inputs, state, backend=self.backend, momentum=False)
+                output, state = self.model.step(inputs, state, backend=self.backend, momentum=self.momentum)
         logits = output.logits
         nats = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1),
                                ignore_index=IGNORE_INDEX, reduction="sum")

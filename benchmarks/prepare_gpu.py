@@ -1,0 +1,86 @@
+"""The memory layer's input kernel (memory/prepare_triton.py) on one GPU: tokens per program and warps.
+
+The kernel reads the q|k|v projections and gate pre-activations once and writes q, k, v per head and
+the fp32 gates: a pass over memory, so its yardstick is bytes moved against the card's copy rate. Two
+shapes: issue 8's reference layer under bf16 autocast (batch 8 x 16,384 tokens, 4 heads x 64) and the
+`dna` model's streaming step in fp32 (128 lanes x 4,096 tokens, 4 heads x 32). CUDA events, median of
+repeats. Writes benchmarks/results/prepare_gpu.md naming the GPU.
+
+    python benchmarks/prepare_gpu.py [--repeats 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import common  # noqa: E402
+
+from titans_cli.memory import prepare_triton  # noqa: E402
+
+SHAPES = {  # name -> (batch, length, heads, head_dim, dtype)
+    "reference layer, bf16 (8 x 16,384, 4 x 64)": (8, 16384, 4, 64, torch.bfloat16),
+    "dna streaming step, fp32 (128 x 4,096, 4 x 32)": (128, 4096, 4, 32, torch.float32),
+}
+
+
+def copy_rate() -> float:
+    """GB/s of a 1 GiB device-to-device copy (bytes read + written)."""
+    source = torch.empty(2**28, device="cuda", dtype=torch.float32)
+    target = torch.empty_like(source)
+    ms = statistics.median(common.cuda_times_ms(lambda: target.copy_(source), 2, 10))
+    return 2 * source.numel() * 4 / (ms * 1e-3) / 1e9
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeats", type=int, default=20)
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        sys.exit("prepare_gpu.py needs a CUDA GPU")
+    started = time.time()
+    gpu = torch.cuda.get_device_name()
+    ceiling = copy_rate()
+    rows = []
+    for label, (batch, length, heads, dim, dtype) in SHAPES.items():
+        width = 3 * heads * dim
+        projected = torch.randn(batch, length, width, device="cuda", dtype=dtype)
+        gate_pre = torch.randn(batch, length, 3 * heads, device="cuda", dtype=dtype)
+        tail = torch.randn(batch, 3, width, device="cuda", dtype=dtype)
+        weight = torch.randn(width, 1, 4, device="cuda")
+        bias = torch.randn(width, device="cuda")
+        size = projected.element_size()
+        moved = (2 * projected.numel() * size + gate_pre.numel() * size + 3 * batch * heads * length * 4)
+        for block_t in (32, 64, 128):
+            for warps in (2, 4, 8):
+                def call():
+                    return prepare_triton.prepare_inputs(projected, tail, weight, bias, gate_pre, heads, 0.1,
+                                                         block_t=block_t, num_warps=warps)
+
+                ms = statistics.median(common.cuda_times_ms(call, 2, args.repeats))
+                rate = moved / (ms * 1e-3) / 1e9
+                default = block_t == prepare_triton._BLOCK_T and warps == prepare_triton._NUM_WARPS
+                rows.append([label, block_t, warps, f"{ms * 1e3:.0f}", f"{rate:.0f}", f"{100 * rate / ceiling:.0f} %",
+                             "default" if default else ""])
+                common.log(f"{label} block {block_t} warps {warps}: {ms * 1e3:.0f} µs {rate:.0f} GB/s")
+    body = (f"Card: {gpu}; device-to-device copy {ceiling:.0f} GB/s (read + write) measured in the same run. "
+            f"Bytes moved = projections and gate pre-activations read once, q, k, v and the fp32 gates written once. "
+            f"Median of {args.repeats}. Command: `python benchmarks/prepare_gpu.py"
+            f"{' ' + ' '.join(sys.argv[1:]) if sys.argv[1:] else ''}`.\n\n"
+            + common.md_table(["shape", "tokens per program", "warps", "µs", "GB/s", "of copy rate", ""], rows))
+    path = common.write_section("prepare_gpu", "The memory layer's input kernel on one GPU", body, quick=False,
+                                elapsed_s=time.time() - started, gpu=gpu)
+    print(path.read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

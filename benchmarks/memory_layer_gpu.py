@@ -43,8 +43,8 @@ def main() -> int:
     parser.add_argument("--length", type=int, default=16384)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--profile", action="store_true",
-                        help="also print torch.profiler's GPU-time table of one bf16 momentum=False forward")
+    parser.add_argument("--profile", choices=("fwd", "fwd+bwd"),
+                        help="only print torch.profiler's GPU-time table of one bf16 momentum=False call (no timings)")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         sys.exit("memory_layer_gpu.py needs a CUDA GPU")
@@ -80,6 +80,21 @@ def main() -> int:
 
         return step
 
+    if args.profile:
+        from torch.profiler import ProfilerActivity, profile
+
+        name = "titans_cli (triton), momentum=False"
+        run = forward(name, True) if args.profile == "fwd" else forward_backward(name, True)
+        with torch.set_grad_enabled(args.profile != "fwd"):
+            run()
+            torch.cuda.synchronize()
+            with profile(activities=[ProfilerActivity.CUDA, ProfilerActivity.CPU]) as trace:
+                run()
+                torch.cuda.synchronize()
+        print(trace.key_averages().table(sort_by="cuda_time_total", row_limit=30, max_name_column_width=60))
+        return 0  # a profile run writes no results
+
+
     results = {}
     for bf16 in (False, True):
         for name in layers:
@@ -93,18 +108,6 @@ def main() -> int:
                 results[(name, bf16, mode)] = stats
                 common.log(f"{name} bf16={bf16} {mode}: {stats['median_ms']:.2f} ms {stats['rate'] / 1e6:.2f} M tok/s "
                            f"peak {stats['peak_gib']:.2f} GiB")
-
-    if args.profile:
-        from torch.profiler import ProfilerActivity, profile
-
-        run = forward("titans_cli (triton), momentum=False", True)
-        with torch.no_grad():
-            run()
-            torch.cuda.synchronize()
-            with profile(activities=[ProfilerActivity.CUDA, ProfilerActivity.CPU]) as trace:
-                run()
-                torch.cuda.synchronize()
-        print(trace.key_averages().table(sort_by="cuda_time_total", row_limit=25, max_name_column_width=60))
 
     rows = []
     for bf16 in (False, True):

@@ -84,3 +84,54 @@ def test_layer_streamed_with_triton_inputs_equals_torch(monkeypatch, preset):
         assert (a - b).abs().max().item() < 1e-5, f"state {name} differs"
     for a, b in zip(states["triton"].weights, states["torch"].weights):
         assert (a - b).abs().max().item() < 1e-5, "memory weights differ"
+
+
+@pytest.mark.parametrize("heads, dim, size, n_gates, length", [(2, 8, 4, 3, 70), (3, 12, 4, 4, 5), (1, 20, 1, 3, 65)])
+def test_prepare_inputs_gradients_equal_the_definition(heads, dim, size, n_gates, length):
+    """Under autograd the kernel's backward (the adjoint kernel and the conv's transpose) gives the
+    float64 definition's gradients for the projections, the conv tail, taps and bias and the gate
+    pre-activations, for random cotangents on q, k, v and the gates."""
+    generator = torch.Generator().manual_seed(heads * 10 + length)
+    batch, width = 2, 3 * heads * dim
+    rand = lambda *shape, scale=1.0: (scale * torch.randn(*shape, generator=generator)).to(DEVICE)  # noqa: E731
+    inputs = [rand(batch, length, width), rand(batch, size - 1, width), rand(width, 1, size, scale=0.5),
+              rand(width, scale=0.1), rand(batch, length, n_gates * heads, scale=8.0)]
+    inputs[4][0, 0, -1] = 30.0  # softplus past its threshold
+    got_leaves = [t.clone().requires_grad_(True) for t in inputs]
+    want_leaves = [t.double().requires_grad_(True) for t in inputs]
+    got = prepare_inputs(*got_leaves, heads, 0.3)
+    want = torch_inputs(*want_leaves, heads, 0.3)
+    cotangents = [rand(*t.shape) for t in got]
+    got_grads = torch.autograd.grad(sum((o * c).sum() for o, c in zip(got, cotangents)), got_leaves)
+    want_grads = torch.autograd.grad(sum((o * c.double()).sum() for o, c in zip(want, cotangents)), want_leaves,
+                                     allow_unused=True)
+    for name, a, b in zip(("projected", "tail", "conv weight", "conv bias", "gate pre-activations"), got_grads, want_grads):
+        b = torch.zeros_like(a, dtype=torch.float64) if b is None else b
+        assert a.shape == b.shape, f"{name}: shape {tuple(a.shape)} != {tuple(b.shape)}"
+        error = ((a.double() - b).norm() / b.norm().clamp_min(1e-30)).item()
+        assert error < 1e-5, f"gradient of {name} (heads {heads} x {dim}, conv {size}): relative error {error:.2e}"
+
+
+def test_layer_gradients_with_triton_inputs_equal_torch(monkeypatch):
+    """Training through a NeuralMemory with backend "triton" (the input kernel and its backward) and
+    "torch" (conv1d, F.normalize under autograd): the same parameter gradients. The update runs
+    torch_chunked for both, so the input path is the only difference."""
+    memory_op = memory_layer.memory_op
+    monkeypatch.setattr(memory_layer, "memory_op", lambda backend: memory_op("torch" if backend == "triton" else backend))
+    calls = []
+    monkeypatch.setattr(memory_layer, "_prepare_on_gpu", lambda x, head_dim: calls.append(supported(x, head_dim)[0]) or calls[-1])
+    config = MemoryConfig(num_heads=2, head_dim=12, depth=2, expansion=2, chunk_size=16, conv_size=4)
+    torch.manual_seed(5)
+    layer = NeuralMemory(24, config).to(DEVICE)
+    x = torch.randn(2, 40, 24, generator=torch.Generator().manual_seed(6)).to(DEVICE)
+    grads = {}
+    for backend in ("torch", "triton"):
+        layer.zero_grad(set_to_none=True)
+        y, _, _ = layer(x, backend=backend)
+        y.square().mean().backward()
+        grads[backend] = {name: p.grad.clone() for name, p in layer.named_parameters() if p.grad is not None}
+    assert calls == [True], f"the input kernel ran {calls} (once expected)"
+    assert grads["triton"].keys() == grads["torch"].keys()
+    for name, want in grads["torch"].items():
+        error = ((grads["triton"][name] - want).norm() / want.norm().clamp_min(1e-30)).item()
+        assert error < 1e-4, f"gradient of {name}: relative error {error:.2e}"

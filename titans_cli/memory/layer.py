@@ -220,15 +220,15 @@ class NeuralMemory(nn.Module):
         """From a piece's q|k|v projections (B, T, 3HD), gate pre-activations (B, T, G·H) and the
         previous piece's last conv_size - 1 projections: q, k, v (B, H, T, d) after the causal conv,
         SiLU and (q, k) L2 norms; the gates θ = max_lr·σ, η = σ, α = σ[, Huber δ = softplus] (B, H, T)
-        each; and the tail the next piece needs. One computation, three implementations: autograd's
-        (conv1d, F.normalize), CPU inference's (shifted multiply-adds on the (B, T, C) layout, ~4x
-        faster than conv1d's transposed path) and GPU inference's (one Triton kernel,
-        prepare_triton.py)."""
+        each; and the tail the next piece needs. One computation, three implementations: torch's
+        under autograd (conv1d, F.normalize), CPU inference's (shifted multiply-adds on the (B, T, C)
+        layout, ~4x faster than conv1d's transposed path) and the triton backend's on a GPU (one
+        Triton kernel, prepare_triton.py, with a backward of two more for training)."""
         config, heads = self.config, self.config.num_heads
         batch, length, _ = projected.shape
         kept = config.conv_size - 1
         tail = tail.to(projected.dtype)
-        if backend == "triton" and not torch.is_grad_enabled() and _prepare_on_gpu(projected, config.head_dim):
+        if backend == "triton" and _prepare_on_gpu(projected, config.head_dim):
             from .prepare_triton import prepare_inputs
 
             q, k, v, gates = prepare_inputs(projected, tail, self.conv.weight, self.conv.bias, gate_pre, heads,

@@ -93,13 +93,164 @@ if TRITON_AVAILABLE:
             tl.store(gates_ptr + ((g * batch + b) * HEADS + h) * length + rows, value, mask=row_ok)
 
 
+    @triton.jit(do_not_specialize=["batch", "length", "proj_sb", "tail_sb", "gate_sb"])
+    def _prepare_backward_kernel(
+        proj_ptr, tail_ptr, taps_ptr, bias_ptr, gate_ptr, dq_ptr, dk_ptr, dv_ptr, dgates_ptr,
+        dc_ptr, dtaps_ptr, dbias_ptr, dgate_ptr,
+        batch, length, proj_sb, proj_st, tail_sb, tail_st, gate_sb, gate_st, max_lr,
+        HEADS: tl.constexpr, DIM: tl.constexpr, BD: tl.constexpr, SIZE: tl.constexpr,
+        N_GATES: tl.constexpr, BLOCK_T: tl.constexpr,
+    ):  # fmt: skip
+        """Adjoints through SiLU, the L2 norms and the gates for one (block of tokens, batch row,
+        head), the forward recomputed: the conv's output adjoint d_c (B, T, 3C) fp32, this block's
+        shares of the tap and bias adjoints, and the gate pre-activations' adjoints."""
+        block = tl.program_id(0)
+        lane = tl.program_id(1)
+        b = (lane // HEADS).to(tl.int64)
+        h = lane % HEADS
+        inner = HEADS * DIM
+        rows = block * BLOCK_T + tl.arange(0, BLOCK_T)
+        row_ok = rows < length
+        e = tl.arange(0, BD)
+        e_ok = e < DIM
+        head_offsets = ((b * HEADS + h) * length + rows[:, None]) * DIM + e[None, :]
+        mask = row_ok[:, None] & e_ok[None, :]
+        part_base = (block * batch + b) * (SIZE * 3 * inner)  # this program's rows of dtaps (blocks, B, S, 3C)
+        for part in tl.static_range(3):  # q, k, v
+            chan = part * inner + h * DIM + e
+            acc = tl.zeros((BLOCK_T, BD), tl.float32) + tl.load(bias_ptr + chan, mask=e_ok, other=0.0)[None, :]
+            for j in tl.static_range(SIZE):
+                source = rows + (j - (SIZE - 1))
+                row_ptr = tl.where(source >= 0, proj_ptr + b * proj_sb + source * proj_st,
+                                   tail_ptr + b * tail_sb + (source + (SIZE - 1)) * tail_st)
+                x = tl.load(row_ptr[:, None] + chan[None, :], mask=mask, other=0.0)
+                tap = tl.load(taps_ptr + j * (3 * inner) + chan, mask=e_ok, other=0.0)
+                acc += x.to(tl.float32) * tap[None, :]
+            sig = _sigmoid(acc)
+            act = acc * sig
+            if part == 0:
+                grad = tl.load(dq_ptr + head_offsets, mask=mask, other=0.0).to(tl.float32)
+            elif part == 1:
+                grad = tl.load(dk_ptr + head_offsets, mask=mask, other=0.0).to(tl.float32)
+            else:
+                grad = tl.load(dv_ptr + head_offsets, mask=mask, other=0.0).to(tl.float32)
+            if part < 2:  # out = a / max(||a||, 1e-12): d_a = (g - out (out·g)) / ||a||, or g / 1e-12
+                norm = tl.sqrt(tl.sum(act * act, axis=1))
+                scale = tl.maximum(norm, 1e-12)
+                out = act / scale[:, None]
+                along = tl.where(norm > 1e-12, tl.sum(out * grad, axis=1), 0.0)
+                grad = (grad - out * along[:, None]) / scale[:, None]
+            d_c = tl.where(mask, grad * sig * (1.0 + acc * (1.0 - sig)), 0.0)
+            tl.store(dc_ptr + (b * length + rows[:, None]) * (3 * inner) + chan[None, :], d_c, mask=mask)
+            tl.store(dbias_ptr + (block * batch + b) * (3 * inner) + chan, tl.sum(d_c, axis=0), mask=e_ok)
+            for j in tl.static_range(SIZE):
+                source = rows + (j - (SIZE - 1))
+                row_ptr = tl.where(source >= 0, proj_ptr + b * proj_sb + source * proj_st,
+                                   tail_ptr + b * tail_sb + (source + (SIZE - 1)) * tail_st)
+                x = tl.load(row_ptr[:, None] + chan[None, :], mask=mask, other=0.0).to(tl.float32)
+                tl.store(dtaps_ptr + part_base + j * (3 * inner) + chan, tl.sum(d_c * x, axis=0), mask=e_ok)
+        for g in tl.static_range(N_GATES):  # θ = max_lr σ, η = σ, α = σ, δ = softplus (σ past 20: 1)
+            z = tl.load(gate_ptr + b * gate_sb + rows * gate_st + (g * HEADS + h), mask=row_ok, other=0.0).to(tl.float32)
+            d_value = tl.load(dgates_ptr + ((g * batch + b) * HEADS + h) * length + rows, mask=row_ok, other=0.0)
+            sz = _sigmoid(z)
+            if g == 3:
+                d_z = d_value * tl.where(z > 20.0, 1.0, sz)
+            elif g == 0:
+                d_z = d_value * max_lr * sz * (1.0 - sz)
+            else:
+                d_z = d_value * sz * (1.0 - sz)
+            tl.store(dgate_ptr + (b * length + rows) * (N_GATES * HEADS) + (g * HEADS + h),
+                     d_z.to(dgate_ptr.dtype.element_ty), mask=row_ok)
+
+    @triton.jit(do_not_specialize=["length", "dc_sb", "dp_sb", "dt_sb"])
+    def _conv_transpose_kernel(
+        dc_ptr, taps_ptr, dproj_ptr, dtail_ptr, length, width, dc_sb, dp_sb, dt_sb,
+        SIZE: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr,
+    ):  # fmt: skip
+        """d_x̃[s] = Σ_j w_j ⊙ d_c[s - j] over the rows s of [tail; piece] (c_t = b + Σ_j w_j ⊙ x̃[t + j]
+        in those rows): the piece's rows into dproj (B, T, 3C), the tail's into dtail (B, S-1, 3C)."""
+        block = tl.program_id(0)
+        b = tl.program_id(1).to(tl.int64)
+        chan = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)
+        c_ok = chan < width
+        rows = block * BLOCK_T + tl.arange(0, BLOCK_T)  # rows of [tail; piece]
+        acc = tl.zeros((BLOCK_T, BLOCK_C), tl.float32)
+        for j in tl.static_range(SIZE):
+            t = rows - j
+            ok = ((t >= 0) & (t < length))[:, None] & c_ok[None, :]
+            grad = tl.load(dc_ptr + b * dc_sb + t[:, None] * width + chan[None, :], mask=ok, other=0.0)
+            acc += grad * tl.load(taps_ptr + j * width + chan, mask=c_ok, other=0.0)[None, :]
+        in_piece = rows >= SIZE - 1
+        target = tl.where(in_piece, dproj_ptr + b * dp_sb + (rows - (SIZE - 1)) * width,
+                          dtail_ptr + b * dt_sb + rows * width)
+        ok = (rows < length + SIZE - 1)[:, None] & c_ok[None, :]
+        tl.store(target[:, None] + chan[None, :], acc.to(dproj_ptr.dtype.element_ty), mask=ok)
+
+
+class _PrepareInputs(torch.autograd.Function):
+    """prepare_inputs with a backward: the recomputing adjoint kernel, then the conv's transpose."""
+
+    @staticmethod
+    def forward(ctx, projected, tail, conv_weight, conv_bias, gate_pre, heads, max_lr):
+        ctx.save_for_backward(projected, tail, conv_weight, conv_bias, gate_pre)
+        ctx.heads, ctx.max_lr = heads, max_lr
+        return _prepare(projected, tail, conv_weight, conv_bias, gate_pre, heads, max_lr)
+
+    @staticmethod
+    def backward(ctx, d_q, d_k, d_v, d_gates):
+        projected, tail, conv_weight, conv_bias, gate_pre = ctx.saved_tensors
+        heads = ctx.heads
+        batch, length, width = projected.shape
+        dim = width // 3 // heads
+        size = conv_weight.shape[-1]
+        n_gates = gate_pre.shape[-1] // heads
+        device = projected.device
+        projected, gate_pre = (t.contiguous() for t in (projected, gate_pre))
+        tail = projected if size == 1 else tail.contiguous()  # never read when size is 1
+        grads = [torch.zeros(batch, heads, length, dim, device=device) if g is None else g.contiguous()
+                 for g in (d_q, d_k, d_v)]
+        d_gates = (torch.zeros(n_gates, batch, heads, length, device=device) if d_gates is None
+                   else d_gates.to(torch.float32).contiguous())
+        taps = conv_weight[:, 0, :].t().to(torch.float32).contiguous()
+        blocks = triton.cdiv(length, _BLOCK_T)
+        d_c = torch.empty(batch, length, width, device=device)
+        d_taps = torch.empty(blocks, batch, size, width, device=device)
+        d_bias = torch.empty(blocks, batch, width, device=device)
+        d_gate_pre = torch.empty(batch, length, n_gates * heads, device=device, dtype=gate_pre.dtype)
+        _prepare_backward_kernel[(blocks, batch * heads)](
+            projected, tail, taps, conv_bias.to(torch.float32).contiguous(), gate_pre, *grads, d_gates,
+            d_c, d_taps, d_bias, d_gate_pre,
+            batch, length, projected.stride(0), projected.stride(1), tail.stride(0), tail.stride(1),
+            gate_pre.stride(0), gate_pre.stride(1), float(ctx.max_lr),
+            HEADS=heads, DIM=dim, BD=max(16, triton.next_power_of_2(dim)), SIZE=size, N_GATES=n_gates,
+            BLOCK_T=_BLOCK_T, num_warps=_NUM_WARPS,
+        )  # fmt: skip
+        d_projected = torch.empty_like(projected)
+        d_tail = torch.empty(batch, size - 1, width, device=device, dtype=projected.dtype)
+        block_c = 64
+        grid = (triton.cdiv(length + size - 1, _BLOCK_T), batch, triton.cdiv(width, block_c))
+        _conv_transpose_kernel[grid](
+            d_c, taps, d_projected, d_tail, length, width, d_c.stride(0), d_projected.stride(0),
+            max(d_tail.stride(0), 1), SIZE=size, BLOCK_T=_BLOCK_T, BLOCK_C=block_c, num_warps=_NUM_WARPS,
+        )  # fmt: skip
+        d_weight = d_taps.sum(dim=(0, 1)).t().unsqueeze(1).to(conv_weight.dtype)  # (3C, 1, S)
+        return (d_projected, d_tail, d_weight, d_bias.sum(dim=(0, 1)).to(conv_bias.dtype), d_gate_pre, None, None)
+
+
 def prepare_inputs(projected: torch.Tensor, tail: torch.Tensor, conv_weight: torch.Tensor, conv_bias: torch.Tensor,
                    gate_pre: torch.Tensor, heads: int, max_lr: float, block_t: int | None = None,
                    num_warps: int | None = None):  # fmt: skip
     """projected (B, T, 3C) (the q|k|v projections, C = H·d), tail (B, size - 1, 3C) (the previous
     projected rows), conv_weight (3C, 1, size), conv_bias (3C,), gate_pre (B, T, G·H).
     Returns q, k, v (B, H, T, d) in projected's dtype and gates (G, B, H, T) fp32 (see the module
-    docstring)."""
+    docstring). Differentiable when autograd asks (tail in projected's dtype then)."""
+    tensors = (projected, tail, conv_weight, conv_bias, gate_pre)
+    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors) and block_t is None and num_warps is None:
+        return _PrepareInputs.apply(projected, tail.to(projected.dtype), conv_weight, conv_bias, gate_pre, heads, max_lr)
+    return _prepare(projected, tail, conv_weight, conv_bias, gate_pre, heads, max_lr, block_t, num_warps)
+
+
+def _prepare(projected, tail, conv_weight, conv_bias, gate_pre, heads, max_lr, block_t=None, num_warps=None):
     batch, length, width = projected.shape
     dim = width // 3 // heads
     size = conv_weight.shape[-1]

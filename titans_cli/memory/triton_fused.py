@@ -583,9 +583,9 @@ if TRITON_AVAILABLE:
                 log_beta = log_keep
             else:
                 log_beta = tl.zeros_like(log_keep)
-            d_read = tl.load(do_ptr + tok_base + tok_off, mask=tok_mask, other=0.0)
-            d_grad_norm = tl.load(dgn_ptr + s_base + pos, mask=t_ok, other=0.0)
-            d_momentum_norm = tl.load(dmn_ptr + s_base + pos, mask=t_ok, other=0.0)
+            d_read = tl.load(do_ptr + tok_base + tok_off, mask=tok_mask, other=0.0).to(tl.float32)
+            d_grad_norm = tl.load(dgn_ptr + s_base + pos, mask=t_ok, other=0.0).to(tl.float32)
+            d_momentum_norm = tl.load(dmn_ptr + s_base + pos, mask=t_ok, other=0.0).to(tl.float32)
             ck = ckpt_ptr + (pid * n_chunks + c) * 4 * matrix
             key_sq = tl.sum(keys * keys, axis=1)
 
@@ -870,9 +870,9 @@ if TRITON_AVAILABLE:
 
             # ---- this chunk's input adjoints (part 0's to write)
             if part == 0:
-                tl.store(dq_ptr + tok_base + tok_off, d_queries, mask=tok_mask)
-                tl.store(dk_ptr + tok_base + tok_off, d_keys, mask=tok_mask)
-                tl.store(dv_ptr + tok_base + tok_off, -d_pred, mask=tok_mask)
+                tl.store(dq_ptr + tok_base + tok_off, d_queries.to(dq_ptr.dtype.element_ty), mask=tok_mask)
+                tl.store(dk_ptr + tok_base + tok_off, d_keys.to(dk_ptr.dtype.element_ty), mask=tok_mask)
+                tl.store(dv_ptr + tok_base + tok_off, (-d_pred).to(dv_ptr.dtype.element_ty), mask=tok_mask)
                 tl.store(dlr_ptr + s_base + pos, d_theta, mask=t_ok)
                 if not GD:
                     tl.store(deta_ptr + s_base + pos, tl.where(eta >= tiny, d_log_eta / eta, 0.0), mask=t_ok)
@@ -1048,15 +1048,19 @@ def _triton_backward(config, precision, saved, checkpoints, grads, block_hidden:
     device = k.device
     d_output, d_grad_norm, d_momentum_norm, *d_state = grads
 
-    def buffer(grad, like):
-        return (torch.zeros(like.shape, device=device, dtype=torch.float32) if grad is None
-                else grad.detach().to(torch.float32).contiguous().clone())
+    def buffer(grad, like):  # the state adjoints: fp32, rewritten in place by the kernel
+        out = torch.empty(like.shape, device=device, dtype=torch.float32)
+        return out.zero_() if grad is None else out.copy_(grad.detach())
+
+    def read_only(grad, like):  # cotangents the kernel only reads (any float dtype, made fp32 there)
+        return torch.zeros(like.shape, device=device, dtype=torch.float32) if grad is None else grad.detach().contiguous()
 
     d_w1, d_w2, d_s1, d_s2 = (buffer(g, t) for g, t in zip(d_state, state))
-    d_output = buffer(d_output, q)
-    d_grad_norm = buffer(d_grad_norm, lr)
-    d_momentum_norm = buffer(d_momentum_norm, lr)
-    d_q, d_k, d_v = (torch.zeros(batch, heads, length, dim, device=device, dtype=torch.float32) for _ in range(3))
+    d_output = read_only(d_output, q)
+    d_grad_norm = read_only(d_grad_norm, lr)
+    d_momentum_norm = read_only(d_momentum_norm, lr)
+    # every (token, channel) of these is written by the kernel, in the inputs' dtypes
+    d_q, d_k, d_v = (torch.empty(batch, heads, length, dim, device=device, dtype=t.dtype) for t in (q, k, v))
     d_lr, d_eta, d_alpha = (torch.zeros(batch, heads, length, device=device, dtype=torch.float32) for _ in range(3))
     qs, ks, vs = (t.detach() if t.stride(-1) == 1 else t.detach().contiguous() for t in (q, k, v))
     lr_c, eta_c, alpha_c = (t.detach().to(torch.float32).contiguous() for t in (lr, momentum, decay))

@@ -61,7 +61,10 @@ SECTIONS = [
     ("multi_gpu", None, None),          # benchmarks/multi_gpu.py on a 2-GPU machine
     ("gpu_memory_kernel", None, None),
     ("memory_layer_gpu", None, None),   # benchmarks/memory_layer_gpu.py: the layer vs titans-pytorch alone
+    ("memory_split_gpu", None, None),   # benchmarks/memory_split_gpu.py: split vs one-program memory kernels
+    ("prepare_gpu", None, None),        # benchmarks/prepare_gpu.py: the layer's input kernel, tiles and warps
     ("train_speed", None, None),        # benchmarks/train_speed.py on the GPU machine
+    ("train_speed_signal", None, None),  # train_speed.py --backends triton-signal,triton (the unread ||S_t||)
     ("miras", None, None),
     ("host_emit", None, None),          # benchmarks/host_emit.py --baseline-tree DIR: host cost of a step
     ("save_dtype", None, None),         # benchmarks/save_dtype.py: bfloat16 weight storage vs float32

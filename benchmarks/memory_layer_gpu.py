@@ -13,7 +13,7 @@ signal), which titans-pytorch does not compute: a second titans_cli row passes m
 like-for-like one. CUDA events, warm-up, median of repeats (gpu_memory_kernel.time_cuda);
 peak = max_memory_allocated over one call. Writes benchmarks/results/memory_layer_gpu.md.
 
-    python benchmarks/memory_layer_gpu.py [--repeats 5]
+    python benchmarks/memory_layer_gpu.py [--repeats 5] [--profile fwd|fwd+bwd]
 
 Needs CUDA and titans-pytorch (carried wheels on the device machine).
 """

@@ -24,6 +24,9 @@ the split is chosen only when batch x heads x P programs fit the card's SMs, whi
 the one-program kernel leaves the card idle. Under Triton's interpreter programs run one after
 another, so only P = 1 can run there (the tests check the arithmetic that way; P > 1 on CUDA).
 
+The backward kernel (triton_fused._memory_chunks_backward_kernel, `PARTS`) shares a (row, head)'s
+hidden blocks the same way, meeting after each of its four passes.
+
 Scope: depth 2, retention decay or none (lq / kl need whole matrices at chunk end), any attentional
 bias, momentum or gd, clipping or not, no ||S_t|| signal unless gd (its Grams are sums over hidden
 units too; callers that need it get the one-program kernel).

@@ -8,7 +8,8 @@ kernel, on one GPU, in one run.
 2. The memory op at issue 8's reference size (batch 8 x 16,384 tokens, 4 heads x 64, hidden 128,
    chunk 64), forward without the ||S_t|| signal (as `titans surprise` and the like-for-like layer
    row run it): the one-program kernel and split variants (parts, products, warps), ms per call,
-   µs per chunk, registers and spills of each compiled variant.
+   µs per chunk, achieved TFLOP/s against the matmul rate measured in the same run, registers and
+   spills of each compiled variant.
    Forward + backward of the op at that size, one-program kernels vs split (the backward kernel
    shares a (row, head)'s hidden blocks the same way, meeting after each of its four passes).
 3. Where the split pays: the same op at batch 1, 2 and 4 (4-16 (row, head) lanes), split vs not.
@@ -33,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common  # noqa: E402
-from gpu_memory_kernel import max_result_error, op_inputs  # noqa: E402
+from gpu_memory_kernel import max_result_error, measure_ceilings, op_inputs  # noqa: E402
 
 from titans_cli.memory import reference, torch_chunked, triton_fused, triton_split  # noqa: E402
 from titans_cli.memory.config import MemoryConfig  # noqa: E402
@@ -122,6 +123,7 @@ def main() -> int:
     gpu = torch.cuda.get_device_name()
     sms = torch.cuda.get_device_properties(0).multi_processor_count
 
+    ceilings = measure_ceilings()
     checks = correctness()
 
     def timed(fn):
@@ -149,15 +151,20 @@ def main() -> int:
         try:
             ms = timed(lambda: run_op(inputs, REFERENCE, precision, parts, warps))
         except Exception as error:  # noqa: BLE001 - a variant the card refuses is a row, not a crash
-            rows.append([label, "failed", f"{type(error).__name__}: {str(error)[:80]}", "", "", ""])
+            rows.append([label, "failed", f"{type(error).__name__}: {str(error)[:80]}", "", "", "", ""])
             common.log(f"{label}: {type(error).__name__}: {error}")
             continue
         binary = newest_binary(triton_split._memory_split_kernel if parts else triton_fused._memory_chunks_kernel)
         if parts == 0:
             base[precision] = ms
         tokens = 8 * args.length
+        # useful work without the ||S_t|| Grams: 9 products of b x d x hidden per (lane, chunk)
+        lanes = 8 * REFERENCE.num_heads
+        tflops = (9 * 2 * REFERENCE.chunk_size * REFERENCE.head_dim * REFERENCE.hidden_dim * lanes * chunks
+                  / (ms * 1e-3) / 1e12)
         rows.append([label, f"{ms:.2f}", f"{tokens / ms / 1e3:.1f}", f"{ms * 1e3 / chunks:.1f}",
-                     f"{base[precision] / ms:.2f}x" if precision in base else "", binary])
+                     f"{base[precision] / ms:.2f}x" if precision in base else "",
+                     f"{tflops:.1f} ({100 * tflops / ceilings[precision + '_matmul_tflops']:.1f} %)", binary])
         common.log(f"{label}: {ms:.2f} ms")
 
     # forward + backward of the op (a loss on every output but ||S_t||), one program per (row, head)
@@ -207,7 +214,10 @@ def main() -> int:
         + f"\n\n### The memory op at issue 8's reference size (batch 8 x {args.length:,} tokens, 4 heads x 64, "
         f"hidden 128, chunk 64), forward without ||S_t||, median of {args.repeats}\n\n"
         + common.md_table(["kernel", "ms", "M tok/s", "µs per chunk", "vs one-program, same products",
-                          "registers / spills"], rows)
+                          "TFLOP/s (of the matmul rate)", "registers / spills"], rows)
+        + f"\n\nMatmul rates measured in the same run (8192³): bf16 {ceilings['bf16_matmul_tflops']:.0f}, tf32 "
+        f"{ceilings['tf32_matmul_tflops']:.0f} TFLOP/s. Useful work counted: 9 products of 64 x 64 x 128 per "
+        "(row, head, chunk), the one-program kernel's recomputed products not counted."
         + "\n\n### Forward + backward of the op at the same size (bf16 inputs and products), without ||S_t||\n\n"
         + common.md_table(["kernels", "parts", "ms", "M tok/s", "max rel. gradient difference vs one-program"], training)
         + "\n\n### Fewer lanes: batch 1-4 x the same length, bf16 products, split as `choose_parts` picks it\n\n"

@@ -965,7 +965,7 @@ def _run_split(q, k, v, lr_c, eta_c, alpha_c, delta_c, w1, w2, s1, s2, output, g
             raise ValueError("the split kernel does not cover this config (see triton_split)")
         return False
     lanes = k.shape[0] * k.shape[1]
-    if parts is None and k.device.type != "cuda":
+    if parts is None and (k.device.type != "cuda" or not triton_split.cooperative_launch()):
         return False  # the interpreter runs one part per (row, head) only, which gains nothing
     sms = torch.cuda.get_device_properties(k.device).multi_processor_count if parts is None else 0
     chosen = parts if parts is not None else triton_split.choose_parts(config, lanes, precision, sms)
@@ -1076,10 +1076,10 @@ def _triton_backward(config, precision, saved, checkpoints, grads, block_hidden:
     if not forced:
         parts = 1
         if device.type == "cuda" and not grams:
-            from .triton_split import choose_parts
+            from .triton_split import choose_parts, cooperative_launch
 
             sms = torch.cuda.get_device_properties(device).multi_processor_count
-            parts = choose_parts(config, batch * heads, kernel_precision, sms)
+            parts = choose_parts(config, batch * heads, kernel_precision, sms) if cooperative_launch() else 1
     elif parts > 1 and (grams or _interpreting()):
         raise ValueError("the backward kernel shares a (row, head) among programs only on CUDA and without "
                          "the ||S_t|| Grams")
@@ -1113,6 +1113,8 @@ def _triton_backward(config, precision, saved, checkpoints, grads, block_hidden:
 def _launch_backward(qs, ks, vs, lr_c, eta_c, alpha_c, checkpoints, d_w1, d_w2, d_s1, d_s2, d_output,
                      d_grad_norm, d_momentum_norm, d_q, d_k, d_v, d_lr, d_eta, d_alpha, config, heads,
                      length, dim, hidden, block_h, kernel_precision, momentum_signal=True, parts=1):
+    from . import triton_split
+
     batch = qs.shape[0]
     lanes = batch * heads
     block_t, block_d = _block(config.chunk_size), _block(dim)
@@ -1133,7 +1135,7 @@ def _launch_backward(qs, ks, vs, lr_c, eta_c, alpha_c, checkpoints, d_w1, d_w2, 
         RETENTION=_RETENTION_CODES[config.retention], GD=config.algorithm == "gd",
         CLIP=config.max_grad_norm != float("inf"),
         PRECISION=kernel_precision, GRAMS=momentum_signal and config.algorithm != "gd", PARTS=parts,
-        num_warps=_DEFAULT_NUM_WARPS, num_stages=1, launch_cooperative_grid=parts > 1,
+        num_warps=_DEFAULT_NUM_WARPS, num_stages=1, **(triton_split.cooperative_launch() if parts > 1 else {}),
     )
 
 

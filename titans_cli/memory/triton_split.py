@@ -191,6 +191,19 @@ def split_supported(config: MemoryConfig, momentum_signal: bool) -> bool:
             and (not momentum_signal or config.algorithm == "gd"))
 
 
+def cooperative_launch() -> dict:
+    """Launch options for a grid whose programs wait for each other: a cooperative launch, which
+    Triton offers from 3.2 on (older versions: {} and `choose_parts` is not consulted)."""
+    try:
+        from triton.backends.nvidia.compiler import CUDAOptions
+
+        if "launch_cooperative_grid" in CUDAOptions.__dataclass_fields__:
+            return {"launch_cooperative_grid": True}
+    except Exception:  # noqa: BLE001 - no NVIDIA backend, or another layout of triton's internals
+        pass
+    return {}
+
+
 def choose_parts(config: MemoryConfig, lanes: int, precision: str, sms: int) -> int:
     """How many programs share a (row, head) on a card of `sms` SMs: the most of 4 and 2 whose
     slices stay at least as wide as the products allow (64 hidden units with bf16 products, 32
@@ -237,6 +250,5 @@ def launch_split(q, k, v, lr_c, eta_c, alpha_c, delta_c, w1, w2, s1, s2, output,
         BIAS=_BIAS_CODES[config.attentional_bias], RETENTION=_RETENTION_CODES[config.retention],
         GD=config.algorithm == "gd", CLIP=config.max_grad_norm != float("inf"),
         PRECISION=precision, SAVE_STATE=checkpoints is not None,
-        num_warps=num_warps, num_stages=1,
-        launch_cooperative_grid=parts > 1,
+        num_warps=num_warps, num_stages=1, **(cooperative_launch() if parts > 1 else {}),
     )

@@ -286,7 +286,7 @@ def test_split_kernel_refuses_what_it_does_not_cover():
 
 
 def test_split_is_chosen_only_where_the_card_has_idle_sms():
-    from titans_cli.memory.triton_split import choose_parts
+    from titans_cli.memory.triton_split import auto_parts, choose_parts
 
     reference = MemoryConfig(num_heads=4, head_dim=64, chunk_size=64)  # issue 8's shape: hidden 128
     assert choose_parts(reference, 32, "bf16", 132) == 2  # bf16 products need 64-wide slices
@@ -295,3 +295,4 @@ def test_split_is_chosen_only_where_the_card_has_idle_sms():
     assert choose_parts(reference, 512, "bf16", 132) == 1  # 128 lanes x 4 heads already fill the card
     dna = MemoryConfig(num_heads=4, head_dim=32, chunk_size=64)  # the shipped dna model: hidden 64
     assert choose_parts(dna, 4, "tf32", 132) == 2
+    assert auto_parts(reference, 32, "bf16", torch.device("cpu")) == 1  # programs that wait need CUDA

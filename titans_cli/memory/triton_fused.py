@@ -964,12 +964,9 @@ def _run_split(q, k, v, lr_c, eta_c, alpha_c, delta_c, w1, w2, s1, s2, output, g
         if parts is not None:
             raise ValueError("the split kernel does not cover this config (see triton_split)")
         return False
-    lanes = k.shape[0] * k.shape[1]
-    if parts is None and (k.device.type != "cuda" or not triton_split.cooperative_launch()):
-        return False  # the interpreter runs one part per (row, head) only, which gains nothing
-    sms = torch.cuda.get_device_properties(k.device).multi_processor_count if parts is None else 0
-    chosen = parts if parts is not None else triton_split.choose_parts(config, lanes, precision, sms)
-    if chosen < 1 or (parts is None and chosen == 1):
+    chosen = parts if parts is not None else triton_split.auto_parts(config, k.shape[0] * k.shape[1], precision,
+                                                                     k.device)
+    if chosen < 1 or (parts is None and chosen == 1):  # (the interpreter: one part per (row, head), no gain)
         return False
     if precision == "bf16" and not _bf16_tiles(k.shape[-1], config.hidden_dim // chosen):
         precision = "tf32"  # the bf16 guard of _fused_forward, at the slice width
@@ -1043,8 +1040,8 @@ def _triton_backward(config, precision, saved, checkpoints, grads, block_hidden:
     """Adjoints of (q, k, v, lr, momentum, decay, weights, momenta) by the backward kernel.
 
     Without the ||S_t|| Grams and with SMs to spare, each (row, head)'s hidden blocks are shared by
-    `parts` programs (chosen as triton_split.choose_parts does for the forward; a number forces
-    it, 1 = one program per (row, head))."""
+    `parts` programs (chosen by triton_split.auto_parts, as for the forward; a number forces it,
+    1 = one program per (row, head))."""
     q, k, v, lr, momentum, decay, _huber_delta, *state = saved
     batch, heads, length, dim = k.shape
     hidden = config.hidden_dim
@@ -1074,12 +1071,9 @@ def _triton_backward(config, precision, saved, checkpoints, grads, block_hidden:
     grams = momentum_signal and config.algorithm != "gd"
     forced = parts is not None
     if not forced:
-        parts = 1
-        if device.type == "cuda" and not grams:
-            from .triton_split import choose_parts, cooperative_launch
+        from .triton_split import auto_parts
 
-            sms = torch.cuda.get_device_properties(device).multi_processor_count
-            parts = choose_parts(config, batch * heads, kernel_precision, sms) if cooperative_launch() else 1
+        parts = 1 if grams else auto_parts(config, batch * heads, kernel_precision, device)
     elif parts > 1 and (grams or _interpreting()):
         raise ValueError("the backward kernel shares a (row, head) among programs only on CUDA and without "
                          "the ||S_t|| Grams")

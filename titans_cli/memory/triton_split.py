@@ -34,6 +34,8 @@ units too; callers that need it get the one-program kernel).
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from .config import MemoryConfig
@@ -191,17 +193,28 @@ def split_supported(config: MemoryConfig, momentum_signal: bool) -> bool:
             and (not momentum_signal or config.algorithm == "gd"))
 
 
-def cooperative_launch() -> dict:
-    """Launch options for a grid whose programs wait for each other: a cooperative launch, which
-    Triton offers from 3.2 on (older versions: {} and `choose_parts` is not consulted)."""
+@functools.cache
+def _cooperative_supported() -> bool:
     try:
         from triton.backends.nvidia.compiler import CUDAOptions
 
-        if "launch_cooperative_grid" in CUDAOptions.__dataclass_fields__:
-            return {"launch_cooperative_grid": True}
+        return "launch_cooperative_grid" in CUDAOptions.__dataclass_fields__
     except Exception:  # noqa: BLE001 - no NVIDIA backend, or another layout of triton's internals
-        pass
-    return {}
+        return False
+
+
+def cooperative_launch() -> dict:
+    """Launch options for a grid whose programs wait for each other: a cooperative launch, which
+    Triton offers from 3.2 on (older versions: {}, and `auto_parts` never splits)."""
+    return {"launch_cooperative_grid": True} if _cooperative_supported() else {}
+
+
+def auto_parts(config: MemoryConfig, lanes: int, precision: str, device: torch.device) -> int:
+    """The parts `choose_parts` picks for this card, or 1 where programs cannot wait for each other
+    (not CUDA, or a triton without cooperative launches)."""
+    if device.type != "cuda" or not _cooperative_supported():
+        return 1
+    return choose_parts(config, lanes, precision, torch.cuda.get_device_properties(device).multi_processor_count)
 
 
 def choose_parts(config: MemoryConfig, lanes: int, precision: str, sms: int) -> int:

@@ -41,6 +41,27 @@ if TRITON_AVAILABLE:
     def _sigmoid(z):
         return 1.0 / (1.0 + tl.exp(-z))
 
+    @triton.jit
+    def _shifted_rows(proj_ptr, tail_ptr, b, rows, chan, mask, proj_sb, proj_st, tail_sb, tail_st, j: tl.constexpr,
+                      SIZE: tl.constexpr):
+        """Rows t + j - (SIZE - 1) of [tail; piece] for the channels `chan`, fp32: rows before the
+        piece come from the tail, one load through a pointer per row."""
+        source = rows + (j - (SIZE - 1))
+        row_ptr = tl.where(source >= 0, proj_ptr + b * proj_sb + source * proj_st,
+                           tail_ptr + b * tail_sb + (source + (SIZE - 1)) * tail_st)
+        return tl.load(row_ptr[:, None] + chan[None, :], mask=mask, other=0.0).to(tl.float32)
+
+    @triton.jit
+    def _causal_conv(proj_ptr, tail_ptr, taps_ptr, bias_ptr, b, rows, chan, e_ok, mask, proj_sb, proj_st,
+                     tail_sb, tail_st, WIDTH: tl.constexpr, SIZE: tl.constexpr, BLOCK_T: tl.constexpr,
+                     BD: tl.constexpr):
+        """c_t = bias + Σ_j w_j ⊙ x̃_{t + j - (SIZE - 1)} for a (rows, chan) tile, fp32."""
+        acc = tl.zeros((BLOCK_T, BD), tl.float32) + tl.load(bias_ptr + chan, mask=e_ok, other=0.0)[None, :]
+        for j in tl.static_range(SIZE):
+            x = _shifted_rows(proj_ptr, tail_ptr, b, rows, chan, mask, proj_sb, proj_st, tail_sb, tail_st, j, SIZE)
+            acc += x * tl.load(taps_ptr + j * WIDTH + chan, mask=e_ok, other=0.0)[None, :]
+        return acc
+
     # Lengths, batch sizes and the strides that scale with them vary from piece to piece: not
     # specialised, so one compiled variant serves a whole stream.
     @triton.jit(do_not_specialize=["batch", "length", "proj_sb", "tail_sb", "gate_sb"])
@@ -63,15 +84,8 @@ if TRITON_AVAILABLE:
         out_mask = row_ok[:, None] & e_ok[None, :]
         for part in tl.static_range(3):  # q, k, v
             chan = part * inner + h * DIM + e
-            acc = tl.zeros((BLOCK_T, BD), tl.float32) + tl.load(bias_ptr + chan, mask=e_ok, other=0.0)[None, :]
-            for j in tl.static_range(SIZE):
-                source = rows + (j - (SIZE - 1))
-                # rows before the piece come from the tail: one load through a pointer per row
-                row_ptr = tl.where(source >= 0, proj_ptr + b * proj_sb + source * proj_st,
-                                   tail_ptr + b * tail_sb + (source + (SIZE - 1)) * tail_st)
-                x = tl.load(row_ptr[:, None] + chan[None, :], mask=out_mask, other=0.0)
-                tap = tl.load(taps_ptr + j * (3 * inner) + chan, mask=e_ok, other=0.0)
-                acc += x.to(tl.float32) * tap[None, :]
+            acc = _causal_conv(proj_ptr, tail_ptr, taps_ptr, bias_ptr, b, rows, chan, e_ok, out_mask, proj_sb,
+                               proj_st, tail_sb, tail_st, 3 * inner, SIZE, BLOCK_T, BD)
             act = acc * _sigmoid(acc)
             if part < 2:
                 norm = tl.maximum(tl.sqrt(tl.sum(act * act, axis=1)), 1e-12)
@@ -118,14 +132,8 @@ if TRITON_AVAILABLE:
         part_base = (block * batch + b) * (SIZE * 3 * inner)  # this program's rows of dtaps (blocks, B, S, 3C)
         for part in tl.static_range(3):  # q, k, v
             chan = part * inner + h * DIM + e
-            acc = tl.zeros((BLOCK_T, BD), tl.float32) + tl.load(bias_ptr + chan, mask=e_ok, other=0.0)[None, :]
-            for j in tl.static_range(SIZE):
-                source = rows + (j - (SIZE - 1))
-                row_ptr = tl.where(source >= 0, proj_ptr + b * proj_sb + source * proj_st,
-                                   tail_ptr + b * tail_sb + (source + (SIZE - 1)) * tail_st)
-                x = tl.load(row_ptr[:, None] + chan[None, :], mask=mask, other=0.0)
-                tap = tl.load(taps_ptr + j * (3 * inner) + chan, mask=e_ok, other=0.0)
-                acc += x.to(tl.float32) * tap[None, :]
+            acc = _causal_conv(proj_ptr, tail_ptr, taps_ptr, bias_ptr, b, rows, chan, e_ok, mask, proj_sb, proj_st,
+                               tail_sb, tail_st, 3 * inner, SIZE, BLOCK_T, BD)
             sig = _sigmoid(acc)
             act = acc * sig
             if part == 0:
@@ -144,10 +152,7 @@ if TRITON_AVAILABLE:
             tl.store(dc_ptr + (b * length + rows[:, None]) * (3 * inner) + chan[None, :], d_c, mask=mask)
             tl.store(dbias_ptr + (block * batch + b) * (3 * inner) + chan, tl.sum(d_c, axis=0), mask=e_ok)
             for j in tl.static_range(SIZE):
-                source = rows + (j - (SIZE - 1))
-                row_ptr = tl.where(source >= 0, proj_ptr + b * proj_sb + source * proj_st,
-                                   tail_ptr + b * tail_sb + (source + (SIZE - 1)) * tail_st)
-                x = tl.load(row_ptr[:, None] + chan[None, :], mask=mask, other=0.0).to(tl.float32)
+                x = _shifted_rows(proj_ptr, tail_ptr, b, rows, chan, mask, proj_sb, proj_st, tail_sb, tail_st, j, SIZE)
                 tl.store(dtaps_ptr + part_base + j * (3 * inner) + chan, tl.sum(d_c * x, axis=0), mask=e_ok)
         for g in tl.static_range(N_GATES):  # θ = max_lr σ, η = σ, α = σ, δ = softplus (σ past 20: 1)
             z = tl.load(gate_ptr + b * gate_sb + rows * gate_st + (g * HEADS + h), mask=row_ok, other=0.0).to(tl.float32)

@@ -212,13 +212,15 @@ if TRITON_AVAILABLE:
     @triton.jit
     def _chunk_inputs(k_base, q_base, lr_ptr, eta_ptr, alpha_ptr, hd_ptr, g_off, pos, rd, t_ok, tok_mask, k_st, q_st,
                       g_st, GD: tl.constexpr, BIAS: tl.constexpr):
-        """One chunk's keys, queries (fp32) and gates: θ, log η, log(1 - α), Huber δ (else θ)."""
-        tiny = 1.1754943508222875e-38
+        """One chunk's keys, queries (fp32) and gates: θ, η (0 for gd), log η, 1 - α, log(1 - α), Huber δ
+        (else θ)."""
+        tiny = 1.1754943508222875e-38  # torch.finfo(float32).tiny, as torch_chunked clamps with
         keys = tl.load(k_base + pos[:, None] * k_st + rd[None, :], mask=tok_mask, other=0.0).to(tl.float32)
         queries = tl.load(q_base + pos[:, None] * q_st + rd[None, :], mask=tok_mask, other=0.0).to(tl.float32)
         theta = tl.load(lr_ptr + g_off + pos * g_st, mask=t_ok, other=0.0).to(tl.float32)
         alpha = tl.load(alpha_ptr + g_off + pos * g_st, mask=t_ok, other=0.0).to(tl.float32)
         if GD:
+            eta = tl.zeros_like(theta)
             log_eta = tl.where(t_ok, tl.log(tiny), 0.0)
         else:
             eta = tl.load(eta_ptr + g_off + pos * g_st, mask=t_ok, other=1.0).to(tl.float32)
@@ -231,7 +233,28 @@ if TRITON_AVAILABLE:
             delta_t = tl.load(hd_ptr + g_off + pos * g_st, mask=t_ok, other=1.0).to(tl.float32)
         else:
             delta_t = theta
-        return keys, queries, theta, log_eta, log_keep, delta_t
+        return keys, queries, theta, eta, log_eta, keep, log_keep, delta_t
+
+    @triton.jit
+    def _clip(grad_sq, theta, t_ok, max_grad_norm, CLIP: tl.constexpr):
+        """||u_i|| from its square, the clip factor min(1, max/||u_i||) and the clipped step θ_i·clip_i
+        (0 on padded tokens), as torch_chunked folds the clip into θ."""
+        norm = tl.sqrt(tl.maximum(grad_sq, 1.1754943508222875e-38))  # (float32 tiny)
+        if CLIP:
+            clip = max_grad_norm / tl.maximum(norm, max_grad_norm)
+        else:
+            clip = tl.full(norm.shape, 1.0, tl.float32)
+        return norm, clip, tl.where(t_ok, theta * clip, 0.0)
+
+    @triton.jit
+    def _state_step(weight, momentum, delta, x, memory_step, momentum_step, momentum_carry, eta_total, beta_total,
+                    PRECISION: tl.constexpr):
+        """One weight matrix's chunk end (MEMORY_MATH.md): W_b = B W0 + c_S S0 - Σ_i w_i θ_i δ_i x_iᵀ and
+        S_b = E S0 - Σ_i E(i+1..b) θ_i δ_i x_iᵀ, each sum one product."""
+        new_weight = beta_total * weight + momentum_carry * momentum - _mm(
+            tl.trans(delta * memory_step[:, None]), x, PRECISION)
+        new_momentum = eta_total * momentum - _mm(tl.trans(delta * momentum_step[:, None]), x, PRECISION)
+        return new_weight, new_momentum
 
     @triton.jit
     def _meet(counter, target):
@@ -292,7 +315,6 @@ if TRITON_AVAILABLE:
         pid = tl.program_id(0)
         row = pid // num_heads
         head = pid % num_heads
-        tiny = 1.1754943508222875e-38  # torch.finfo(float32).tiny, as torch_chunked clamps with
 
         rt = tl.arange(0, BT)
         rd = tl.arange(0, BD)
@@ -310,7 +332,7 @@ if TRITON_AVAILABLE:
             pos = c * chunk + rt
             t_ok = (rt < chunk) & (pos < length)
             tok_mask = t_ok[:, None] & d_ok[None, :]
-            keys, queries, theta, log_eta, log_keep, delta_t = _chunk_inputs(
+            keys, queries, theta, _eta, log_eta, _keep, log_keep, delta_t = _chunk_inputs(
                 k_base, q_base, lr_ptr, eta_ptr, alpha_ptr, hd_ptr, g_off, pos, rd, t_ok, tok_mask, k_st, q_st, g_st,
                 GD, BIAS)
             if RETENTION <= 1:
@@ -413,13 +435,8 @@ if TRITON_AVAILABLE:
                     s0_sq = tl.sum(tl.sum(s1 * s1, axis=1), axis=0)
 
             # ---- ||u_i|| and its clip (folded into θ_i, as torch_chunked does)
-            grad_norm = tl.sqrt(tl.maximum(grad_sq, tiny))
-            if CLIP:
-                clip = max_grad_norm / tl.maximum(grad_norm, max_grad_norm)
-            else:
-                clip = tl.full((BT,), 1.0, tl.float32)
+            grad_norm, clip, step = _clip(grad_sq, theta, t_ok, max_grad_norm, CLIP)
             grad_norm = grad_norm * clip
-            step = tl.where(t_ok, theta * clip, 0.0)
             eta_products, eta_prefix, memory_step, momentum_step, momentum_carry, eta_total, beta_total = _chunk_gates(
                 log_eta, log_beta, step, t_ok, causal
             )
@@ -456,12 +473,10 @@ if TRITON_AVAILABLE:
                     sig = tl.sigmoid(z)
                     act = z * sig
                     delta1 = _mm(delta2, w2, PRECISION) * (sig * (1.0 + z * (1.0 - sig)))
-                    new_w1 = beta_total * w1 + momentum_carry * s1 - _mm(
-                        tl.trans(delta1 * memory_step[:, None]), keys, PRECISION)
-                    new_s1 = eta_total * s1 - _mm(tl.trans(delta1 * momentum_step[:, None]), keys, PRECISION)
-                    new_w2 = beta_total * w2 + momentum_carry * s2 - _mm(
-                        tl.trans(delta2 * memory_step[:, None]), act, PRECISION)
-                    new_s2 = eta_total * s2 - _mm(tl.trans(delta2 * momentum_step[:, None]), act, PRECISION)
+                    new_w1, new_s1 = _state_step(w1, s1, delta1, keys, memory_step, momentum_step, momentum_carry,
+                                                 eta_total, beta_total, PRECISION)
+                    new_w2, new_s2 = _state_step(w2, s2, delta2, act, memory_step, momentum_step, momentum_carry,
+                                                 eta_total, beta_total, PRECISION)
                     # lq / kl need whole matrices: the wrapper runs them with HB = BHID (one block).
                     new_w1 = _retain(new_w1, mask1, hidden * head_dim, log_temperature, rho1, q_exp, RETENTION)
                     new_w2 = _retain(new_w2, mask2, head_dim * hidden, log_temperature, rho2, q_exp, RETENTION)
@@ -471,8 +486,8 @@ if TRITON_AVAILABLE:
                     tl.store(w2_ptr + off2, new_w2, mask=mask2)
                     tl.store(s2_ptr + off2, new_s2, mask=mask2)
             else:
-                new_w1 = beta_total * w1 + momentum_carry * s1 - _mm(tl.trans(delta1 * memory_step[:, None]), keys, PRECISION)
-                new_s1 = eta_total * s1 - _mm(tl.trans(delta1 * momentum_step[:, None]), keys, PRECISION)
+                new_w1, new_s1 = _state_step(w1, s1, delta1, keys, memory_step, momentum_step, momentum_carry,
+                                             eta_total, beta_total, PRECISION)
                 new_w1 = _retain(new_w1, mask1, head_dim * head_dim, log_temperature, rho1, q_exp, RETENTION)
                 tl.debug_barrier()
                 tl.store(w1_ptr + off1, new_w1, mask=mask1)
@@ -569,19 +584,10 @@ if TRITON_AVAILABLE:
             t_ok = (rt < chunk) & (pos < length)
             tok_mask = t_ok[:, None] & d_ok[None, :]
             tok_off = pos[:, None] * head_dim + rd[None, :]
-            keys = tl.load(k_base + pos[:, None] * k_st + rd[None, :], mask=tok_mask, other=0.0).to(tl.float32)
+            keys, queries, theta, eta, log_eta, keep, log_keep, _ = _chunk_inputs(
+                k_base, q_base, lr_ptr, eta_ptr, alpha_ptr, lr_ptr, g_off, pos, rd, t_ok, tok_mask, k_st, q_st, g_st,
+                GD, 0)  # l2 only: no Huber δ
             values = tl.load(v_base + pos[:, None] * v_st + rd[None, :], mask=tok_mask, other=0.0).to(tl.float32)
-            queries = tl.load(q_base + pos[:, None] * q_st + rd[None, :], mask=tok_mask, other=0.0).to(tl.float32)
-            theta = tl.load(lr_ptr + g_off + pos * g_st, mask=t_ok, other=0.0).to(tl.float32)
-            alpha = tl.load(alpha_ptr + g_off + pos * g_st, mask=t_ok, other=0.0).to(tl.float32)
-            if GD:
-                eta = tl.zeros_like(theta)
-                log_eta = tl.where(t_ok, tl.log(tiny), 0.0)
-            else:
-                eta = tl.load(eta_ptr + g_off + pos * g_st, mask=t_ok, other=1.0).to(tl.float32)
-                log_eta = tl.log(tl.maximum(eta, tiny))
-            keep = 1.0 - alpha
-            log_keep = tl.where(keep == 1.0, -alpha, tl.log(keep) * (-alpha) / tl.where(keep == 1.0, -1.0, keep - 1.0))
             if RETENTION <= 1:
                 log_beta = log_keep
             else:
@@ -694,13 +700,8 @@ if TRITON_AVAILABLE:
 
             # ---- the per-token part of the chunk (as the forward), then its adjoints
             norm_sq = delta1_sq * key_sq + delta2_sq * act_sq
-            norm = tl.sqrt(tl.maximum(norm_sq, tiny))
-            if CLIP:
-                clip = max_grad_norm / tl.maximum(norm, max_grad_norm)
-            else:
-                clip = tl.full((BT,), 1.0, tl.float32)
+            norm, clip, step = _clip(norm_sq, theta, t_ok, max_grad_norm, CLIP)
             grad_norm = norm * clip
-            step = tl.where(t_ok, theta * clip, 0.0)
             cum_log_eta = tl.cumsum(log_eta, axis=0)
             cum_log_beta = tl.cumsum(log_beta, axis=0)
             log_eta_total = tl.sum(log_eta, axis=0)

@@ -52,7 +52,9 @@ if TRITON_AVAILABLE:
     import triton
     import triton.language as tl
 
-    from .triton_fused import _bias_derivative, _chunk_gates, _chunk_inputs, _meet, _mm, _sum_parts
+    from .triton_fused import (
+        _bias_derivative, _chunk_gates, _chunk_inputs, _clip, _meet, _mm, _state_step, _sum_parts,
+    )
 
     @triton.jit(do_not_specialize=_LENGTH_DEPENDENT)
     def _memory_split_kernel(
@@ -72,7 +74,6 @@ if TRITON_AVAILABLE:
         part = pid % PARTS
         row = lane // num_heads
         head = lane % num_heads
-        tiny = 1.1754943508222875e-38
 
         rt = tl.arange(0, BT)
         rd = tl.arange(0, BD)
@@ -111,7 +112,7 @@ if TRITON_AVAILABLE:
             pos = c * chunk + rt
             t_ok = (rt < chunk) & (pos < length)
             tok_mask = t_ok[:, None] & d_ok[None, :]
-            keys, queries, theta, log_eta, log_keep, delta_t = _chunk_inputs(
+            keys, queries, theta, _eta, log_eta, _keep, log_keep, delta_t = _chunk_inputs(
                 k_base, q_base, lr_ptr, eta_ptr, alpha_ptr, hd_ptr, g_off, pos, rd, t_ok, tok_mask, k_st, q_st, g_st,
                 GD, BIAS)
             if RETENTION == 0:
@@ -154,13 +155,8 @@ if TRITON_AVAILABLE:
             grad_sq = delta1_sq * key_sq + tl.sum(delta2 * delta2, axis=1) * hidden_sq
 
             # ---- ||u_i||, its clip, the chunk's gate products (as triton_fused)
-            grad_norm = tl.sqrt(tl.maximum(grad_sq, tiny))
-            if CLIP:
-                clip = max_grad_norm / tl.maximum(grad_norm, max_grad_norm)
-            else:
-                clip = tl.full((BT,), 1.0, tl.float32)
+            grad_norm, clip, step = _clip(grad_sq, theta, t_ok, max_grad_norm, CLIP)
             grad_norm = grad_norm * clip
-            step = tl.where(t_ok, theta * clip, 0.0)
             gates = _chunk_gates(log_eta, log_beta, step, t_ok, causal)
             memory_step, momentum_step, momentum_carry, eta_total, beta_total = gates[2], gates[3], gates[4], gates[5], gates[6]
             if part == 0:
@@ -172,14 +168,10 @@ if TRITON_AVAILABLE:
                 tl.store(mn_ptr + s_base + pos, momentum_norm.to(mn_ptr.dtype.element_ty), mask=t_ok)
 
             # ---- this slice of M_b = B M0 + c_S S0 - Σ w_i θ_i u_i and S_b = E S0 - Σ E(i+1..b) θ_i u_i
-            grad_w1 = _mm(tl.trans(delta1 * memory_step[:, None]), keys, PRECISION)
-            mom_w1 = _mm(tl.trans(delta1 * momentum_step[:, None]), keys, PRECISION)
-            grad_w2 = _mm(tl.trans(delta2 * memory_step[:, None]), act, PRECISION)
-            mom_w2 = _mm(tl.trans(delta2 * momentum_step[:, None]), act, PRECISION)
-            w1 = beta_total * w1 + momentum_carry * s1 - grad_w1
-            s1 = eta_total * s1 - mom_w1
-            w2 = beta_total * w2 + momentum_carry * s2 - grad_w2
-            s2 = eta_total * s2 - mom_w2
+            w1, s1 = _state_step(w1, s1, delta1, keys, memory_step, momentum_step, momentum_carry, eta_total,
+                                 beta_total, PRECISION)
+            w2, s2 = _state_step(w2, s2, delta2, act, memory_step, momentum_step, momentum_carry, eta_total,
+                                 beta_total, PRECISION)
 
         tl.store(w1_ptr + lane * matrix + loc1, w1, mask=mask1)
         tl.store(s1_ptr + lane * matrix + loc1, s1, mask=mask1)

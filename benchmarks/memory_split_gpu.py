@@ -23,6 +23,7 @@ benchmarks/results/memory_split_gpu.md naming the GPU.
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import sys
 import time
@@ -43,11 +44,12 @@ from titans_cli.memory.mlp import MemoryResult  # noqa: E402
 REFERENCE = MemoryConfig(num_heads=4, head_dim=64, depth=2, expansion=2, chunk_size=64)
 
 
-def run_op(args, config, precision, parts, num_warps=None):
-    """The op's forward without the momentum signal; parts 0 = the one-program kernel."""
+def run_op(args, config, precision, parts, num_warps=None, read_apart=True):
+    """The op's forward without the momentum signal; parts 0 = the one-program kernel; read_apart:
+    the split kernel leaves the read to triton_read."""
     q, k, v, lr, momentum, decay, delta, weights, momenta = args
     out = triton_fused._fused_forward(q, k, v, lr, momentum, decay, delta, weights, momenta, config, precision,
-                                      num_warps=num_warps, momentum_signal=False, parts=parts)
+                                      num_warps=num_warps, momentum_signal=False, parts=parts, read_apart=read_apart)
     return MemoryResult(*out)
 
 
@@ -124,25 +126,23 @@ def main() -> int:
         return statistics.median(times)
 
     chunks = -(-args.length // REFERENCE.chunk_size)
-    variants = [  # (label, precision, parts, warps)
-        ("one program per (row, head), bf16, 8 warps (main)", "bf16", 0, 8),
-        ("split P=2, bf16, 8 warps", "bf16", 2, 8),
-        ("split P=2, bf16, 4 warps", "bf16", 2, 4),
-        ("split P=2, bf16, 16 warps", "bf16", 2, 16),
-        ("one program per (row, head), tf32, 8 warps", "tf32", 0, 8),
-        ("split P=2, tf32, 8 warps", "tf32", 2, 8),
-        ("split P=4, tf32, 4 warps", "tf32", 4, 4),
-        ("split P=4, tf32, 8 warps", "tf32", 4, 8),
-        ("split P=4, tf32, 16 warps", "tf32", 4, 16),
+    variants = [  # (label, precision, parts, warps, read apart)
+        ("one program per (row, head), bf16, 8 warps", "bf16", 0, 8, False),
+        ("split P=2, bf16, 8 warps, read in the recurrence", "bf16", 2, 8, False),
+        ("split P=2, bf16, 8 warps, read apart (main)", "bf16", 2, 8, True),
+        ("split P=2, bf16, 4 warps, read apart", "bf16", 2, 4, True),
+        ("one program per (row, head), tf32, 8 warps", "tf32", 0, 8, False),
+        ("split P=4, tf32, 8 warps, read in the recurrence", "tf32", 4, 8, False),
+        ("split P=4, tf32, 8 warps, read apart", "tf32", 4, 8, True),
     ]
     op = op_inputs(REFERENCE, batch=8, length=args.length, seed=2)
     low = tuple(t.to(torch.bfloat16) for t in op[:3]) + op[3:]
     base = {}
     rows = []
-    for label, precision, parts, warps in variants:
+    for label, precision, parts, warps, apart in variants:
         inputs = low if precision == "bf16" else op
         try:
-            ms = timed(lambda: run_op(inputs, REFERENCE, precision, parts, warps))
+            ms = timed(lambda: run_op(inputs, REFERENCE, precision, parts, warps, apart))
         except Exception as error:  # noqa: BLE001 - a variant the card refuses is a row, not a crash
             rows.append([label, "failed", f"{type(error).__name__}: {str(error)[:80]}", "", "", "", ""])
             common.log(f"{label}: {type(error).__name__}: {error}")
@@ -151,7 +151,8 @@ def main() -> int:
         if parts == 0:
             base[precision] = ms
         tokens = 8 * args.length
-        # useful work without the ||S_t|| Grams: 9 products of b x d x hidden per (lane, chunk)
+        # useful work without the ||S_t|| Grams: 9 products of b x d x hidden per (lane, chunk) (the
+        # read's 2 in the read kernel where it is apart; its time is in the row)
         lanes = 8 * REFERENCE.num_heads
         tflops = (9 * 2 * REFERENCE.chunk_size * REFERENCE.head_dim * REFERENCE.hidden_dim * lanes * chunks
                   / (ms * 1e-3) / 1e12)
@@ -172,22 +173,28 @@ def main() -> int:
         return torch.autograd.grad(loss, leaves)
 
     original_choice = triton_split.choose_parts
+    original_forward, original_backward = triton_fused._fused_forward, triton_fused._triton_backward
     training = []
     grads = {}
-    for label, choice in (("one program per (row, head)", lambda *a: 1), ("split as chosen", original_choice)):
+    cases = (("one program per (row, head), read in the recurrences", lambda *a: 1, False),
+             ("split as chosen, read in the recurrences", original_choice, False),
+             ("split as chosen, read apart (main)", original_choice, True))
+    for label, choice, apart in cases:
         triton_split.choose_parts = choice
+        triton_fused._fused_forward = functools.partial(original_forward, read_apart=apart)
+        triton_fused._triton_backward = functools.partial(original_backward, read_apart=apart)
         try:
             ms = timed(lambda: op_step(low))
             grads[label] = op_step(low)
         finally:
             triton_split.choose_parts = original_choice
+            triton_fused._fused_forward, triton_fused._triton_backward = original_forward, original_backward
         parts = choice(REFERENCE, 32, "bf16", sms)
         training.append([label, parts, f"{ms:.2f}", f"{8 * args.length / ms / 1e3:.2f}"])
         common.log(f"forward+backward {label}: {ms:.2f} ms")
-    a, b = grads.values()
-    difference = max((x.double() - y.double()).norm().item() / max(y.double().norm().item(), 1e-30) for x, y in zip(b, a))
-    training[-1].append(f"{difference:.1e}")
-    training[0].append("")
+    first = next(iter(grads.values()))
+    for row, got in zip(training, grads.values()):
+        row.append(f"{max((x.double() - y.double()).norm().item() / max(y.double().norm().item(), 1e-30) for x, y in zip(got, first)):.1e}")
 
     sweep = []
     for batch in (1, 2, 4):

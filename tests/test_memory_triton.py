@@ -296,3 +296,50 @@ def test_split_is_chosen_only_where_the_card_has_idle_sms():
     dna = MemoryConfig(num_heads=4, head_dim=32, chunk_size=64)  # the shipped dna model: hidden 64
     assert choose_parts(dna, 4, "tf32", 132) == 2
     assert auto_parts(reference, 32, "bf16", torch.device("cpu")) == 1  # programs that wait need CUDA
+
+
+# ---- triton_read: the read and its adjoints over all (lane, chunk) at once, off the recurrence
+
+@pytest.mark.parametrize("precision", ["ieee", "bf16"])
+def test_read_apart_equals_the_read_in_the_recurrence(precision):
+    """The read kernel adds the hidden slices in the split kernel's order, with the chunk-start states
+    in the products' precision (bf16 states for bf16 products): the same bits under the interpreter,
+    fp32 rounding apart on CUDA (the compiled tiles may accumulate in another order)."""
+    config = MemoryConfig(num_heads=2, head_dim=16, expansion=4, chunk_size=16, max_grad_norm=0.5)
+    (q, k, v, lr, momentum, decay, delta), weights, momenta = random_inputs(config, batch=2, length=40)
+    args = (q, k, v, lr, momentum, decay, delta, weights, momenta, config, precision)
+    for parts in (1, 2, 4) if CUDA else (1,):
+        if precision == "bf16" and CUDA and parts > 1:
+            continue  # bf16 products need 64-wide slices (triton_fused's guard)
+        apart, inside = (triton_fused.MemoryResult(*triton_fused._fused_forward(
+            *args, momentum_signal=False, parts=parts, read_apart=flag)) for flag in (True, False))
+        assert torch.isfinite(apart.output).all()
+        if CUDA:  # other compiled tile orders: fp32 rounding apart (||S_t||: NaN, not asked for)
+            zero = torch.zeros_like(apart.grad_norm)
+            assert_results_close(apart._replace(momentum_norm=zero), inside._replace(momentum_norm=zero), 1e-6,
+                                 f"P={parts}, read apart vs in the recurrence:")
+        else:  # the interpreter multiplies in one order: the same bits
+            assert torch.equal(apart.output, inside.output), f"P={parts}: reads differ"
+
+
+@pytest.mark.parametrize("momentum_signal", [True, False])
+def test_read_adjoints_apart_equal_the_backward_kernels_own(momentum_signal):
+    """Every input and state adjoint, with the read's adjoints from triton_read and from pass D."""
+    config = MemoryConfig(num_heads=2, head_dim=16, chunk_size=16, max_grad_norm=0.5)
+    (q, k, v, lr, momentum, decay, delta), weights, momenta = random_inputs(config, batch=2, length=40, seed=3)
+    state = (*weights, *momenta)
+    chunks = 3
+    checkpoints = torch.empty(2 * 2 * chunks * 4 * config.hidden_dim * config.head_dim, device=DEVICE)
+    output, grad_norm, momentum_norm, new_weights, new_momenta = triton_fused._fused_forward(
+        q, k, v, lr, momentum, decay, delta, weights, momenta, config, "ieee", checkpoints=checkpoints,
+        momentum_signal=momentum_signal)
+    generator = torch.Generator().manual_seed(5)
+    grads = [torch.randn(t.shape, generator=generator).to(DEVICE)
+             for t in (output, grad_norm, momentum_norm, *new_weights, *new_momenta)]
+    saved = (q, k, v, lr, momentum, decay, None, *state)
+    apart, inside = (triton_fused._triton_backward(config, "ieee", saved, checkpoints, grads,
+                                                   momentum_signal=momentum_signal, read_apart=flag)
+                     for flag in (True, False))
+    for name, a, b in zip(["q", "k", "v", "lr", "momentum", "decay", "delta", "W1", "W2", "S1", "S2"], apart, inside):
+        if b is not None:
+            assert relative_error(a, b) < 1e-6, f"adjoint of {name}"

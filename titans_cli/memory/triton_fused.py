@@ -257,18 +257,28 @@ if TRITON_AVAILABLE:
         return new_weight, new_momentum
 
     @triton.jit
-    def _meet(counter, target):
-        """Wait until `target` arrivals at a (row, head)'s counter, counting this program's own: the
-        barrier of the programs that share a (row, head) (triton_split.py).
-
-        The CTA barrier first makes every thread's scratch stores part of this program's release;
-        after the acquire, a second CTA barrier holds every thread until the partials are visible."""
+    def _arrive(counter):
+        """This program's arrival at a (row, head)'s counter: the first half of the barrier of the
+        programs that share a (row, head) (triton_split.py). The CTA barrier first makes every
+        thread's scratch stores part of this program's release."""
         tl.debug_barrier()
         tl.atomic_add(counter, 1, sem="release", scope="gpu")
+
+    @triton.jit
+    def _wait(counter, target):
+        """Spin until `target` arrivals, counting this program's own; after the acquire, a second CTA
+        barrier holds every thread until the other parts' partials are visible. Work that needs none
+        of them can go between `_arrive` and `_wait`, hiding the barrier's latency."""
         seen = tl.atomic_add(counter, 0, sem="acquire", scope="gpu")
         while seen < target:
             seen = tl.atomic_add(counter, 0, sem="acquire", scope="gpu")
         tl.debug_barrier()
+
+    @triton.jit
+    def _meet(counter, target):
+        """`_arrive` then `_wait`: the whole barrier, with nothing in between."""
+        _arrive(counter)
+        _wait(counter, target)
 
     @triton.jit
     def _sum_parts(x_lane, slot, offsets, PARTS: tl.constexpr):
@@ -521,14 +531,17 @@ if TRITON_AVAILABLE:
         q_ptr, k_ptr, v_ptr, lr_ptr, eta_ptr, alpha_ptr, ckpt_ptr,
         dw1_ptr, dw2_ptr, ds1_ptr, ds2_ptr,
         do_ptr, dgn_ptr, dmn_ptr,
-        dq_ptr, dk_ptr, dv_ptr, dlr_ptr, deta_ptr, dalpha_ptr, xch_ptr, sync_ptr,
+        dq_ptr, dk_ptr, dv_ptr, dlr_ptr, deta_ptr, dalpha_ptr, xch_ptr, sync_ptr, ra_ptr,
         q_sb, q_sh, q_st, k_sb, k_sh, k_st, v_sb, v_sh, v_st,
         g_sb, g_sh, g_st,
         num_heads, length, chunk, head_dim, hidden, max_grad_norm,
         BT: tl.constexpr, BD: tl.constexpr, BHID: tl.constexpr, HB: tl.constexpr,
         RETENTION: tl.constexpr, GD: tl.constexpr, CLIP: tl.constexpr, PRECISION: tl.constexpr,
-        GRAMS: tl.constexpr, PARTS: tl.constexpr,
+        GRAMS: tl.constexpr, PARTS: tl.constexpr, READ: tl.constexpr,
     ):
+        # READ: the read's adjoints here (pass D); False: triton_read.read_backward has written the
+        # query adjoint and each chunk's share of the state adjoint (ra_ptr, 2 matrices per chunk),
+        # which pass D adds.
         # PARTS > 1: the hidden blocks of a (row, head) are shared among PARTS programs, which meet
         # after each pass to add up the sums over hidden units (as triton_split's forward; without
         # GRAMS only). Part 0 writes the per-token adjoints.
@@ -592,7 +605,8 @@ if TRITON_AVAILABLE:
                 log_beta = log_keep
             else:
                 log_beta = tl.zeros_like(log_keep)
-            d_read = tl.load(do_ptr + tok_base + tok_off, mask=tok_mask, other=0.0).to(tl.float32)
+            if READ:
+                d_read = tl.load(do_ptr + tok_base + tok_off, mask=tok_mask, other=0.0).to(tl.float32)
             d_grad_norm = tl.load(dgn_ptr + s_base + pos, mask=t_ok, other=0.0).to(tl.float32)
             d_momentum_norm = tl.load(dmn_ptr + s_base + pos, mask=t_ok, other=0.0).to(tl.float32)
             ck = ckpt_ptr + (pid * n_chunks + c) * 4 * matrix
@@ -851,12 +865,19 @@ if TRITON_AVAILABLE:
                     d_s2 += 2.0 * d_s0_sq * s2 + _mm(tl.trans(delta2 * d_s0_dot_u[:, None]), act, PRECISION)
                 d_z = d_delta1 * g1 * (sig * (1.0 - sig) * (2.0 + z * (1.0 - 2.0 * sig))) + d_act * dsig  # σ''
                 d_keys_d += _mm(d_z, w1, PRECISION)
-                zq = _mm(queries, tl.trans(w1), PRECISION)
-                sq = tl.sigmoid(zq)
-                d_zq = _mm(d_read, w2, PRECISION) * (sq * (1.0 + zq * (1.0 - sq)))
-                d_queries += _mm(d_zq, w1, PRECISION)
-                d_w1 = beta_total * dw1 + _mm(tl.trans(d_zq), queries, PRECISION) + _mm(tl.trans(d_z), keys, PRECISION)
-                d_w2 = (beta_total * dw2 + _mm(tl.trans(d_read), zq * sq, PRECISION)
+                if READ:
+                    zq = _mm(queries, tl.trans(w1), PRECISION)
+                    sq = tl.sigmoid(zq)
+                    d_zq = _mm(d_read, w2, PRECISION) * (sq * (1.0 + zq * (1.0 - sq)))
+                    d_queries += _mm(d_zq, w1, PRECISION)
+                    read_w1 = _mm(tl.trans(d_zq), queries, PRECISION)
+                    read_w2 = _mm(tl.trans(d_read), zq * sq, PRECISION)
+                else:
+                    ra = ra_ptr + (pid * n_chunks + c) * 2 * matrix
+                    read_w1 = tl.load(ra + loc1, mask=mask1, other=0.0)
+                    read_w2 = tl.load(ra + matrix + loc2, mask=mask2, other=0.0)
+                d_w1 = beta_total * dw1 + read_w1 + _mm(tl.trans(d_z), keys, PRECISION)
+                d_w2 = (beta_total * dw2 + read_w2
                         + _mm(tl.trans(delta2), d_g1, PRECISION) + _mm(tl.trans(d_pred), act, PRECISION))
                 tl.debug_barrier()  # every thread has read this block's adjoints before any overwrites them
                 tl.store(dw1_ptr + pid * matrix + loc1, d_w1, mask=mask1)
@@ -866,15 +887,18 @@ if TRITON_AVAILABLE:
 
             if PARTS > 1:
                 tl.store(x_mine + x_d + tile, d_keys_d)
-                tl.store(x_mine + x_d + tile_size + tile, d_queries)
+                if READ:
+                    tl.store(x_mine + x_d + tile_size + tile, d_queries)
                 _meet(counter, PARTS * (4 * rc + 4))
                 d_keys_d = _sum_parts(x_lane, slot, x_d + tile, PARTS)
-                d_queries = _sum_parts(x_lane, slot, x_d + tile_size + tile, PARTS)
+                if READ:
+                    d_queries = _sum_parts(x_lane, slot, x_d + tile_size + tile, PARTS)
             d_keys += d_keys_d
 
             # ---- this chunk's input adjoints (part 0's to write)
             if part == 0:
-                tl.store(dq_ptr + tok_base + tok_off, d_queries.to(dq_ptr.dtype.element_ty), mask=tok_mask)
+                if READ:
+                    tl.store(dq_ptr + tok_base + tok_off, d_queries.to(dq_ptr.dtype.element_ty), mask=tok_mask)
                 tl.store(dk_ptr + tok_base + tok_off, d_keys.to(dk_ptr.dtype.element_ty), mask=tok_mask)
                 tl.store(dv_ptr + tok_base + tok_off, (-d_pred).to(dv_ptr.dtype.element_ty), mask=tok_mask)
                 tl.store(dlr_ptr + s_base + pos, d_theta, mask=t_ok)
@@ -887,12 +911,14 @@ if TRITON_AVAILABLE:
 
 def _fused_forward(q, k, v, lr, momentum, decay, huber_delta, weights, momenta, config: MemoryConfig,
                    precision: str | None, num_warps: int | None = None, block_hidden: int | None = None,
-                   checkpoints: torch.Tensor | None = None, momentum_signal: bool = True, parts: int | None = None):
+                   checkpoints: torch.Tensor | None = None, momentum_signal: bool = True, parts: int | None = None,
+                   read_apart: bool = True):
     """Run the kernel on detached tensors; returns (output, grad_norm, momentum_norm, weights, momenta).
 
     Where the config allows and the card has SMs to spare, each (row, head)'s hidden units are split
     across programs (triton_split.py). `parts`: None chooses; 0 runs the one-program kernel; P >= 1
-    forces the split kernel with P parts (1 = its code path without splitting, for tests)."""
+    forces the split kernel with P parts (1 = its code path without splitting, for tests).
+    read_apart: the split kernel leaves the read to triton_read (False: in its loop; benchmarks)."""
     batch, heads, length, dim = k.shape
     device = k.device
     out_dtype = q.dtype
@@ -933,7 +959,7 @@ def _fused_forward(q, k, v, lr, momentum, decay, huber_delta, weights, momenta, 
             kernel_precision = "tf32"
         split = _run_split(q, k, v, lr_c, eta_c, alpha_c, delta_c, w1, w2, s1, s2, output, grad_norm,
                            momentum_norm, config, kernel_precision, requested_warps, checkpoints, momentum_signal,
-                           parts)
+                           parts, read_apart)
         while not split:
             try:
                 _launch(q, k, v, lr_c, eta_c, alpha_c, delta_c, w1, w2, s1, s2, output, grad_norm, momentum_norm,
@@ -954,7 +980,7 @@ def _fused_forward(q, k, v, lr, momentum, decay, huber_delta, weights, momenta, 
 
 
 def _run_split(q, k, v, lr_c, eta_c, alpha_c, delta_c, w1, w2, s1, s2, output, grad_norm, momentum_norm,
-               config, precision, num_warps, checkpoints, momentum_signal, parts) -> bool:
+               config, precision, num_warps, checkpoints, momentum_signal, parts, read_apart=True) -> bool:
     """Run triton_split's kernel where it applies (`parts` forced, or chosen there); False = not run,
     use the one-program kernel. A chosen split that the card refuses warns and returns False."""
     from . import triton_split
@@ -974,7 +1000,7 @@ def _run_split(q, k, v, lr_c, eta_c, alpha_c, delta_c, w1, w2, s1, s2, output, g
     warps = num_warps or (_DEFAULT_NUM_WARPS if config.hidden_dim // chosen >= 64 else 4)
     try:
         triton_split.launch_split(q, k, v, lr_c, eta_c, alpha_c, delta_c, w1, w2, s1, s2, output, grad_norm,
-                                  momentum_norm, config, chosen, precision, warps, checkpoints)
+                                  momentum_norm, config, chosen, precision, warps, checkpoints, read_apart)
     except (OutOfResources, RuntimeError) as error:
         if parts is not None:
             raise
@@ -1037,8 +1063,11 @@ def _kernel_precision(precision: str | None, dtype: torch.dtype, device: torch.d
 
 
 def _triton_backward(config, precision, saved, checkpoints, grads, block_hidden: int | None = None,
-                     momentum_signal: bool = True, parts: int | None = None):
+                     momentum_signal: bool = True, parts: int | None = None, read_apart: bool = True):
     """Adjoints of (q, k, v, lr, momentum, decay, weights, momenta) by the backward kernel.
+
+    read_apart: the read's adjoints come from triton_read.read_backward, one program per (lane,
+    chunk), before the recurrence (False: in the backward kernel's last pass; benchmarks).
 
     Without the ||S_t|| Grams and with SMs to spare, each (row, head)'s hidden blocks are shared by
     `parts` programs (chosen by triton_split.auto_parts, as for the forward; a number forces it,
@@ -1081,11 +1110,17 @@ def _triton_backward(config, precision, saved, checkpoints, grads, block_hidden:
     one_part_block = block_h
     if parts > 1:
         block_h = min(block_h, _block(hidden) // parts)  # at least one hidden block per part
+    read_adjoints = None
+    if read_apart and length > 0:
+        from .triton_read import read_backward
+
+        read_adjoints = read_backward(qs, checkpoints, d_output, d_q, config.chunk_size, hidden,
+                                      min(block_h, _block(hidden)), kernel_precision)
     while length > 0:
         try:
             _launch_backward(qs, ks, vs, lr_c, eta_c, alpha_c, checkpoints, d_w1, d_w2, d_s1, d_s2, d_output,
                              d_grad_norm, d_momentum_norm, d_q, d_k, d_v, d_lr, d_eta, d_alpha, config, heads,
-                             length, dim, hidden, block_h, kernel_precision, momentum_signal, parts)
+                             length, dim, hidden, block_h, kernel_precision, momentum_signal, parts, read_adjoints)
             break
         except OutOfResources:
             # fp32 operands (tf32 / ieee products) need twice bf16's shared memory: on an H100 the
@@ -1107,7 +1142,8 @@ def _triton_backward(config, precision, saved, checkpoints, grads, block_hidden:
 
 def _launch_backward(qs, ks, vs, lr_c, eta_c, alpha_c, checkpoints, d_w1, d_w2, d_s1, d_s2, d_output,
                      d_grad_norm, d_momentum_norm, d_q, d_k, d_v, d_lr, d_eta, d_alpha, config, heads,
-                     length, dim, hidden, block_h, kernel_precision, momentum_signal=True, parts=1):
+                     length, dim, hidden, block_h, kernel_precision, momentum_signal=True, parts=1,
+                     read_adjoints=None):
     from . import triton_split
 
     batch = qs.shape[0]
@@ -1122,6 +1158,7 @@ def _launch_backward(qs, ks, vs, lr_c, eta_c, alpha_c, checkpoints, d_w1, d_w2, 
         d_w1, d_w2, d_s1, d_s2,
         d_output, d_grad_norm, d_momentum_norm,
         d_q, d_k, d_v, d_lr, d_eta, d_alpha, exchange, counters,
+        d_w1 if read_adjoints is None else read_adjoints,
         qs.stride(0), qs.stride(1), qs.stride(2), ks.stride(0), ks.stride(1), ks.stride(2),
         vs.stride(0), vs.stride(1), vs.stride(2), lr_c.stride(0), lr_c.stride(1), lr_c.stride(2),
         heads, length, config.chunk_size, dim, hidden,
@@ -1130,6 +1167,7 @@ def _launch_backward(qs, ks, vs, lr_c, eta_c, alpha_c, checkpoints, d_w1, d_w2, 
         RETENTION=_RETENTION_CODES[config.retention], GD=config.algorithm == "gd",
         CLIP=config.max_grad_norm != float("inf"),
         PRECISION=kernel_precision, GRAMS=momentum_signal and config.algorithm != "gd", PARTS=parts,
+        READ=read_adjoints is None,
         num_warps=_DEFAULT_NUM_WARPS, num_stages=1, **(triton_split.cooperative_launch() if parts > 1 else {}),
     )
 

@@ -53,7 +53,7 @@ if TRITON_AVAILABLE:
     import triton.language as tl
 
     from .triton_fused import (
-        _bias_derivative, _chunk_gates, _chunk_inputs, _clip, _meet, _mm, _state_step, _sum_parts,
+        _arrive, _bias_derivative, _chunk_gates, _chunk_inputs, _clip, _mm, _state_step, _sum_parts, _wait,
     )
 
     @triton.jit(do_not_specialize=_LENGTH_DEPENDENT)
@@ -67,8 +67,13 @@ if TRITON_AVAILABLE:
         max_grad_norm, p_exp,
         BT: tl.constexpr, BD: tl.constexpr, HB: tl.constexpr, PARTS: tl.constexpr,
         BIAS: tl.constexpr, RETENTION: tl.constexpr, GD: tl.constexpr, CLIP: tl.constexpr,
-        PRECISION: tl.constexpr, SAVE_STATE: tl.constexpr,
+        PRECISION: tl.constexpr, SAVES: tl.constexpr, READ: tl.constexpr,
     ):
+        # SAVES: how many chunk-start matrices go to ckpt_ptr per (lane, chunk): 0; 2 (W1, W2, for
+        # _memory_read_kernel); 4 (W1, W2, S1, S2: the backward's checkpoints, triton_fused's layout).
+        # READ: the read y = M0(q) here (meeting 1 adds its partials too); False leaves it to
+        # _memory_read_kernel, off the chunk recurrence.
+        tl.static_assert(READ or SAVES >= 2)
         pid = tl.program_id(0)
         lane = pid // PARTS  # the (row, head) this part works for
         part = pid % PARTS
@@ -120,45 +125,50 @@ if TRITON_AVAILABLE:
             else:
                 log_beta = tl.zeros_like(log_keep)
 
-            if SAVE_STATE:  # chunk-start state, laid out as triton_fused's checkpoints
-                ck = ckpt_ptr + (lane * n_chunks + c) * 4 * matrix
-                tl.store(ck + loc1, w1, mask=mask1)
-                tl.store(ck + matrix + loc2, w2, mask=mask2)
-                tl.store(ck + 2 * matrix + loc1, s1, mask=mask1)
-                tl.store(ck + 3 * matrix + loc2, s2, mask=mask2)
+            if SAVES >= 2:  # chunk-start state, laid out as triton_fused's checkpoints (first two: W1, W2)
+                ck = ckpt_ptr + (lane * n_chunks + c) * SAVES * matrix
+                tl.store(ck + loc1, w1.to(ckpt_ptr.dtype.element_ty), mask=mask1)
+                tl.store(ck + matrix + loc2, w2.to(ckpt_ptr.dtype.element_ty), mask=mask2)
+                if SAVES == 4:
+                    tl.store(ck + 2 * matrix + loc1, s1, mask=mask1)
+                    tl.store(ck + 3 * matrix + loc2, s2, mask=mask2)
 
-            # ---- this slice's share of the read and of the keys forward, at the chunk-start state
-            zq = _mm(queries, tl.trans(w1), PRECISION)
-            read_part = _mm(zq * tl.sigmoid(zq), tl.trans(w2), PRECISION)
+            # ---- this slice's share of the keys forward (and of the read), at the chunk-start state
             z = _mm(keys, tl.trans(w1), PRECISION)
             sig = tl.sigmoid(z)
             act = z * sig
             pred_part = _mm(act, tl.trans(w2), PRECISION)
             tl.store(x_mine + tile, pred_part)
-            tl.store(x_mine + BT * BD + tile, read_part)
             tl.store(x_mine + 2 * BT * BD + rt, tl.sum(act * act, axis=1))
-            _meet(counter, PARTS * (2 * c + 1))  # meeting 1
+            if READ:
+                zq = _mm(queries, tl.trans(w1), PRECISION)
+                tl.store(x_mine + BT * BD + tile, _mm(zq * tl.sigmoid(zq), tl.trans(w2), PRECISION))
+            _arrive(counter)  # meeting 1; what needs no partials is done before waiting for them
+            values = tl.load(v_base + pos[:, None] * v_st + rd[None, :], mask=tok_mask, other=0.0).to(tl.float32)
+            key_sq = tl.sum(keys * keys, axis=1)
+            # the chunk's gate products with a unit step (the clipped step multiplies in below)
+            gates = _chunk_gates(log_eta, log_beta, t_ok.to(tl.float32), t_ok, causal)
+            _wait(counter, PARTS * (2 * c + 1))
             pred = _sum_parts(x_lane, slot, tile, PARTS)
-            read = _sum_parts(x_lane, slot, BT * BD + tile, PARTS)
             hidden_sq = _sum_parts(x_lane, slot, 2 * BT * BD + rt, PARTS)
-            if part == 0:
+            if READ and part == 0:
+                read = _sum_parts(x_lane, slot, BT * BD + tile, PARTS)
                 tl.store(o_base + pos[:, None] * head_dim + rd[None, :], read.to(o_ptr.dtype.element_ty), mask=tok_mask)
 
-            values = tl.load(v_base + pos[:, None] * v_st + rd[None, :], mask=tok_mask, other=0.0).to(tl.float32)
             delta2 = _bias_derivative(pred - values, delta_t, p_exp, BIAS)
             delta2 = tl.where(tok_mask, delta2, 0.0)
             delta1 = _mm(delta2, w2, PRECISION) * (sig * (1.0 + z * (1.0 - sig)))
             tl.store(x_mine + 2 * BT * BD + BT + rt, tl.sum(delta1 * delta1, axis=1))
-            _meet(counter, PARTS * (2 * c + 2))  # meeting 2
+            _arrive(counter)  # meeting 2
+            _wait(counter, PARTS * (2 * c + 2))
             delta1_sq = _sum_parts(x_lane, slot, 2 * BT * BD + BT + rt, PARTS)
-            key_sq = tl.sum(keys * keys, axis=1)
             grad_sq = delta1_sq * key_sq + tl.sum(delta2 * delta2, axis=1) * hidden_sq
 
             # ---- ||u_i||, its clip, the chunk's gate products (as triton_fused)
             grad_norm, clip, step = _clip(grad_sq, theta, t_ok, max_grad_norm, CLIP)
             grad_norm = grad_norm * clip
-            gates = _chunk_gates(log_eta, log_beta, step, t_ok, causal)
-            memory_step, momentum_step, momentum_carry, eta_total, beta_total = gates[2], gates[3], gates[4], gates[5], gates[6]
+            memory_step, momentum_step = gates[2] * step, gates[3] * step
+            momentum_carry, eta_total, beta_total = gates[4], gates[5], gates[6]
             if part == 0:
                 if GD:
                     momentum_norm = theta * grad_norm  # S_t = -θ_t u_t exactly
@@ -224,9 +234,14 @@ def choose_parts(config: MemoryConfig, lanes: int, precision: str, sms: int) -> 
 
 
 def launch_split(q, k, v, lr_c, eta_c, alpha_c, delta_c, w1, w2, s1, s2, output, grad_norm, momentum_norm,
-                 config: MemoryConfig, parts: int, precision: str, num_warps: int, checkpoints=None):
+                 config: MemoryConfig, parts: int, precision: str, num_warps: int, checkpoints=None,
+                 read_apart: bool = True):
     """Run the split kernel on triton_fused._fused_forward's prepared tensors (state rewritten in
-    place). Raises on a launch the card refuses (cooperative grid too large, out of resources)."""
+    place). Raises on a launch the card refuses (cooperative grid too large, out of resources).
+
+    read_apart: the recurrence stores each chunk's start W1, W2 (into the checkpoints when training,
+    else into a buffer in the products' precision) and triton_read computes every chunk's read
+    afterwards, one program per (lane, chunk); False reads in the recurrence, as before."""
     batch, heads, length, dim = k.shape
     hidden = config.hidden_dim
     lanes = batch * heads
@@ -240,10 +255,15 @@ def launch_split(q, k, v, lr_c, eta_c, alpha_c, delta_c, w1, w2, s1, s2, output,
     slot = 2 * block_t * block_d + 2 * block_t
     exchange = torch.empty(lanes * parts * slot, device=k.device, dtype=torch.float32)
     counters = torch.zeros(lanes, device=k.device, dtype=torch.int32)
+    saves, states = (0, w1) if checkpoints is None else (4, checkpoints)
+    if read_apart and checkpoints is None:
+        chunks = -(-length // config.chunk_size)
+        dtype = torch.bfloat16 if precision.startswith("bf16") else torch.float32  # (what the products round to)
+        saves, states = 2, torch.empty(lanes * chunks * 2 * hidden * dim, device=k.device, dtype=dtype)
     _memory_split_kernel[(lanes * parts,)](
         q, k, v, lr_c, eta_c, alpha_c, delta_c,
         w1, w2, s1, s2,
-        output, grad_norm, momentum_norm, w1 if checkpoints is None else checkpoints, exchange, counters,
+        output, grad_norm, momentum_norm, states, exchange, counters,
         q.stride(0), q.stride(1), q.stride(2),
         k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2),
@@ -254,6 +274,10 @@ def launch_split(q, k, v, lr_c, eta_c, alpha_c, delta_c, w1, w2, s1, s2, output,
         BT=block_t, BD=block_d, HB=block_h, PARTS=parts,
         BIAS=_BIAS_CODES[config.attentional_bias], RETENTION=_RETENTION_CODES[config.retention],
         GD=config.algorithm == "gd", CLIP=config.max_grad_norm != float("inf"),
-        PRECISION=precision, SAVE_STATE=checkpoints is not None,
+        PRECISION=precision, SAVES=saves, READ=not read_apart,
         num_warps=num_warps, num_stages=1, **(cooperative_launch() if parts > 1 else {}),
     )
+    if read_apart:
+        from .triton_read import read
+
+        read(q, states, saves, output, config.chunk_size, hidden, block_h, precision)

@@ -506,20 +506,24 @@ if TRITON_AVAILABLE:
             tl.debug_barrier()
 
     @triton.jit
+    def _activations(z):
+        """SiLU at z = W1 k: σ(z), a = z σ(z), σ'(z) = dSiLU/dz."""
+        sig = tl.sigmoid(z)
+        return sig, z * sig, sig * (1.0 + z * (1.0 - sig))
+
+    @triton.jit
     def _block_forward(keys, delta2, w1, w2, PRECISION: tl.constexpr):
         """One block of hidden units at the chunk-start weights: z, σ(z), a, σ'(z), δ2 W2, δ1."""
         z = _mm(keys, tl.trans(w1), PRECISION)
-        sig = tl.sigmoid(z)
-        dsig = sig * (1.0 + z * (1.0 - sig))
+        sig, act, dsig = _activations(z)
         g1 = _mm(delta2, w2, PRECISION)
-        return z, sig, z * sig, dsig, g1, g1 * dsig
+        return z, sig, act, dsig, g1, g1 * dsig
 
     @triton.jit
-    def _block_delta1_adjoint(keys, delta1, w1_adj, s1_adj, s1, memory_step, momentum_step, norm_term,
+    def _block_delta1_adjoint(keys, delta1, keys_dw1, keys_ds1, s1, memory_step, momentum_step, norm_term,
                               key_gram_adj, d_s0_dot_u, GRAMS: tl.constexpr, PRECISION: tl.constexpr):
-        """Adjoint of one block of δ1, from the state update, ||u_i|| and the ||S_t|| Grams."""
-        keys_dw1 = _mm(keys, tl.trans(w1_adj), PRECISION)
-        keys_ds1 = _mm(keys, tl.trans(s1_adj), PRECISION)
+        """Adjoint of one block of δ1, from the state update (keys_dw1 = K W̄1ᵀ, keys_ds1 = K S̄1ᵀ), ||u_i||
+        and the ||S_t|| Grams."""
         d_delta1 = -memory_step[:, None] * keys_dw1 - momentum_step[:, None] * keys_ds1 + norm_term[:, None] * delta1
         if GRAMS:
             d_delta1 += 2.0 * _mm(key_gram_adj, delta1, PRECISION)
@@ -537,7 +541,7 @@ if TRITON_AVAILABLE:
         num_heads, length, chunk, head_dim, hidden, max_grad_norm,
         BT: tl.constexpr, BD: tl.constexpr, BHID: tl.constexpr, HB: tl.constexpr,
         RETENTION: tl.constexpr, GD: tl.constexpr, CLIP: tl.constexpr, PRECISION: tl.constexpr,
-        GRAMS: tl.constexpr, PARTS: tl.constexpr, READ: tl.constexpr,
+        GRAMS: tl.constexpr, PARTS: tl.constexpr, READ: tl.constexpr, BLOCKS: tl.constexpr, KEEP: tl.constexpr,
     ):
         # READ: the read's adjoints here (pass D); False: triton_read.read_backward has written the
         # query adjoint and each chunk's share of the state adjoint (ra_ptr, 2 matrices per chunk),
@@ -560,8 +564,7 @@ if TRITON_AVAILABLE:
         program = tl.program_id(0)
         pid = program // PARTS  # the (row, head)
         part = program % PARTS
-        blocks = BHID // HB // PARTS  # hidden blocks per part
-        first = part * blocks
+        first = part * BLOCKS  # BLOCKS = BHID // HB // PARTS hidden blocks per part
         row = pid // num_heads
         head = pid % num_heads
         tiny = 1.1754943508222875e-38
@@ -590,6 +593,21 @@ if TRITON_AVAILABLE:
         s_base = pid * length
         causal = rt[:, None] >= rt[None, :]
 
+        # KEEP (one hidden block per program, as the split at hidden 128 gives): the block's products
+        # computed in one pass are kept for the later ones instead of recomputed (K W1ᵀ from A, δ2 W2
+        # and K W̄1ᵀ, K S̄1ᵀ from B, ∂δ1 from C), and the state adjoints stay in registers across
+        # chunks instead of a global round trip per pass.
+        tl.static_assert(BLOCKS * HB * PARTS == BHID and KEEP == (BLOCKS == 1))
+        if KEEP:
+            hid = first * HB + rb
+            own_loc1 = hid[:, None] * head_dim + rd[None, :]
+            own_mask1 = (hid < hidden)[:, None] & d_ok[None, :]
+            own_loc2 = rd[:, None] * hidden + hid[None, :]
+            own_mask2 = d_ok[:, None] & (hid < hidden)[None, :]
+            dw1 = tl.load(dw1_ptr + pid * matrix + own_loc1, mask=own_mask1, other=0.0)
+            dw2 = tl.load(dw2_ptr + pid * matrix + own_loc2, mask=own_mask2, other=0.0)
+            ds1 = tl.load(ds1_ptr + pid * matrix + own_loc1, mask=own_mask1, other=0.0)
+            ds2 = tl.load(ds2_ptr + pid * matrix + own_loc2, mask=own_mask2, other=0.0)
         n_chunks = tl.cdiv(length, chunk)
         for rc in range(0, n_chunks):
             c = n_chunks - 1 - rc
@@ -623,7 +641,13 @@ if TRITON_AVAILABLE:
             d_momentum_carry = 0.0
             d_eta_total = 0.0
             s0_sq = 0.0
-            for j in range(first, first + blocks):
+            if KEEP:  # defined before the block loops, the kept tiles leave them (loop-carried)
+                kept_z = tl.zeros((BT, HB), tl.float32)
+                kept_g1 = tl.zeros((BT, HB), tl.float32)
+                kept_keys_dw1 = tl.zeros((BT, HB), tl.float32)
+                kept_keys_ds1 = tl.zeros((BT, HB), tl.float32)
+                kept_d_delta1 = tl.zeros((BT, HB), tl.float32)
+            for j in range(first, first + BLOCKS):
                 hid = j * HB + rb
                 h_ok = hid < hidden
                 loc1 = hid[:, None] * head_dim + rd[None, :]
@@ -634,11 +658,13 @@ if TRITON_AVAILABLE:
                 w2 = tl.load(ck + matrix + loc2, mask=mask2, other=0.0)
                 s1 = tl.load(ck + 2 * matrix + loc1, mask=mask1, other=0.0)
                 s2 = tl.load(ck + 3 * matrix + loc2, mask=mask2, other=0.0)
-                dw1 = tl.load(dw1_ptr + pid * matrix + loc1, mask=mask1, other=0.0)
-                dw2 = tl.load(dw2_ptr + pid * matrix + loc2, mask=mask2, other=0.0)
-                ds1 = tl.load(ds1_ptr + pid * matrix + loc1, mask=mask1, other=0.0)
-                ds2 = tl.load(ds2_ptr + pid * matrix + loc2, mask=mask2, other=0.0)
+                if not KEEP:
+                    dw1 = tl.load(dw1_ptr + pid * matrix + loc1, mask=mask1, other=0.0)
+                    dw2 = tl.load(dw2_ptr + pid * matrix + loc2, mask=mask2, other=0.0)
+                    ds1 = tl.load(ds1_ptr + pid * matrix + loc1, mask=mask1, other=0.0)
+                    ds2 = tl.load(ds2_ptr + pid * matrix + loc2, mask=mask2, other=0.0)
                 z = _mm(keys, tl.trans(w1), PRECISION)
+                kept_z = z
                 act = z * tl.sigmoid(z)
                 pred += _mm(act, tl.trans(w2), PRECISION)
                 act_sq += tl.sum(act * act, axis=1)
@@ -681,21 +707,30 @@ if TRITON_AVAILABLE:
                 s0_dot_u = tl.sum(act_s2 * delta2, axis=1)
             else:
                 s0_dot_u = tl.zeros((BT,), tl.float32)
-            for j in range(first, first + blocks):
+            for j in range(first, first + BLOCKS):
                 hid = j * HB + rb
                 h_ok = hid < hidden
                 loc1 = hid[:, None] * head_dim + rd[None, :]
                 mask1 = h_ok[:, None] & d_ok[None, :]
                 loc2 = rd[:, None] * hidden + hid[None, :]
                 mask2 = d_ok[:, None] & h_ok[None, :]
-                w1 = tl.load(ck + loc1, mask=mask1, other=0.0)
                 w2 = tl.load(ck + matrix + loc2, mask=mask2, other=0.0)
-                dw1 = tl.load(dw1_ptr + pid * matrix + loc1, mask=mask1, other=0.0)
-                ds1 = tl.load(ds1_ptr + pid * matrix + loc1, mask=mask1, other=0.0)
-                z, sig, act, dsig, g1, delta1 = _block_forward(keys, delta2, w1, w2, PRECISION)
+                if KEEP:
+                    z = kept_z
+                    sig, act, dsig = _activations(z)
+                    g1 = _mm(delta2, w2, PRECISION)
+                    delta1 = g1 * dsig
+                else:
+                    w1 = tl.load(ck + loc1, mask=mask1, other=0.0)
+                    dw1 = tl.load(dw1_ptr + pid * matrix + loc1, mask=mask1, other=0.0)
+                    ds1 = tl.load(ds1_ptr + pid * matrix + loc1, mask=mask1, other=0.0)
+                    z, sig, act, dsig, g1, delta1 = _block_forward(keys, delta2, w1, w2, PRECISION)
+                keys_dw1 = _mm(keys, tl.trans(dw1), PRECISION)
+                keys_ds1 = _mm(keys, tl.trans(ds1), PRECISION)
+                kept_g1, kept_keys_dw1, kept_keys_ds1 = g1, keys_dw1, keys_ds1
                 delta1_sq += tl.sum(delta1 * delta1, axis=1)
-                d_memory_step_b -= tl.sum(delta1 * _mm(keys, tl.trans(dw1), PRECISION), axis=1)
-                d_momentum_step_b -= tl.sum(delta1 * _mm(keys, tl.trans(ds1), PRECISION), axis=1)
+                d_memory_step_b -= tl.sum(delta1 * keys_dw1, axis=1)
+                d_momentum_step_b -= tl.sum(delta1 * keys_ds1, axis=1)
                 if GRAMS:
                     s1 = tl.load(ck + 2 * matrix + loc1, mask=mask1, other=0.0)
                     delta1_gram += _mm(delta1, tl.trans(delta1), PRECISION)
@@ -805,21 +840,29 @@ if TRITON_AVAILABLE:
 
             # ---- pass C: the δ1 path's share of the δ2 adjoint (δ1 = (δ2 W2) ⊙ σ'(z))
             d_delta2_c = tl.zeros((BT, BD), tl.float32)
-            for j in range(first, first + blocks):
+            for j in range(first, first + BLOCKS):
                 hid = j * HB + rb
                 h_ok = hid < hidden
                 loc1 = hid[:, None] * head_dim + rd[None, :]
                 mask1 = h_ok[:, None] & d_ok[None, :]
                 loc2 = rd[:, None] * hidden + hid[None, :]
                 mask2 = d_ok[:, None] & h_ok[None, :]
-                w1 = tl.load(ck + loc1, mask=mask1, other=0.0)
                 w2 = tl.load(ck + matrix + loc2, mask=mask2, other=0.0)
                 s1 = tl.load(ck + 2 * matrix + loc1, mask=mask1, other=0.0)
-                dw1 = tl.load(dw1_ptr + pid * matrix + loc1, mask=mask1, other=0.0)
-                ds1 = tl.load(ds1_ptr + pid * matrix + loc1, mask=mask1, other=0.0)
-                z, sig, act, dsig, g1, delta1 = _block_forward(keys, delta2, w1, w2, PRECISION)
-                d_delta1 = _block_delta1_adjoint(keys, delta1, dw1, ds1, s1, memory_step, momentum_step, norm_term1,
-                                                 key_gram_adj, d_s0_dot_u, GRAMS, PRECISION)
+                if KEEP:
+                    z, g1, keys_dw1, keys_ds1 = kept_z, kept_g1, kept_keys_dw1, kept_keys_ds1
+                    sig, act, dsig = _activations(z)
+                    delta1 = g1 * dsig
+                else:
+                    w1 = tl.load(ck + loc1, mask=mask1, other=0.0)
+                    dw1 = tl.load(dw1_ptr + pid * matrix + loc1, mask=mask1, other=0.0)
+                    ds1 = tl.load(ds1_ptr + pid * matrix + loc1, mask=mask1, other=0.0)
+                    z, sig, act, dsig, g1, delta1 = _block_forward(keys, delta2, w1, w2, PRECISION)
+                    keys_dw1 = _mm(keys, tl.trans(dw1), PRECISION)
+                    keys_ds1 = _mm(keys, tl.trans(ds1), PRECISION)
+                d_delta1 = _block_delta1_adjoint(keys, delta1, keys_dw1, keys_ds1, s1, memory_step, momentum_step,
+                                                 norm_term1, key_gram_adj, d_s0_dot_u, GRAMS, PRECISION)
+                kept_d_delta1 = d_delta1
                 d_delta2_c += _mm(d_delta1 * dsig, tl.trans(w2), PRECISION)
             if PARTS > 1:
                 tl.store(x_mine + x_c + tile, d_delta2_c)
@@ -832,7 +875,7 @@ if TRITON_AVAILABLE:
             d_queries = tl.zeros((BT, BD), tl.float32)
             d_keys_d = tl.zeros((BT, BD), tl.float32)  # the hidden blocks' share of the key adjoint
             norm_term2 = 2.0 * d_norm_sq * delta2_sq
-            for j in range(first, first + blocks):
+            for j in range(first, first + BLOCKS):
                 hid = j * HB + rb
                 h_ok = hid < hidden
                 loc1 = hid[:, None] * head_dim + rd[None, :]
@@ -843,13 +886,20 @@ if TRITON_AVAILABLE:
                 w2 = tl.load(ck + matrix + loc2, mask=mask2, other=0.0)
                 s1 = tl.load(ck + 2 * matrix + loc1, mask=mask1, other=0.0)
                 s2 = tl.load(ck + 3 * matrix + loc2, mask=mask2, other=0.0)
-                dw1 = tl.load(dw1_ptr + pid * matrix + loc1, mask=mask1, other=0.0)
-                dw2 = tl.load(dw2_ptr + pid * matrix + loc2, mask=mask2, other=0.0)
-                ds1 = tl.load(ds1_ptr + pid * matrix + loc1, mask=mask1, other=0.0)
-                ds2 = tl.load(ds2_ptr + pid * matrix + loc2, mask=mask2, other=0.0)
-                z, sig, act, dsig, g1, delta1 = _block_forward(keys, delta2, w1, w2, PRECISION)
-                d_delta1 = _block_delta1_adjoint(keys, delta1, dw1, ds1, s1, memory_step, momentum_step, norm_term1,
-                                                 key_gram_adj, d_s0_dot_u, GRAMS, PRECISION)
+                if KEEP:
+                    z, g1, d_delta1 = kept_z, kept_g1, kept_d_delta1
+                    sig, act, dsig = _activations(z)
+                    delta1 = g1 * dsig
+                else:
+                    dw1 = tl.load(dw1_ptr + pid * matrix + loc1, mask=mask1, other=0.0)
+                    dw2 = tl.load(dw2_ptr + pid * matrix + loc2, mask=mask2, other=0.0)
+                    ds1 = tl.load(ds1_ptr + pid * matrix + loc1, mask=mask1, other=0.0)
+                    ds2 = tl.load(ds2_ptr + pid * matrix + loc2, mask=mask2, other=0.0)
+                    z, sig, act, dsig, g1, delta1 = _block_forward(keys, delta2, w1, w2, PRECISION)
+                    d_delta1 = _block_delta1_adjoint(keys, delta1, _mm(keys, tl.trans(dw1), PRECISION),
+                                                     _mm(keys, tl.trans(ds1), PRECISION), s1, memory_step,
+                                                     momentum_step, norm_term1, key_gram_adj, d_s0_dot_u, GRAMS,
+                                                     PRECISION)
                 d_g1 = d_delta1 * dsig
                 d_act = (-_mm(delta2 * memory_step[:, None], dw2, PRECISION)
                          - _mm(delta2 * momentum_step[:, None], ds2, PRECISION)
@@ -879,11 +929,14 @@ if TRITON_AVAILABLE:
                 d_w1 = beta_total * dw1 + read_w1 + _mm(tl.trans(d_z), keys, PRECISION)
                 d_w2 = (beta_total * dw2 + read_w2
                         + _mm(tl.trans(delta2), d_g1, PRECISION) + _mm(tl.trans(d_pred), act, PRECISION))
-                tl.debug_barrier()  # every thread has read this block's adjoints before any overwrites them
-                tl.store(dw1_ptr + pid * matrix + loc1, d_w1, mask=mask1)
-                tl.store(dw2_ptr + pid * matrix + loc2, d_w2, mask=mask2)
-                tl.store(ds1_ptr + pid * matrix + loc1, d_s1, mask=mask1)
-                tl.store(ds2_ptr + pid * matrix + loc2, d_s2, mask=mask2)
+                if KEEP:  # the adjoint of the state before this chunk: the next (earlier) chunk's input
+                    dw1, dw2, ds1, ds2 = d_w1, d_w2, d_s1, d_s2
+                else:
+                    tl.debug_barrier()  # every thread has read this block's adjoints before any overwrites them
+                    tl.store(dw1_ptr + pid * matrix + loc1, d_w1, mask=mask1)
+                    tl.store(dw2_ptr + pid * matrix + loc2, d_w2, mask=mask2)
+                    tl.store(ds1_ptr + pid * matrix + loc1, d_s1, mask=mask1)
+                    tl.store(ds2_ptr + pid * matrix + loc2, d_s2, mask=mask2)
 
             if PARTS > 1:
                 tl.store(x_mine + x_d + tile, d_keys_d)
@@ -907,6 +960,11 @@ if TRITON_AVAILABLE:
                 if RETENTION <= 1:
                     tl.store(dalpha_ptr + s_base + pos, -d_log_beta / keep, mask=t_ok)
             tl.debug_barrier()
+        if KEEP:
+            tl.store(dw1_ptr + pid * matrix + own_loc1, dw1, mask=own_mask1)
+            tl.store(dw2_ptr + pid * matrix + own_loc2, dw2, mask=own_mask2)
+            tl.store(ds1_ptr + pid * matrix + own_loc1, ds1, mask=own_mask1)
+            tl.store(ds2_ptr + pid * matrix + own_loc2, ds2, mask=own_mask2)
 
 
 def _fused_forward(q, k, v, lr, momentum, decay, huber_delta, weights, momenta, config: MemoryConfig,
@@ -933,7 +991,7 @@ def _fused_forward(q, k, v, lr, momentum, decay, huber_delta, weights, momenta, 
     lr_c, eta_c, alpha_c = gates
     delta_c = huber_delta.detach().to(torch.float32).contiguous() if huber_delta is not None else lr_c
     # Working state, fp32, (B*H, out, in) contiguous; the kernel rewrites it chunk by chunk.
-    state = [w.detach().to(torch.float32).contiguous().clone() for w in (*weights, *momenta)]
+    state = [torch.empty(w.shape, device=device, dtype=torch.float32).copy_(w.detach()) for w in (*weights, *momenta)]
     depth = config.depth
     w1, s1 = state[0], state[depth]
     w2, s2 = (state[1], state[depth + 1]) if depth == 2 else (w1, s1)
@@ -960,7 +1018,9 @@ def _fused_forward(q, k, v, lr, momentum, decay, huber_delta, weights, momenta, 
         split = _run_split(q, k, v, lr_c, eta_c, alpha_c, delta_c, w1, w2, s1, s2, output, grad_norm,
                            momentum_norm, config, kernel_precision, requested_warps, checkpoints, momentum_signal,
                            parts, read_apart)
-        while not split:
+        if split is not None:
+            output = split
+        while split is None:
             try:
                 _launch(q, k, v, lr_c, eta_c, alpha_c, delta_c, w1, w2, s1, s2, output, grad_norm, momentum_norm,
                         config, heads, length, dim, hidden, block_t, block_h, kernel_precision, num_warps,
@@ -980,24 +1040,31 @@ def _fused_forward(q, k, v, lr, momentum, decay, huber_delta, weights, momenta, 
 
 
 def _run_split(q, k, v, lr_c, eta_c, alpha_c, delta_c, w1, w2, s1, s2, output, grad_norm, momentum_norm,
-               config, precision, num_warps, checkpoints, momentum_signal, parts, read_apart=True) -> bool:
-    """Run triton_split's kernel where it applies (`parts` forced, or chosen there); False = not run,
-    use the one-program kernel. A chosen split that the card refuses warns and returns False."""
+               config, precision, num_warps, checkpoints, momentum_signal, parts, read_apart=True) -> torch.Tensor | None:
+    """Run triton_split's kernel where it applies (`parts` forced, or chosen there); a chosen split
+    that the card refuses warns.
+
+    Returns the output it wrote, or None where it did not run (use the one-program kernel). With the
+    read apart that is a fresh (B, H, T, d) view of a (B, T, H, d) buffer: heads side by side per
+    token, as the layer's output projection reads them, so the layer transposes nothing."""
     from . import triton_split
 
     if parts == 0:
-        return False
+        return None
     if not triton_split.split_supported(config, momentum_signal):
         if parts is not None:
             raise ValueError("the split kernel does not cover this config (see triton_split)")
-        return False
+        return None
     chosen = parts if parts is not None else triton_split.auto_parts(config, k.shape[0] * k.shape[1], precision,
                                                                      k.device)
     if chosen < 1 or (parts is None and chosen == 1):  # (the interpreter: one part per (row, head), no gain)
-        return False
+        return None
     if precision == "bf16" and not _bf16_tiles(k.shape[-1], config.hidden_dim // chosen):
         precision = "tf32"  # the bf16 guard of _fused_forward, at the slice width
     warps = num_warps or (_DEFAULT_NUM_WARPS if config.hidden_dim // chosen >= 64 else 4)
+    if read_apart:
+        batch, heads, length, dim = k.shape
+        output = torch.empty(batch, length, heads, dim, device=k.device, dtype=output.dtype).permute(0, 2, 1, 3)
     try:
         triton_split.launch_split(q, k, v, lr_c, eta_c, alpha_c, delta_c, w1, w2, s1, s2, output, grad_norm,
                                   momentum_norm, config, chosen, precision, warps, checkpoints, read_apart)
@@ -1005,8 +1072,8 @@ def _run_split(q, k, v, lr_c, eta_c, alpha_c, delta_c, w1, w2, s1, s2, output, g
         if parts is not None:
             raise
         warnings.warn(f"triton_fused: split kernel refused ({error}); using one program per head", stacklevel=4)
-        return False
-    return True
+        return None
+    return output
 
 
 def _launch(q, k, v, lr_c, eta_c, alpha_c, delta_c, w1, w2, s1, s2, output, grad_norm, momentum_norm,
@@ -1086,7 +1153,10 @@ def _triton_backward(config, precision, saved, checkpoints, grads, block_hidden:
         return torch.zeros(like.shape, device=device, dtype=torch.float32) if grad is None else grad.detach().contiguous()
 
     d_w1, d_w2, d_s1, d_s2 = (buffer(g, t) for g, t in zip(d_state, state))
-    d_output = read_only(d_output, q)
+    if read_apart and d_output is not None and d_output.stride(-1) == 1:
+        d_output = d_output.detach()  # only triton_read reads it, through its strides
+    else:
+        d_output = read_only(d_output, q)
     d_grad_norm = read_only(d_grad_norm, lr)
     d_momentum_norm = read_only(d_momentum_norm, lr)
     # every (token, channel) of these is written by the kernel, in the inputs' dtypes
@@ -1167,7 +1237,7 @@ def _launch_backward(qs, ks, vs, lr_c, eta_c, alpha_c, checkpoints, d_w1, d_w2, 
         RETENTION=_RETENTION_CODES[config.retention], GD=config.algorithm == "gd",
         CLIP=config.max_grad_norm != float("inf"),
         PRECISION=kernel_precision, GRAMS=momentum_signal and config.algorithm != "gd", PARTS=parts,
-        READ=read_adjoints is None,
+        READ=read_adjoints is None, BLOCKS=_block(hidden) // block_h // parts, KEEP=_block(hidden) // block_h // parts == 1,
         num_warps=_DEFAULT_NUM_WARPS, num_stages=1, **(triton_split.cooperative_launch() if parts > 1 else {}),
     )
 

@@ -30,7 +30,7 @@ if TRITON_AVAILABLE:
     @triton.jit(do_not_specialize=_LENGTH_DEPENDENT)
     def _memory_read_kernel(
         q_ptr, st_ptr, o_ptr,
-        q_sb, q_sh, q_st, num_heads, length, chunk, head_dim, hidden, saves,
+        q_sb, q_sh, q_st, o_sb, o_sh, o_st, num_heads, length, chunk, head_dim, hidden, saves,
         BT: tl.constexpr, BD: tl.constexpr, HB: tl.constexpr, SLICES: tl.constexpr, PRECISION: tl.constexpr,
     ):
         lane = tl.program_id(0)
@@ -55,13 +55,13 @@ if TRITON_AVAILABLE:
                          other=0.0).to(tl.float32)
             zq = _mm(queries, tl.trans(w1), PRECISION)
             read += _mm(zq * tl.sigmoid(zq), tl.trans(w2), PRECISION)
-        tl.store(o_ptr + lane * length * head_dim + pos[:, None] * head_dim + rd[None, :],
-                 read.to(o_ptr.dtype.element_ty), mask=tok_mask)
+        tl.store(o_ptr + row * o_sb + head * o_sh + pos[:, None] * o_st + rd[None, :], read.to(o_ptr.dtype.element_ty),
+                 mask=tok_mask)
 
     @triton.jit(do_not_specialize=_LENGTH_DEPENDENT)
     def _memory_read_backward_kernel(
         q_ptr, ckpt_ptr, do_ptr, dq_ptr, ra_ptr,
-        q_sb, q_sh, q_st, num_heads, length, chunk, head_dim, hidden,
+        q_sb, q_sh, q_st, do_sb, do_sh, do_st, num_heads, length, chunk, head_dim, hidden,
         BT: tl.constexpr, BD: tl.constexpr, HB: tl.constexpr, SLICES: tl.constexpr, PRECISION: tl.constexpr,
     ):
         lane = tl.program_id(0)
@@ -75,8 +75,8 @@ if TRITON_AVAILABLE:
         tok_mask = ((rt < chunk) & (pos < length))[:, None] & d_ok[None, :]
         queries = tl.load(q_ptr + row * q_sb + head * q_sh + pos[:, None] * q_st + rd[None, :], mask=tok_mask,
                           other=0.0).to(tl.float32)
-        tok = lane * length * head_dim + pos[:, None] * head_dim + rd[None, :]
-        d_read = tl.load(do_ptr + tok, mask=tok_mask, other=0.0).to(tl.float32)
+        d_read = tl.load(do_ptr + row * do_sb + head * do_sh + pos[:, None] * do_st + rd[None, :], mask=tok_mask,
+                         other=0.0).to(tl.float32)
         matrix = hidden * head_dim
         chunk_index = lane * tl.cdiv(length, chunk) + c
         ck = ckpt_ptr + chunk_index * 4 * matrix
@@ -97,7 +97,8 @@ if TRITON_AVAILABLE:
             d_queries += _mm(d_zq, w1, PRECISION)
             tl.store(ra + loc1, _mm(tl.trans(d_zq), queries, PRECISION), mask=mask1)
             tl.store(ra + matrix + loc2, _mm(tl.trans(d_read), zq * sq, PRECISION), mask=mask2)
-        tl.store(dq_ptr + tok, d_queries.to(dq_ptr.dtype.element_ty), mask=tok_mask)
+        tl.store(dq_ptr + lane * length * head_dim + pos[:, None] * head_dim + rd[None, :],
+                 d_queries.to(dq_ptr.dtype.element_ty), mask=tok_mask)
 
 
 def _grid_args(q: torch.Tensor, chunk: int, hidden: int, slice_width: int):
@@ -110,13 +111,15 @@ def _grid_args(q: torch.Tensor, chunk: int, hidden: int, slice_width: int):
 
 def read(q: torch.Tensor, states: torch.Tensor, saves: int, output: torch.Tensor, chunk: int, hidden: int,
          slice_width: int, precision: str, num_warps: int = 4) -> None:
-    """output (B, H, T, d), contiguous: the read of every token at its chunk's start state. `states`
+    """output (B, H, T, d), any strides with a unit last one (the layer's (B, T, H, d) buffer, permuted,
+    saves it a transpose): the read of every token at its chunk's start state. `states`
     holds per (lane, chunk) `saves` matrices of hidden × d, the first two W1 (h, d) and W2 (d, h), in
     any float dtype (bf16 states are the operands bf16 products round to anyway)."""
     batch, heads, length, dim = q.shape
     grid, blocks = _grid_args(q, chunk, hidden, slice_width)
     _memory_read_kernel[grid](
-        q, states, output, q.stride(0), q.stride(1), q.stride(2), heads, length, chunk, dim, hidden, saves,
+        q, states, output, q.stride(0), q.stride(1), q.stride(2), output.stride(0), output.stride(1), output.stride(2),
+        heads, length, chunk, dim, hidden, saves,
         PRECISION=precision, num_warps=num_warps, **blocks,
     )
 
@@ -125,13 +128,13 @@ def read_backward(q: torch.Tensor, checkpoints: torch.Tensor, d_output: torch.Te
                   chunk: int, hidden: int, slice_width: int, precision: str, num_warps: int = 4) -> torch.Tensor:
     """Writes the read's query adjoint into d_q (B, H, T, d) and returns its share of each chunk-start
     state's adjoint, (lanes, chunks, [∂W1 (h, d), ∂W2 (d, h)]) fp32, for the backward kernel to add.
-    d_output: fp32 or bf16 (B, H, T, d) contiguous; checkpoints: the forward's, 4 fp32 matrices per
-    (lane, chunk)."""
+    d_output: fp32 or bf16 (B, H, T, d), any strides with a unit last one; checkpoints: the forward's, 4
+    fp32 matrices per (lane, chunk); d_q: (B, H, T, d) contiguous."""
     batch, heads, length, dim = q.shape
     grid, blocks = _grid_args(q, chunk, hidden, slice_width)
     adjoints = torch.empty(grid[0] * grid[1] * 2 * hidden * dim, device=q.device, dtype=torch.float32)
     _memory_read_backward_kernel[grid](
-        q, checkpoints, d_output, d_q, adjoints, q.stride(0), q.stride(1), q.stride(2), heads, length, chunk, dim,
-        hidden, PRECISION=precision, num_warps=num_warps, **blocks,
+        q, checkpoints, d_output, d_q, adjoints, q.stride(0), q.stride(1), q.stride(2), d_output.stride(0),
+        d_output.stride(1), d_output.stride(2), heads, length, chunk, dim, hidden, PRECISION=precision, num_warps=num_warps, **blocks,
     )
     return adjoints

@@ -42,14 +42,29 @@ if TRITON_AVAILABLE:
         return 1.0 / (1.0 + tl.exp(-z))
 
     @triton.jit
+    def _batch_strides(proj_sb, tail_sb, gate_sb, ALIGNED: tl.constexpr):
+        """The batch strides. They scale with the piece length, so they are not specialised, and the
+        compiler cannot prove a row's 16-byte alignment: it would load each element of a tile on its
+        own. Where every one is a multiple of 16 elements (ALIGNED) the wrapper passes them divided by
+        16, and the product here carries the divisibility."""
+        if ALIGNED:
+            return proj_sb * 16, tail_sb * 16, gate_sb * 16
+        return proj_sb, tail_sb, gate_sb
+
+    @triton.jit
     def _shifted_rows(proj_ptr, tail_ptr, b, rows, chan, mask, proj_sb, proj_st, tail_sb, tail_st, j: tl.constexpr,
                       SIZE: tl.constexpr):
         """Rows t + j - (SIZE - 1) of [tail; piece] for the channels `chan`, fp32: rows before the
-        piece come from the tail, one load through a pointer per row."""
+        piece come from the tail. Two masked loads, not one through a per-row choice of pointer,
+        which the compiler cannot vectorise."""
         source = rows + (j - (SIZE - 1))
-        row_ptr = tl.where(source >= 0, proj_ptr + b * proj_sb + source * proj_st,
-                           tail_ptr + b * tail_sb + (source + (SIZE - 1)) * tail_st)
-        return tl.load(row_ptr[:, None] + chan[None, :], mask=mask, other=0.0).to(tl.float32)
+        inside = (source >= 0)[:, None]
+        x = tl.load(proj_ptr + b * proj_sb + source[:, None] * proj_st + chan[None, :], mask=mask & inside,
+                    other=0.0).to(tl.float32)
+        if j < SIZE - 1:  # (the last tap reads the piece only)
+            x += tl.load(tail_ptr + b * tail_sb + (source + (SIZE - 1))[:, None] * tail_st + chan[None, :],
+                         mask=mask & ~inside, other=0.0).to(tl.float32)
+        return x
 
     @triton.jit
     def _causal_conv(proj_ptr, tail_ptr, taps_ptr, bias_ptr, b, rows, chan, e_ok, mask, proj_sb, proj_st,
@@ -69,8 +84,9 @@ if TRITON_AVAILABLE:
         proj_ptr, tail_ptr, taps_ptr, bias_ptr, gate_ptr, q_ptr, k_ptr, v_ptr, gates_ptr,
         batch, length, proj_sb, proj_st, tail_sb, tail_st, gate_sb, gate_st, max_lr,
         HEADS: tl.constexpr, DIM: tl.constexpr, BD: tl.constexpr, SIZE: tl.constexpr,
-        N_GATES: tl.constexpr, BLOCK_T: tl.constexpr,
+        N_GATES: tl.constexpr, BLOCK_T: tl.constexpr, ALIGNED: tl.constexpr,
     ):  # fmt: skip
+        proj_sb, tail_sb, gate_sb = _batch_strides(proj_sb, tail_sb, gate_sb, ALIGNED)
         block = tl.program_id(0)
         lane = tl.program_id(1)
         b = (lane // HEADS).to(tl.int64)  # offsets can pass 2^31 elements
@@ -113,11 +129,12 @@ if TRITON_AVAILABLE:
         dc_ptr, dtaps_ptr, dbias_ptr, dgate_ptr,
         batch, length, proj_sb, proj_st, tail_sb, tail_st, gate_sb, gate_st, max_lr,
         HEADS: tl.constexpr, DIM: tl.constexpr, BD: tl.constexpr, SIZE: tl.constexpr,
-        N_GATES: tl.constexpr, BLOCK_T: tl.constexpr,
+        N_GATES: tl.constexpr, BLOCK_T: tl.constexpr, ALIGNED: tl.constexpr,
     ):  # fmt: skip
         """Adjoints through SiLU, the L2 norms and the gates for one (block of tokens, batch row,
         head), the forward recomputed: the conv's output adjoint d_c (B, T, 3C) fp32, this block's
         shares of the tap and bias adjoints, and the gate pre-activations' adjoints."""
+        proj_sb, tail_sb, gate_sb = _batch_strides(proj_sb, tail_sb, gate_sb, ALIGNED)
         block = tl.program_id(0)
         lane = tl.program_id(1)
         b = (lane // HEADS).to(tl.int64)
@@ -170,14 +187,19 @@ if TRITON_AVAILABLE:
     @triton.jit(do_not_specialize=["length", "dc_sb", "dp_sb", "dt_sb"])
     def _conv_transpose_kernel(
         dc_ptr, taps_ptr, dproj_ptr, dtail_ptr, length, width, dc_sb, dp_sb, dt_sb,
-        SIZE: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr,
+        SIZE: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr, ALIGNED: tl.constexpr,
+        EVEN_C: tl.constexpr,
     ):  # fmt: skip
         """d_x̃[s] = Σ_j w_j ⊙ d_c[s - j] over the rows s of [tail; piece] (c_t = b + Σ_j w_j ⊙ x̃[t + j]
         in those rows): the piece's rows into dproj (B, T, 3C), the tail's into dtail (B, S-1, 3C)."""
         block = tl.program_id(0)
         b = tl.program_id(1).to(tl.int64)
+        dc_sb, dp_sb, dt_sb = _batch_strides(dc_sb, dp_sb, dt_sb, ALIGNED)
         chan = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)
-        c_ok = chan < width
+        if EVEN_C:  # (a mask constant along the channels keeps the loads vectorised)
+            c_ok = tl.full((BLOCK_C,), True, tl.int1)
+        else:
+            c_ok = chan < width
         rows = block * BLOCK_T + tl.arange(0, BLOCK_T)  # rows of [tail; piece]
         acc = tl.zeros((BLOCK_T, BLOCK_C), tl.float32)
         for j in tl.static_range(SIZE):
@@ -185,11 +207,12 @@ if TRITON_AVAILABLE:
             ok = ((t >= 0) & (t < length))[:, None] & c_ok[None, :]
             grad = tl.load(dc_ptr + b * dc_sb + t[:, None] * width + chan[None, :], mask=ok, other=0.0)
             acc += grad * tl.load(taps_ptr + j * width + chan, mask=c_ok, other=0.0)[None, :]
-        in_piece = rows >= SIZE - 1
-        target = tl.where(in_piece, dproj_ptr + b * dp_sb + (rows - (SIZE - 1)) * width,
-                          dtail_ptr + b * dt_sb + rows * width)
+        in_piece = (rows >= SIZE - 1)[:, None]
         ok = (rows < length + SIZE - 1)[:, None] & c_ok[None, :]
-        tl.store(target[:, None] + chan[None, :], acc.to(dproj_ptr.dtype.element_ty), mask=ok)
+        out = acc.to(dproj_ptr.dtype.element_ty)
+        tl.store(dproj_ptr + b * dp_sb + (rows - (SIZE - 1))[:, None] * width + chan[None, :], out, mask=ok & in_piece)
+        if block == 0:  # the tail's rows
+            tl.store(dtail_ptr + b * dt_sb + rows[:, None] * width + chan[None, :], out, mask=ok & ~in_piece)
 
 
 class _PrepareInputs(torch.autograd.Function):
@@ -222,24 +245,35 @@ class _PrepareInputs(torch.autograd.Function):
         d_taps = torch.empty(blocks, batch, size, width, device=device)
         d_bias = torch.empty(blocks, batch, width, device=device)
         d_gate_pre = torch.empty(batch, length, n_gates * heads, device=device, dtype=gate_pre.dtype)
+        aligned, (proj_sb, tail_sb, gate_sb) = _stride_args(projected, tail, gate_pre)
         _prepare_backward_kernel[(blocks, batch * heads)](
             projected, tail, taps, conv_bias.to(torch.float32).contiguous(), gate_pre, *grads, d_gates,
             d_c, d_taps, d_bias, d_gate_pre,
-            batch, length, projected.stride(0), projected.stride(1), tail.stride(0), tail.stride(1),
-            gate_pre.stride(0), gate_pre.stride(1), float(ctx.max_lr),
+            batch, length, proj_sb, projected.stride(1), tail_sb, tail.stride(1), gate_sb, gate_pre.stride(1),
+            float(ctx.max_lr),
             HEADS=heads, DIM=dim, BD=max(16, triton.next_power_of_2(dim)), SIZE=size, N_GATES=n_gates,
-            BLOCK_T=_BLOCK_T, num_warps=_NUM_WARPS,
+            BLOCK_T=_BLOCK_T, ALIGNED=aligned, num_warps=_NUM_WARPS,
         )  # fmt: skip
         d_projected = torch.empty_like(projected)
         d_tail = torch.empty(batch, size - 1, width, device=device, dtype=projected.dtype)
         block_c = 64
         grid = (triton.cdiv(length + size - 1, _BLOCK_T), batch, triton.cdiv(width, block_c))
+        aligned, (dc_sb, dp_sb, dt_sb) = _stride_args(d_c, d_projected, d_tail)
         _conv_transpose_kernel[grid](
-            d_c, taps, d_projected, d_tail, length, width, d_c.stride(0), d_projected.stride(0),
-            max(d_tail.stride(0), 1), SIZE=size, BLOCK_T=_BLOCK_T, BLOCK_C=block_c, num_warps=_NUM_WARPS,
+            d_c, taps, d_projected, d_tail, length, width, dc_sb, dp_sb, max(dt_sb, 1),
+            SIZE=size, BLOCK_T=_BLOCK_T, BLOCK_C=block_c, ALIGNED=aligned, EVEN_C=width % block_c == 0,
+            num_warps=_NUM_WARPS,
         )  # fmt: skip
         d_weight = d_taps.sum(dim=(0, 1)).t().unsqueeze(1).to(conv_weight.dtype)  # (3C, 1, S)
         return (d_projected, d_tail, d_weight, d_bias.sum(dim=(0, 1)).to(conv_bias.dtype), d_gate_pre, None, None)
+
+
+def _stride_args(*tensors: torch.Tensor) -> tuple[bool, list[int]]:
+    """(ALIGNED, the batch strides to pass): where every one is a multiple of 16 elements they go
+    divided by 16 (see the kernels' _batch_strides)."""
+    strides = [t.stride(0) for t in tensors]
+    aligned = all(s % 16 == 0 for s in strides)
+    return aligned, [s // 16 for s in strides] if aligned else strides
 
 
 def prepare_inputs(projected: torch.Tensor, tail: torch.Tensor, conv_weight: torch.Tensor, conv_bias: torch.Tensor,
@@ -272,11 +306,12 @@ def _prepare(projected, tail, conv_weight, conv_bias, gate_pre, heads, max_lr, b
     taps = conv_weight[:, 0, :].t().to(torch.float32).contiguous()  # (size, 3C)
     block_t = block_t or _BLOCK_T
     grid = (triton.cdiv(length, block_t), batch * heads)
+    aligned, (proj_sb, tail_sb, gate_sb) = _stride_args(projected, tail, gate_pre)
     _prepare_kernel[grid](
         projected, tail, taps, conv_bias.to(torch.float32).contiguous(), gate_pre, q, k, v, gates,
-        batch, length, projected.stride(0), projected.stride(1), tail.stride(0), tail.stride(1),
-        gate_pre.stride(0), gate_pre.stride(1), float(max_lr),
+        batch, length, proj_sb, projected.stride(1), tail_sb, tail.stride(1), gate_sb, gate_pre.stride(1),
+        float(max_lr),
         HEADS=heads, DIM=dim, BD=max(16, triton.next_power_of_2(dim)), SIZE=size, N_GATES=n_gates,
-        BLOCK_T=block_t, num_warps=num_warps or _NUM_WARPS,
+        BLOCK_T=block_t, ALIGNED=aligned, num_warps=num_warps or _NUM_WARPS,
     )  # fmt: skip
     return q, k, v, gates

@@ -275,6 +275,17 @@ if TRITON_AVAILABLE:
         tl.debug_barrier()
 
     @triton.jit
+    def _lane_offset(row, head, stride_b, stride_h, ALIGNED: tl.constexpr):
+        """Elements from a (B, H, T, d) tensor's start to its (row, head). The batch and head strides
+        scale with the length, so they are not specialised and the compiler cannot prove a token
+        row's 16-byte alignment: it would load a tile element by element. Where both are multiples
+        of 16 (ALIGNED) the wrapper passes them divided by 16 (`lane_strides`), and the products here
+        carry the divisibility."""
+        if ALIGNED:
+            return row * (stride_b * 16) + head * (stride_h * 16)
+        return row * stride_b + head * stride_h
+
+    @triton.jit
     def _meet(counter, target):
         """`_arrive` then `_wait`: the whole barrier, with nothing in between."""
         _arrive(counter)
@@ -315,7 +326,7 @@ if TRITON_AVAILABLE:
         BT: tl.constexpr, BD: tl.constexpr, BHID: tl.constexpr, HB: tl.constexpr,
         DEPTH: tl.constexpr, BIAS: tl.constexpr, RETENTION: tl.constexpr,
         GD: tl.constexpr, CLIP: tl.constexpr, PRECISION: tl.constexpr, SAVE_STATE: tl.constexpr,
-        MOMENTUM_NORM: tl.constexpr,
+        MOMENTUM_NORM: tl.constexpr, ALIGNED: tl.constexpr,
     ):
         # One program = one (batch row, head); it owns its state buffers, so the chunk loop needs
         # only CTA barriers between writing the state and reading it back. Depth 2 walks the hidden
@@ -329,9 +340,9 @@ if TRITON_AVAILABLE:
         rt = tl.arange(0, BT)
         rd = tl.arange(0, BD)
         d_ok = rd < head_dim
-        q_base = q_ptr + row * q_sb + head * q_sh
-        k_base = k_ptr + row * k_sb + head * k_sh
-        v_base = v_ptr + row * v_sb + head * v_sh
+        q_base = q_ptr + _lane_offset(row, head, q_sb, q_sh, ALIGNED)
+        k_base = k_ptr + _lane_offset(row, head, k_sb, k_sh, ALIGNED)
+        v_base = v_ptr + _lane_offset(row, head, v_sb, v_sh, ALIGNED)
         g_off = row * g_sb + head * g_sh
         o_base = o_ptr + pid * length * head_dim
         s_base = pid * length
@@ -542,6 +553,7 @@ if TRITON_AVAILABLE:
         BT: tl.constexpr, BD: tl.constexpr, BHID: tl.constexpr, HB: tl.constexpr,
         RETENTION: tl.constexpr, GD: tl.constexpr, CLIP: tl.constexpr, PRECISION: tl.constexpr,
         GRAMS: tl.constexpr, PARTS: tl.constexpr, READ: tl.constexpr, BLOCKS: tl.constexpr, KEEP: tl.constexpr,
+        ALIGNED: tl.constexpr,
     ):
         # READ: the read's adjoints here (pass D); False: triton_read.read_backward has written the
         # query adjoint and each chunk's share of the state adjoint (ra_ptr, 2 matrices per chunk),
@@ -585,9 +597,9 @@ if TRITON_AVAILABLE:
         tile = rt[:, None] * BD + rd[None, :]
         d_ok = rd < head_dim
         matrix = hidden * head_dim
-        q_base = q_ptr + row * q_sb + head * q_sh
-        k_base = k_ptr + row * k_sb + head * k_sh
-        v_base = v_ptr + row * v_sb + head * v_sh
+        q_base = q_ptr + _lane_offset(row, head, q_sb, q_sh, ALIGNED)
+        k_base = k_ptr + _lane_offset(row, head, k_sb, k_sh, ALIGNED)
+        v_base = v_ptr + _lane_offset(row, head, v_sb, v_sh, ALIGNED)
         g_off = row * g_sb + head * g_sh
         tok_base = pid * length * head_dim
         s_base = pid * length
@@ -1084,13 +1096,12 @@ def _launch(q, k, v, lr_c, eta_c, alpha_c, delta_c, w1, w2, s1, s2, output, grad
     rho1 = retention_radius(config, shapes[0][1])
     rho2 = retention_radius(config, shapes[-1][1])
     batch = q.shape[0]
+    aligned, strides = lane_strides(q, k, v)
     _memory_chunks_kernel[(batch * heads,)](
         q, k, v, lr_c, eta_c, alpha_c, delta_c,
         w1, w2, s1, s2,
         output, grad_norm, momentum_norm, w1 if checkpoints is None else checkpoints,
-        q.stride(0), q.stride(1), q.stride(2),
-        k.stride(0), k.stride(1), k.stride(2),
-        v.stride(0), v.stride(1), v.stride(2),
+        *strides,
         lr_c.stride(0), lr_c.stride(1), lr_c.stride(2),
         heads, length, config.chunk_size, dim, hidden,
         float(config.max_grad_norm) if config.max_grad_norm != float("inf") else 1.0,
@@ -1099,7 +1110,7 @@ def _launch(q, k, v, lr_c, eta_c, alpha_c, delta_c, w1, w2, s1, s2, output, grad
         DEPTH=depth, BIAS=_BIAS_CODES[config.attentional_bias],
         RETENTION=_RETENTION_CODES[config.retention],
         GD=config.algorithm == "gd", CLIP=config.max_grad_norm != float("inf"),
-        PRECISION=kernel_precision, SAVE_STATE=checkpoints is not None, MOMENTUM_NORM=momentum_signal,
+        PRECISION=kernel_precision, SAVE_STATE=checkpoints is not None, MOMENTUM_NORM=momentum_signal, ALIGNED=aligned,
         num_warps=num_warps,
         # No software pipelining: a prefetch of the next chunk's state would read it before
         # this chunk's stores (the state address does not change from chunk to chunk).
@@ -1118,6 +1129,15 @@ def backward_kernel_supported(config: MemoryConfig, precision: str = "bf16") -> 
     if precision == "tf32":
         covered = covered and config.head_dim <= 32
     return covered
+
+
+def lane_strides(*tensors: torch.Tensor) -> tuple[bool, list[int]]:
+    """(ALIGNED, the strides to pass) for (B, H, T, d) tensors: batch, head and token stride of each,
+    the first two divided by 16 where all of them are multiples of 16 (see `_lane_offset`)."""
+    lane = [s for t in tensors for s in t.stride()[:2]]
+    aligned = all(s % 16 == 0 for s in lane)
+    return aligned, [s for t in tensors for s in ((t.stride(0) // 16, t.stride(1) // 16) if aligned else t.stride()[:2])
+                     + (t.stride(2),)]
 
 
 def _kernel_precision(precision: str | None, dtype: torch.dtype, device: torch.device) -> str:
@@ -1223,21 +1243,21 @@ def _launch_backward(qs, ks, vs, lr_c, eta_c, alpha_c, checkpoints, d_w1, d_w2, 
     slot = 6 * block_t * block_d + 4 * block_t + 4
     exchange = torch.empty(lanes * parts * slot if parts > 1 else 1, device=qs.device, dtype=torch.float32)
     counters = torch.zeros(lanes if parts > 1 else 1, device=qs.device, dtype=torch.int32)
+    aligned, strides = lane_strides(qs, ks, vs)
     _memory_chunks_backward_kernel[(lanes * parts,)](
         qs, ks, vs, lr_c, eta_c, alpha_c, checkpoints,
         d_w1, d_w2, d_s1, d_s2,
         d_output, d_grad_norm, d_momentum_norm,
         d_q, d_k, d_v, d_lr, d_eta, d_alpha, exchange, counters,
         d_w1 if read_adjoints is None else read_adjoints,
-        qs.stride(0), qs.stride(1), qs.stride(2), ks.stride(0), ks.stride(1), ks.stride(2),
-        vs.stride(0), vs.stride(1), vs.stride(2), lr_c.stride(0), lr_c.stride(1), lr_c.stride(2),
+        *strides, lr_c.stride(0), lr_c.stride(1), lr_c.stride(2),
         heads, length, config.chunk_size, dim, hidden,
         float(config.max_grad_norm) if config.max_grad_norm != float("inf") else 1.0,
         BT=block_t, BD=block_d, BHID=_block(hidden), HB=block_h,
         RETENTION=_RETENTION_CODES[config.retention], GD=config.algorithm == "gd",
         CLIP=config.max_grad_norm != float("inf"),
         PRECISION=kernel_precision, GRAMS=momentum_signal and config.algorithm != "gd", PARTS=parts,
-        READ=read_adjoints is None, BLOCKS=_block(hidden) // block_h // parts, KEEP=_block(hidden) // block_h // parts == 1,
+        READ=read_adjoints is None, ALIGNED=aligned, BLOCKS=_block(hidden) // block_h // parts, KEEP=_block(hidden) // block_h // parts == 1,
         num_warps=_DEFAULT_NUM_WARPS, num_stages=1, **(triton_split.cooperative_launch() if parts > 1 else {}),
     )
 

@@ -19,19 +19,20 @@ from __future__ import annotations
 
 import torch
 
-from .triton_fused import _LENGTH_DEPENDENT, TRITON_AVAILABLE, _block
+from .triton_fused import _LENGTH_DEPENDENT, TRITON_AVAILABLE, _block, lane_strides
 
 if TRITON_AVAILABLE:
     import triton
     import triton.language as tl
 
-    from .triton_fused import _mm
+    from .triton_fused import _lane_offset, _mm
 
     @triton.jit(do_not_specialize=_LENGTH_DEPENDENT)
     def _memory_read_kernel(
         q_ptr, st_ptr, o_ptr,
         q_sb, q_sh, q_st, o_sb, o_sh, o_st, num_heads, length, chunk, head_dim, hidden, saves,
         BT: tl.constexpr, BD: tl.constexpr, HB: tl.constexpr, SLICES: tl.constexpr, PRECISION: tl.constexpr,
+        ALIGNED: tl.constexpr,
     ):
         lane = tl.program_id(0)
         c = tl.program_id(1)
@@ -41,8 +42,8 @@ if TRITON_AVAILABLE:
         rd = tl.arange(0, BD)
         pos = c * chunk + rt
         tok_mask = ((rt < chunk) & (pos < length))[:, None] & (rd < head_dim)[None, :]
-        queries = tl.load(q_ptr + row * q_sb + head * q_sh + pos[:, None] * q_st + rd[None, :], mask=tok_mask,
-                          other=0.0).to(tl.float32)
+        queries = tl.load(q_ptr + _lane_offset(row, head, q_sb, q_sh, ALIGNED) + pos[:, None] * q_st + rd[None, :],
+                          mask=tok_mask, other=0.0).to(tl.float32)
         matrix = hidden * head_dim
         st = st_ptr + (lane * tl.cdiv(length, chunk) + c) * saves * matrix
         read = tl.zeros((BT, BD), tl.float32)
@@ -55,14 +56,15 @@ if TRITON_AVAILABLE:
                          other=0.0).to(tl.float32)
             zq = _mm(queries, tl.trans(w1), PRECISION)
             read += _mm(zq * tl.sigmoid(zq), tl.trans(w2), PRECISION)
-        tl.store(o_ptr + row * o_sb + head * o_sh + pos[:, None] * o_st + rd[None, :], read.to(o_ptr.dtype.element_ty),
-                 mask=tok_mask)
+        tl.store(o_ptr + _lane_offset(row, head, o_sb, o_sh, ALIGNED) + pos[:, None] * o_st + rd[None, :],
+                 read.to(o_ptr.dtype.element_ty), mask=tok_mask)
 
     @triton.jit(do_not_specialize=_LENGTH_DEPENDENT)
     def _memory_read_backward_kernel(
         q_ptr, ckpt_ptr, do_ptr, dq_ptr, ra_ptr,
         q_sb, q_sh, q_st, do_sb, do_sh, do_st, num_heads, length, chunk, head_dim, hidden,
         BT: tl.constexpr, BD: tl.constexpr, HB: tl.constexpr, SLICES: tl.constexpr, PRECISION: tl.constexpr,
+        ALIGNED: tl.constexpr,
     ):
         lane = tl.program_id(0)
         c = tl.program_id(1)
@@ -73,10 +75,10 @@ if TRITON_AVAILABLE:
         d_ok = rd < head_dim
         pos = c * chunk + rt
         tok_mask = ((rt < chunk) & (pos < length))[:, None] & d_ok[None, :]
-        queries = tl.load(q_ptr + row * q_sb + head * q_sh + pos[:, None] * q_st + rd[None, :], mask=tok_mask,
-                          other=0.0).to(tl.float32)
-        d_read = tl.load(do_ptr + row * do_sb + head * do_sh + pos[:, None] * do_st + rd[None, :], mask=tok_mask,
-                         other=0.0).to(tl.float32)
+        queries = tl.load(q_ptr + _lane_offset(row, head, q_sb, q_sh, ALIGNED) + pos[:, None] * q_st + rd[None, :],
+                          mask=tok_mask, other=0.0).to(tl.float32)
+        d_read = tl.load(do_ptr + _lane_offset(row, head, do_sb, do_sh, ALIGNED) + pos[:, None] * do_st + rd[None, :],
+                         mask=tok_mask, other=0.0).to(tl.float32)
         matrix = hidden * head_dim
         chunk_index = lane * tl.cdiv(length, chunk) + c
         ck = ckpt_ptr + chunk_index * 4 * matrix
@@ -117,10 +119,10 @@ def read(q: torch.Tensor, states: torch.Tensor, saves: int, output: torch.Tensor
     any float dtype (bf16 states are the operands bf16 products round to anyway)."""
     batch, heads, length, dim = q.shape
     grid, blocks = _grid_args(q, chunk, hidden, slice_width)
+    aligned, strides = lane_strides(q, output)
     _memory_read_kernel[grid](
-        q, states, output, q.stride(0), q.stride(1), q.stride(2), output.stride(0), output.stride(1), output.stride(2),
-        heads, length, chunk, dim, hidden, saves,
-        PRECISION=precision, num_warps=num_warps, **blocks,
+        q, states, output, *strides, heads, length, chunk, dim, hidden, saves,
+        PRECISION=precision, ALIGNED=aligned, num_warps=num_warps, **blocks,
     )
 
 
@@ -133,8 +135,9 @@ def read_backward(q: torch.Tensor, checkpoints: torch.Tensor, d_output: torch.Te
     batch, heads, length, dim = q.shape
     grid, blocks = _grid_args(q, chunk, hidden, slice_width)
     adjoints = torch.empty(grid[0] * grid[1] * 2 * hidden * dim, device=q.device, dtype=torch.float32)
+    aligned, strides = lane_strides(q, d_output)
     _memory_read_backward_kernel[grid](
-        q, checkpoints, d_output, d_q, adjoints, q.stride(0), q.stride(1), q.stride(2), d_output.stride(0),
-        d_output.stride(1), d_output.stride(2), heads, length, chunk, dim, hidden, PRECISION=precision, num_warps=num_warps, **blocks,
+        q, checkpoints, d_output, d_q, adjoints, *strides, heads, length, chunk, dim, hidden,
+        PRECISION=precision, ALIGNED=aligned, num_warps=num_warps, **blocks,
     )
     return adjoints

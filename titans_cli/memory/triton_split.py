@@ -46,6 +46,7 @@ from .triton_fused import (
     TRITON_AVAILABLE,
     _block,
     _interpreting,
+    lane_strides,
 )
 
 if TRITON_AVAILABLE:
@@ -53,7 +54,8 @@ if TRITON_AVAILABLE:
     import triton.language as tl
 
     from .triton_fused import (
-        _arrive, _bias_derivative, _chunk_gates, _chunk_inputs, _clip, _mm, _state_step, _sum_parts, _wait,
+        _arrive, _bias_derivative, _chunk_gates, _chunk_inputs, _clip, _lane_offset, _mm, _state_step, _sum_parts,
+        _wait,
     )
 
     @triton.jit(do_not_specialize=_LENGTH_DEPENDENT)
@@ -67,7 +69,7 @@ if TRITON_AVAILABLE:
         max_grad_norm, p_exp,
         BT: tl.constexpr, BD: tl.constexpr, HB: tl.constexpr, PARTS: tl.constexpr,
         BIAS: tl.constexpr, RETENTION: tl.constexpr, GD: tl.constexpr, CLIP: tl.constexpr,
-        PRECISION: tl.constexpr, SAVES: tl.constexpr, READ: tl.constexpr,
+        PRECISION: tl.constexpr, SAVES: tl.constexpr, READ: tl.constexpr, ALIGNED: tl.constexpr,
     ):
         # SAVES: how many chunk-start matrices go to ckpt_ptr per (lane, chunk): 0; 2 (W1, W2, for
         # _memory_read_kernel); 4 (W1, W2, S1, S2: the backward's checkpoints, triton_fused's layout).
@@ -85,9 +87,9 @@ if TRITON_AVAILABLE:
         hid = part * HB + tl.arange(0, HB)
         d_ok = rd < head_dim
         h_ok = hid < hidden
-        q_base = q_ptr + row * q_sb + head * q_sh
-        k_base = k_ptr + row * k_sb + head * k_sh
-        v_base = v_ptr + row * v_sb + head * v_sh
+        q_base = q_ptr + _lane_offset(row, head, q_sb, q_sh, ALIGNED)
+        k_base = k_ptr + _lane_offset(row, head, k_sb, k_sh, ALIGNED)
+        v_base = v_ptr + _lane_offset(row, head, v_sb, v_sh, ALIGNED)
         g_off = row * g_sb + head * g_sh
         o_base = o_ptr + lane * length * head_dim
         s_base = lane * length
@@ -260,13 +262,12 @@ def launch_split(q, k, v, lr_c, eta_c, alpha_c, delta_c, w1, w2, s1, s2, output,
         chunks = -(-length // config.chunk_size)
         dtype = torch.bfloat16 if precision.startswith("bf16") else torch.float32  # (what the products round to)
         saves, states = 2, torch.empty(lanes * chunks * 2 * hidden * dim, device=k.device, dtype=dtype)
+    aligned, strides = lane_strides(q, k, v)
     _memory_split_kernel[(lanes * parts,)](
         q, k, v, lr_c, eta_c, alpha_c, delta_c,
         w1, w2, s1, s2,
         output, grad_norm, momentum_norm, states, exchange, counters,
-        q.stride(0), q.stride(1), q.stride(2),
-        k.stride(0), k.stride(1), k.stride(2),
-        v.stride(0), v.stride(1), v.stride(2),
+        *strides,
         lr_c.stride(0), lr_c.stride(1), lr_c.stride(2),
         heads, length, config.chunk_size, dim, hidden,
         float(config.max_grad_norm) if config.max_grad_norm != float("inf") else 1.0,
@@ -274,7 +275,7 @@ def launch_split(q, k, v, lr_c, eta_c, alpha_c, delta_c, w1, w2, s1, s2, output,
         BT=block_t, BD=block_d, HB=block_h, PARTS=parts,
         BIAS=_BIAS_CODES[config.attentional_bias], RETENTION=_RETENTION_CODES[config.retention],
         GD=config.algorithm == "gd", CLIP=config.max_grad_norm != float("inf"),
-        PRECISION=precision, SAVES=saves, READ=not read_apart,
+        PRECISION=precision, SAVES=saves, READ=not read_apart, ALIGNED=aligned,
         num_warps=num_warps, num_stages=1, **(cooperative_launch() if parts > 1 else {}),
     )
     if read_apart:

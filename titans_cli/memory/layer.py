@@ -270,6 +270,8 @@ class NeuralMemory(nn.Module):
             # numba path)
             op = functools.partial(op, momentum_signal=False)
 
+        if torch.is_autocast_enabled(x.device.type):  # cast once: autocast would cast x for each projection
+            x = x.to(torch.get_autocast_dtype(x.device.type))
         q, k, v, gates, conv_tail = self._memory_inputs(self.to_qkv(x), self.to_gates(x), state.conv_tail, backend)
         lr, momentum, decay = gates[0], gates[1], gates[2]
         huber_delta = gates[3] if self.uses_huber else None

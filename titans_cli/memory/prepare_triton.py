@@ -25,7 +25,11 @@ import torch
 
 from .triton_fused import TRITON_AVAILABLE, elementwise_supported, tl, triton
 
-_BLOCK_T, _NUM_WARPS = 64, 4  # tokens per program, warps per program (benchmarks/prepare_gpu.py)
+# Tokens and warps per program of the forward kernel (benchmarks/prepare_gpu.py: on an H200 with the
+# vectorised loads, 32 / 4 was fastest at both shapes measured), and tokens per program of the backward
+# kernels (not swept).
+_BLOCK_T, _NUM_WARPS = 32, 4
+_BLOCK_T_BACKWARD = 64
 
 
 def supported(x: torch.Tensor, head_dim: int) -> tuple[bool, str]:
@@ -240,7 +244,7 @@ class _PrepareInputs(torch.autograd.Function):
         d_gates = (torch.zeros(n_gates, batch, heads, length, device=device) if d_gates is None
                    else d_gates.to(torch.float32).contiguous())
         taps = conv_weight[:, 0, :].t().to(torch.float32).contiguous()
-        blocks = triton.cdiv(length, _BLOCK_T)
+        blocks = triton.cdiv(length, _BLOCK_T_BACKWARD)
         d_c = torch.empty(batch, length, width, device=device)
         d_taps = torch.empty(blocks, batch, size, width, device=device)
         d_bias = torch.empty(blocks, batch, width, device=device)
@@ -252,16 +256,16 @@ class _PrepareInputs(torch.autograd.Function):
             batch, length, proj_sb, projected.stride(1), tail_sb, tail.stride(1), gate_sb, gate_pre.stride(1),
             float(ctx.max_lr),
             HEADS=heads, DIM=dim, BD=max(16, triton.next_power_of_2(dim)), SIZE=size, N_GATES=n_gates,
-            BLOCK_T=_BLOCK_T, ALIGNED=aligned, num_warps=_NUM_WARPS,
+            BLOCK_T=_BLOCK_T_BACKWARD, ALIGNED=aligned, num_warps=_NUM_WARPS,
         )  # fmt: skip
         d_projected = torch.empty_like(projected)
         d_tail = torch.empty(batch, size - 1, width, device=device, dtype=projected.dtype)
         block_c = 64
-        grid = (triton.cdiv(length + size - 1, _BLOCK_T), batch, triton.cdiv(width, block_c))
+        grid = (triton.cdiv(length + size - 1, _BLOCK_T_BACKWARD), batch, triton.cdiv(width, block_c))
         aligned, (dc_sb, dp_sb, dt_sb) = _stride_args(d_c, d_projected, d_tail)
         _conv_transpose_kernel[grid](
             d_c, taps, d_projected, d_tail, length, width, dc_sb, dp_sb, max(dt_sb, 1),
-            SIZE=size, BLOCK_T=_BLOCK_T, BLOCK_C=block_c, ALIGNED=aligned, EVEN_C=width % block_c == 0,
+            SIZE=size, BLOCK_T=_BLOCK_T_BACKWARD, BLOCK_C=block_c, ALIGNED=aligned, EVEN_C=width % block_c == 0,
             num_warps=_NUM_WARPS,
         )  # fmt: skip
         d_weight = d_taps.sum(dim=(0, 1)).t().unsqueeze(1).to(conv_weight.dtype)  # (3C, 1, S)

@@ -541,20 +541,6 @@ if TRITON_AVAILABLE:
             d_delta1 += d_s0_dot_u[:, None] * _mm(keys, tl.trans(s1), PRECISION)
         return d_delta1
 
-    @triton.jit
-    def _deferred_input_adjoints(pending_keys, x_lane, slot, x_d, tile, tile_size, dq_ptr, dk_ptr, tok_base, c, chunk,
-                                 length, rt, rd, head_dim, PARTS: tl.constexpr, READ: tl.constexpr):
-        """Part 0's key (and, READ, query) adjoints of chunk c: its full-width part plus the hidden
-        blocks' shares that the parts left at x_d before the meeting that just passed."""
-        pos = c * chunk + rt
-        mask = ((rt < chunk) & (pos < length))[:, None] & (rd < head_dim)[None, :]
-        offsets = tok_base + pos[:, None] * head_dim + rd[None, :]
-        d_keys = pending_keys + _sum_parts(x_lane, slot, x_d + tile, PARTS)
-        tl.store(dk_ptr + offsets, d_keys.to(dk_ptr.dtype.element_ty), mask=mask)
-        if READ:
-            d_queries = _sum_parts(x_lane, slot, x_d + tile_size + tile, PARTS)
-            tl.store(dq_ptr + offsets, d_queries.to(dq_ptr.dtype.element_ty), mask=mask)
-
     @triton.jit(do_not_specialize=_LENGTH_DEPENDENT)
     def _memory_chunks_backward_kernel(
         q_ptr, k_ptr, v_ptr, lr_ptr, eta_ptr, alpha_ptr, ckpt_ptr,
@@ -634,10 +620,6 @@ if TRITON_AVAILABLE:
             dw2 = tl.load(dw2_ptr + pid * matrix + own_loc2, mask=own_mask2, other=0.0)
             ds1 = tl.load(ds1_ptr + pid * matrix + own_loc1, mask=own_mask1, other=0.0)
             ds2 = tl.load(ds2_ptr + pid * matrix + own_loc2, mask=own_mask2, other=0.0)
-        # PARTS > 1: the parts meet three times a chunk (after passes A, B, C). Pass D's shares of the
-        # key (and query) adjoints wait in the scratch until the next chunk's first meeting, where
-        # part 0 adds them up and writes them (after the loop for the last chunk walked, c = 0).
-        pending_keys = tl.zeros((BT, BD), tl.float32)
         n_chunks = tl.cdiv(length, chunk)
         for rc in range(0, n_chunks):
             c = n_chunks - 1 - rc
@@ -715,11 +697,7 @@ if TRITON_AVAILABLE:
                 tl.store(x_mine + 3 * tile_size + BT, d_beta_total)
                 tl.store(x_mine + 3 * tile_size + BT + 1, d_momentum_carry)
                 tl.store(x_mine + 3 * tile_size + BT + 2, d_eta_total)
-                _meet(counter, PARTS * (3 * rc + 1))
-                if rc > 0:
-                    if part == 0:  # the chunk after this one (walked before it)
-                        _deferred_input_adjoints(pending_keys, x_lane, slot, x_d, tile, tile_size, dq_ptr, dk_ptr,
-                                                 tok_base, c + 1, chunk, length, rt, rd, head_dim, PARTS, READ)
+                _meet(counter, PARTS * (4 * rc + 1))
                 pred = _sum_parts(x_lane, slot, tile, PARTS)
                 act_dw2 = _sum_parts(x_lane, slot, tile_size + tile, PARTS)
                 act_ds2 = _sum_parts(x_lane, slot, 2 * tile_size + tile, PARTS)
@@ -774,7 +752,7 @@ if TRITON_AVAILABLE:
                 tl.store(x_mine + x_b + rt, delta1_sq)
                 tl.store(x_mine + x_b + BT + rt, d_memory_step_b)
                 tl.store(x_mine + x_b + 2 * BT + rt, d_momentum_step_b)
-                _meet(counter, PARTS * (3 * rc + 2))
+                _meet(counter, PARTS * (4 * rc + 2))
                 delta1_sq = _sum_parts(x_lane, slot, x_b + rt, PARTS)
                 d_memory_step_b = _sum_parts(x_lane, slot, x_b + BT + rt, PARTS)
                 d_momentum_step_b = _sum_parts(x_lane, slot, x_b + 2 * BT + rt, PARTS)
@@ -900,7 +878,7 @@ if TRITON_AVAILABLE:
                 d_delta2_c += _mm(d_delta1 * dsig, tl.trans(w2), PRECISION)
             if PARTS > 1:
                 tl.store(x_mine + x_c + tile, d_delta2_c)
-                _meet(counter, PARTS * (3 * rc + 3))
+                _meet(counter, PARTS * (4 * rc + 3))
                 d_delta2_c = _sum_parts(x_lane, slot, x_c + tile, PARTS)
             d_delta2 += d_delta2_c
             d_pred = tl.where(tok_mask, 2.0 * d_delta2, 0.0)
@@ -972,20 +950,21 @@ if TRITON_AVAILABLE:
                     tl.store(ds1_ptr + pid * matrix + loc1, d_s1, mask=mask1)
                     tl.store(ds2_ptr + pid * matrix + loc2, d_s2, mask=mask2)
 
-            if PARTS > 1:  # shares for part 0 to add at the next meeting
+            if PARTS > 1:
                 tl.store(x_mine + x_d + tile, d_keys_d)
                 if READ:
                     tl.store(x_mine + x_d + tile_size + tile, d_queries)
-                pending_keys = d_keys
-            else:
-                d_keys += d_keys_d
+                _meet(counter, PARTS * (4 * rc + 4))
+                d_keys_d = _sum_parts(x_lane, slot, x_d + tile, PARTS)
+                if READ:
+                    d_queries = _sum_parts(x_lane, slot, x_d + tile_size + tile, PARTS)
+            d_keys += d_keys_d
 
             # ---- this chunk's input adjoints (part 0's to write)
             if part == 0:
-                if PARTS == 1:
-                    if READ:
-                        tl.store(dq_ptr + tok_base + tok_off, d_queries.to(dq_ptr.dtype.element_ty), mask=tok_mask)
-                    tl.store(dk_ptr + tok_base + tok_off, d_keys.to(dk_ptr.dtype.element_ty), mask=tok_mask)
+                if READ:
+                    tl.store(dq_ptr + tok_base + tok_off, d_queries.to(dq_ptr.dtype.element_ty), mask=tok_mask)
+                tl.store(dk_ptr + tok_base + tok_off, d_keys.to(dk_ptr.dtype.element_ty), mask=tok_mask)
                 tl.store(dv_ptr + tok_base + tok_off, (-d_pred).to(dv_ptr.dtype.element_ty), mask=tok_mask)
                 tl.store(dlr_ptr + s_base + pos, d_theta, mask=t_ok)
                 if not GD:
@@ -993,11 +972,6 @@ if TRITON_AVAILABLE:
                 if RETENTION <= 1:
                     tl.store(dalpha_ptr + s_base + pos, -d_log_beta / keep, mask=t_ok)
             tl.debug_barrier()
-        if PARTS > 1:
-            _meet(counter, PARTS * (3 * n_chunks + 1))
-            if part == 0:
-                _deferred_input_adjoints(pending_keys, x_lane, slot, x_d, tile, tile_size, dq_ptr, dk_ptr, tok_base, 0,
-                                         chunk, length, rt, rd, head_dim, PARTS, READ)
         if KEEP:
             tl.store(dw1_ptr + pid * matrix + own_loc1, dw1, mask=own_mask1)
             tl.store(dw2_ptr + pid * matrix + own_loc2, dw2, mask=own_mask2)

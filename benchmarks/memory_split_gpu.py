@@ -7,11 +7,13 @@ kernel, on one GPU, in one run.
    clipping with retention none; bf16 products at P = 2 against the one-program kernel's bf16.
 2. The memory op at issue 8's reference size (batch 8 x 16,384 tokens, 4 heads x 64, hidden 128,
    chunk 64), forward without the ||S_t|| signal (as `titans surprise` and the like-for-like layer
-   row run it): the one-program kernel and split variants (parts, products, warps), ms per call,
+   row run it): the one-program kernel and split variants (parts, products, warps, the read in the
+   recurrence or apart in triton_read), ms per call,
    µs per chunk, achieved TFLOP/s against the matmul rate measured in the same run, registers and
    spills of each compiled variant.
    Forward + backward of the op at that size, one-program kernels vs split (the backward kernel
-   shares a (row, head)'s hidden blocks the same way, meeting after each of its four passes).
+   shares a (row, head)'s hidden blocks the same way, meeting after each of its four passes), with
+   the read and its adjoints in the recurrences or apart.
 3. Where the split pays: the same op at batch 1, 2 and 4 (4-16 (row, head) lanes), split vs not.
 
 CUDA events, warm-up, median of repeats, fresh random inputs. Writes

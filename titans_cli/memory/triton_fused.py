@@ -43,10 +43,13 @@ Training: `memory_update` is differentiable. Forward runs the kernel. Backward, 
   blocks as in the forward (four passes per chunk). Without the ||S_t|| signal (momentum_signal
   False, as `titans train` runs it) the Grams and their adjoints are skipped, and where batch x
   heads leaves SMs idle a (row, head)'s hidden blocks are shared by programs that meet after each
-  pass (`PARTS`, as triton_split.py does for the forward). Measured on an H100
-  (benchmarks/results/gpu_memory_kernel.md): gradients equal torch_chunked's to 6e-7 with fp32
-  (ieee) products and 3.7e-3 with bf16 products; the memory layer's forward+backward without the
-  signal at 3.8x titans-pytorch under bf16 autocast on an H200 (memory_layer_gpu.md). Configs it
+  pass (`PARTS`, as triton_split.py does for the forward). The read's adjoints are computed before
+  the reverse walk, for all (row, head, chunk) at once (triton_read.read_backward); with one hidden
+  block per program (`KEEP`) a block's products are computed once per chunk, not once per pass.
+  Measured on an H100 (benchmarks/results/gpu_memory_kernel.md): gradients equal torch_chunked's to
+  6e-7 with fp32 (ieee) products and 3.7e-3 with bf16 products; the memory layer's
+  forward+backward without the signal at 5.1x titans-pytorch per call under bf16 autocast on an
+  H200 (memory_layer_gpu.md). Configs it
   does not cover, and launches that run out of shared memory, fall back to:
 - "torch": recompute the call through torch_chunked under autograd and backpropagate through that
   (forward+backward costs this kernel plus torch_chunked's forward and backward).

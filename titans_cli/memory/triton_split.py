@@ -8,15 +8,19 @@ It keeps that slice of the state in registers for the whole call instead of rewr
 every chunk, and it does only its slice's products. In the chunk step of MEMORY_MATH.md everything
 is local to a slice except three sums over all hidden units:
 
-    pred_t = Σ_p W2,p σ(W1,p k_t)   (with the read Σ_p W2,p σ(W1,p q_t) and ||a_t||²)  meeting 1
+    pred_t = Σ_p W2,p σ(W1,p k_t)   (and ||a_t||²)                                   meeting 1
     ||δ1_t||² = Σ_p ||δ1,p,t||²     (the clip of ||u_t||, and the grad_norm signal)     meeting 2
 
 so twice a chunk the P parts write their partial sums to a scratch buffer, wait at a barrier (an
 atomic counter per (row, head)), and then every part adds the partials in the same order p = 0..P-1:
-all P parts hold bit-identical δ2 and clip factors, so their slices stay one consistent state. The
-read is written by part 0. Per part and chunk that is 9 products of b × d × HB (read 2, keys forward
-2, δ1 1, update 4) against 24 of b × d × 64 in the one-program kernel at hidden 128 (three passes,
-recomputing the keys forward).
+all P parts hold bit-identical δ2 and clip factors, so their slices stay one consistent state. Work
+that needs no partials (the values' load, the chunk's gate products) goes between a part's arrival
+and its wait. The read y = M0(q) needs only the chunk-start state: by default (READ off) each part
+stores its slice of the chunk-start W1, W2 and triton_read computes every chunk's read afterwards,
+all (lane, chunk) at once. Per part and chunk that leaves 7 products of b × d × HB on the chain (keys
+forward 2, δ1 1, update 4; READ on adds the read's 2, summed at meeting 1 and written by part 0)
+against 24 of b × d × 64 in the one-program kernel at hidden 128 (three passes, recomputing the keys
+forward).
 
 The barrier needs every part of a (row, head) resident at once: the launch is cooperative (the
 driver refuses a grid that does not fit, and the caller falls back to the one-program kernel), and

@@ -343,3 +343,34 @@ def test_read_adjoints_apart_equal_the_backward_kernels_own(momentum_signal):
     for name, a, b in zip(["q", "k", "v", "lr", "momentum", "decay", "delta", "W1", "W2", "S1", "S2"], apart, inside):
         if b is not None:
             assert relative_error(a, b) < 1e-6, f"adjoint of {name}"
+
+
+def test_unaligned_strides_take_the_elementwise_loads():
+    """q, k, v as views of (B, H, T, 17) tensors: their batch and head strides are not multiples of 16,
+    so the kernels get them as they are (lane_strides' ALIGNED off) rather than divided by 16. The
+    one-program kernel, the split kernel with its read kernel, and the backward with its read
+    adjoints give what they give on contiguous copies."""
+    config = MemoryConfig(num_heads=2, head_dim=16, chunk_size=16, max_grad_norm=0.5)
+    (q, k, v, lr, momentum, decay, delta), weights, momenta = random_inputs(config, batch=2, length=37, seed=7)
+    padded = lambda t: torch.cat([t, torch.zeros_like(t[..., :1])], dim=-1)[..., :16]  # noqa: E731
+    views = tuple(padded(t) for t in (q, k, v))
+    assert not triton_fused.lane_strides(*views)[0] and triton_fused.lane_strides(q, k, v)[0]
+    for parts in (0, 1):  # the one-program kernel; the split kernel's code path and the read kernel
+        got, want = (triton_fused.MemoryResult(*triton_fused._fused_forward(
+            *inputs, lr, momentum, decay, delta, weights, momenta, config, "ieee", momentum_signal=False,
+            parts=parts)) for inputs in (views, (q, k, v)))
+        zero = torch.zeros_like(got.grad_norm)
+        assert_results_close(got._replace(momentum_norm=zero), want._replace(momentum_norm=zero), 1e-6,
+                             f"parts={parts}, unaligned views vs contiguous:")
+    chunks = 3
+    checkpoints = torch.empty(2 * 2 * chunks * 4 * config.hidden_dim * config.head_dim, device=DEVICE)
+    outputs = triton_fused._fused_forward(q, k, v, lr, momentum, decay, delta, weights, momenta, config, "ieee",
+                                          checkpoints=checkpoints, momentum_signal=False)
+    generator = torch.Generator().manual_seed(9)
+    grads = [torch.randn(t.shape, generator=generator).to(DEVICE) for t in (*outputs[:3], *outputs[3], *outputs[4])]
+    got, want = (triton_fused._triton_backward(config, "ieee", (*inputs, lr, momentum, decay, None, *weights, *momenta),
+                                               checkpoints, grads, momentum_signal=False)
+                 for inputs in (views, (q, k, v)))
+    for index, (a, b) in enumerate(zip(got, want)):
+        if b is not None:
+            assert relative_error(a, b) < 1e-6, f"adjoint {index}: unaligned views vs contiguous"

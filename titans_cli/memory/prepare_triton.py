@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import torch
 
-from .triton_fused import TRITON_AVAILABLE, elementwise_supported, tl, triton
+from .triton_fused import TRITON_AVAILABLE, elementwise_supported, in_sixteenths, tl, triton
 
 # Tokens and warps per program of the forward kernel (benchmarks/prepare_gpu.py: on an H200 with the
 # vectorised loads, 32 / 4 was fastest at both shapes measured), and tokens per program of the backward
@@ -249,7 +249,7 @@ class _PrepareInputs(torch.autograd.Function):
         d_taps = torch.empty(blocks, batch, size, width, device=device)
         d_bias = torch.empty(blocks, batch, width, device=device)
         d_gate_pre = torch.empty(batch, length, n_gates * heads, device=device, dtype=gate_pre.dtype)
-        aligned, (proj_sb, tail_sb, gate_sb) = _stride_args(projected, tail, gate_pre)
+        aligned, (proj_sb, tail_sb, gate_sb) = in_sixteenths([t.stride(0) for t in (projected, tail, gate_pre)])
         _prepare_backward_kernel[(blocks, batch * heads)](
             projected, tail, taps, conv_bias.to(torch.float32).contiguous(), gate_pre, *grads, d_gates,
             d_c, d_taps, d_bias, d_gate_pre,
@@ -262,7 +262,7 @@ class _PrepareInputs(torch.autograd.Function):
         d_tail = torch.empty(batch, size - 1, width, device=device, dtype=projected.dtype)
         block_c = 64
         grid = (triton.cdiv(length + size - 1, _BLOCK_T_BACKWARD), batch, triton.cdiv(width, block_c))
-        aligned, (dc_sb, dp_sb, dt_sb) = _stride_args(d_c, d_projected, d_tail)
+        aligned, (dc_sb, dp_sb, dt_sb) = in_sixteenths([t.stride(0) for t in (d_c, d_projected, d_tail)])
         _conv_transpose_kernel[grid](
             d_c, taps, d_projected, d_tail, length, width, dc_sb, dp_sb, max(dt_sb, 1),
             SIZE=size, BLOCK_T=_BLOCK_T_BACKWARD, BLOCK_C=block_c, ALIGNED=aligned, EVEN_C=width % block_c == 0,
@@ -271,13 +271,6 @@ class _PrepareInputs(torch.autograd.Function):
         d_weight = d_taps.sum(dim=(0, 1)).t().unsqueeze(1).to(conv_weight.dtype)  # (3C, 1, S)
         return (d_projected, d_tail, d_weight, d_bias.sum(dim=(0, 1)).to(conv_bias.dtype), d_gate_pre, None, None)
 
-
-def _stride_args(*tensors: torch.Tensor) -> tuple[bool, list[int]]:
-    """(ALIGNED, the batch strides to pass): where every one is a multiple of 16 elements they go
-    divided by 16 (see the kernels' _batch_strides)."""
-    strides = [t.stride(0) for t in tensors]
-    aligned = all(s % 16 == 0 for s in strides)
-    return aligned, [s // 16 for s in strides] if aligned else strides
 
 
 def prepare_inputs(projected: torch.Tensor, tail: torch.Tensor, conv_weight: torch.Tensor, conv_bias: torch.Tensor,
@@ -310,7 +303,7 @@ def _prepare(projected, tail, conv_weight, conv_bias, gate_pre, heads, max_lr, b
     taps = conv_weight[:, 0, :].t().to(torch.float32).contiguous()  # (size, 3C)
     block_t = block_t or _BLOCK_T
     grid = (triton.cdiv(length, block_t), batch * heads)
-    aligned, (proj_sb, tail_sb, gate_sb) = _stride_args(projected, tail, gate_pre)
+    aligned, (proj_sb, tail_sb, gate_sb) = in_sixteenths([t.stride(0) for t in (projected, tail, gate_pre)])
     _prepare_kernel[grid](
         projected, tail, taps, conv_bias.to(torch.float32).contiguous(), gate_pre, q, k, v, gates,
         batch, length, proj_sb, projected.stride(1), tail_sb, tail.stride(1), gate_sb, gate_pre.stride(1),

@@ -1134,13 +1134,19 @@ def backward_kernel_supported(config: MemoryConfig, precision: str = "bf16") -> 
     return covered
 
 
+def in_sixteenths(strides: list[int]) -> tuple[bool, list[int]]:
+    """(ALIGNED, the strides to pass) for unspecialised strides a kernel multiplies back by 16 where
+    ALIGNED (`_lane_offset`, prepare_triton's `_batch_strides`): divided by 16 where every one is a
+    multiple of 16, else as they are."""
+    aligned = all(s % 16 == 0 for s in strides)
+    return aligned, [s // 16 for s in strides] if aligned else list(strides)
+
+
 def lane_strides(*tensors: torch.Tensor) -> tuple[bool, list[int]]:
     """(ALIGNED, the strides to pass) for (B, H, T, d) tensors: batch, head and token stride of each,
-    the first two divided by 16 where all of them are multiples of 16 (see `_lane_offset`)."""
-    lane = [s for t in tensors for s in t.stride()[:2]]
-    aligned = all(s % 16 == 0 for s in lane)
-    return aligned, [s for t in tensors for s in ((t.stride(0) // 16, t.stride(1) // 16) if aligned else t.stride()[:2])
-                     + (t.stride(2),)]
+    the first two `in_sixteenths`."""
+    aligned, lane = in_sixteenths([s for t in tensors for s in t.stride()[:2]])
+    return aligned, [s for i, t in enumerate(tensors) for s in (*lane[2 * i:2 * i + 2], t.stride(2))]
 
 
 def _kernel_precision(precision: str | None, dtype: torch.dtype, device: torch.device) -> str:

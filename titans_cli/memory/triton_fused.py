@@ -1011,7 +1011,6 @@ def _fused_forward(q, k, v, lr, momentum, decay, huber_delta, weights, momenta, 
     w1, s1 = state[0], state[depth]
     w2, s2 = (state[1], state[depth + 1]) if depth == 2 else (w1, s1)
 
-    output = torch.empty(batch, heads, length, dim, device=device, dtype=out_dtype)
     grad_norm = torch.empty(batch, heads, length, device=device, dtype=out_dtype)
     momentum_norm = torch.empty(batch, heads, length, device=device, dtype=out_dtype)
     if length > 0 and batch * heads > 0:
@@ -1030,38 +1029,40 @@ def _fused_forward(q, k, v, lr, momentum, decay, huber_delta, weights, momenta, 
             # (docs/KERNEL_NOTES.md).
             warnings.warn("triton_fused: bf16 products need 64-wide tiles; using tf32", stacklevel=3)
             kernel_precision = "tf32"
-        split = _run_split(q, k, v, lr_c, eta_c, alpha_c, delta_c, w1, w2, s1, s2, output, grad_norm,
-                           momentum_norm, config, kernel_precision, requested_warps, checkpoints, momentum_signal,
-                           parts, read_apart)
-        if split is not None:
-            output = split
-        while split is None:
-            try:
-                _launch(q, k, v, lr_c, eta_c, alpha_c, delta_c, w1, w2, s1, s2, output, grad_norm, momentum_norm,
-                        config, heads, length, dim, hidden, block_t, block_h, kernel_precision, num_warps,
-                        checkpoints, momentum_signal)
-                break
-            except OutOfResources:
-                # Shared memory of the tile products grows with the hidden block (fp32 operands of
-                # tf32 products are the largest): halve it and compile again.
-                if block_h <= 16 or config.retention in ("lq", "kl") or kernel_precision == "bf16":
-                    raise
-                block_h //= 2
+        output = _run_split(q, k, v, lr_c, eta_c, alpha_c, delta_c, w1, w2, s1, s2, grad_norm, momentum_norm,
+                            config, kernel_precision, requested_warps, checkpoints, momentum_signal, parts, read_apart)
+        if output is None:  # the one-program kernel, writing (B, H, T, d) contiguous
+            output = torch.empty(batch, heads, length, dim, device=device, dtype=out_dtype)
+            while True:
+                try:
+                    _launch(q, k, v, lr_c, eta_c, alpha_c, delta_c, w1, w2, s1, s2, output, grad_norm,
+                            momentum_norm, config, heads, length, dim, hidden, block_t, block_h, kernel_precision,
+                            num_warps, checkpoints, momentum_signal)
+                    break
+                except OutOfResources:
+                    # Shared memory of the tile products grows with the hidden block (fp32 operands of
+                    # tf32 products are the largest): halve it and compile again.
+                    if block_h <= 16 or config.retention in ("lq", "kl") or kernel_precision == "bf16":
+                        raise
+                    block_h //= 2
     elif length == 0:
         output = q.clone().to(out_dtype)
+    else:  # no (row, head): nothing to write
+        output = torch.empty(batch, heads, length, dim, device=device, dtype=out_dtype)
     new_weights = tuple(s.to(weight_dtype) for s in state[:depth])
     new_momenta = tuple(s.to(weight_dtype) for s in state[depth:])
     return output, grad_norm, momentum_norm, new_weights, new_momenta
 
 
-def _run_split(q, k, v, lr_c, eta_c, alpha_c, delta_c, w1, w2, s1, s2, output, grad_norm, momentum_norm,
+def _run_split(q, k, v, lr_c, eta_c, alpha_c, delta_c, w1, w2, s1, s2, grad_norm, momentum_norm,
                config, precision, num_warps, checkpoints, momentum_signal, parts, read_apart=True) -> torch.Tensor | None:
     """Run triton_split's kernel where it applies (`parts` forced, or chosen there); a chosen split
     that the card refuses warns.
 
-    Returns the output it wrote, or None where it did not run (use the one-program kernel). With the
-    read apart that is a fresh (B, H, T, d) view of a (B, T, H, d) buffer: heads side by side per
-    token, as the layer's output projection reads them, so the layer transposes nothing."""
+    Returns the output it wrote (in grad_norm's dtype), or None where it did not run (use the
+    one-program kernel). With the read apart that is a (B, H, T, d) view of a (B, T, H, d) buffer:
+    heads side by side per token, as the layer's output projection reads them, so the layer
+    transposes nothing; with the read in the recurrence, (B, H, T, d) contiguous."""
     from . import triton_split
 
     if parts == 0:
@@ -1077,9 +1078,11 @@ def _run_split(q, k, v, lr_c, eta_c, alpha_c, delta_c, w1, w2, s1, s2, output, g
     if precision == "bf16" and not _bf16_tiles(k.shape[-1], config.hidden_dim // chosen):
         precision = "tf32"  # the bf16 guard of _fused_forward, at the slice width
     warps = num_warps or (_DEFAULT_NUM_WARPS if config.hidden_dim // chosen >= 64 else 4)
+    batch, heads, length, dim = k.shape
     if read_apart:
-        batch, heads, length, dim = k.shape
-        output = torch.empty(batch, length, heads, dim, device=k.device, dtype=output.dtype).permute(0, 2, 1, 3)
+        output = torch.empty(batch, length, heads, dim, device=k.device, dtype=grad_norm.dtype).permute(0, 2, 1, 3)
+    else:
+        output = torch.empty(batch, heads, length, dim, device=k.device, dtype=grad_norm.dtype)
     try:
         triton_split.launch_split(q, k, v, lr_c, eta_c, alpha_c, delta_c, w1, w2, s1, s2, output, grad_norm,
                                   momentum_norm, config, chosen, precision, warps, checkpoints, read_apart)

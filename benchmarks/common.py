@@ -161,6 +161,28 @@ def cuda_times_ms(fn, warmup: int, repeats: int) -> list[float]:
     return times
 
 
+def cuda_queued_ms(fn, calls: int, runs: int = 3) -> float:
+    """Milliseconds per call of `calls` calls of fn() queued back to back between two CUDA events,
+    with no synchronisation between them (the host prepares the next call while the GPU runs this
+    one, as a stream of pieces runs); median of `runs`, after one call."""
+    import statistics
+
+    import torch
+
+    fn()
+    torch.cuda.synchronize()
+    per_call = []
+    for _ in range(runs):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(calls):
+            fn()
+        end.record()
+        end.synchronize()
+        per_call.append(start.elapsed_time(end) / calls)
+    return statistics.median(per_call)
+
+
 # ----------------------------------------------------------------------------- sequences
 
 

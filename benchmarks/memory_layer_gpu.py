@@ -25,7 +25,6 @@ Needs CUDA and titans-pytorch (carried wheels on the device machine).
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -40,22 +39,6 @@ from gpu_memory_kernel import time_cuda, titans_pytorch_layer  # noqa: E402
 
 from titans_cli.memory import layer as memory_layer  # noqa: E402
 from titans_cli.memory.config import MemoryConfig  # noqa: E402
-
-
-def back_to_back_ms(fn, calls: int, runs: int = 3) -> float:
-    """Milliseconds per call of `calls` calls queued back to back (median of `runs`)."""
-    fn()
-    torch.cuda.synchronize()
-    per_call = []
-    for _ in range(runs):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(calls):
-            fn()
-        end.record()
-        end.synchronize()
-        per_call.append(start.elapsed_time(end) / calls)
-    return statistics.median(per_call)
 
 
 def main() -> int:
@@ -126,10 +109,10 @@ def main() -> int:
                 if mode == "fwd":
                     with torch.no_grad():
                         stats = time_cuda(forward(name, bf16), args.warmup, args.repeats)
-                        stats["queued_ms"] = back_to_back_ms(forward(name, bf16), queue_length(stats))
+                        stats["queued_ms"] = common.cuda_queued_ms(forward(name, bf16), queue_length(stats))
                 else:
                     stats = time_cuda(forward_backward(name, bf16), args.warmup, args.repeats)
-                    stats["queued_ms"] = back_to_back_ms(forward_backward(name, bf16), queue_length(stats))
+                    stats["queued_ms"] = common.cuda_queued_ms(forward_backward(name, bf16), queue_length(stats))
                 stats["rate"] = tokens / (stats["median_ms"] * 1e-3)
                 stats["queued_rate"] = tokens / (stats["queued_ms"] * 1e-3)
                 results[(name, bf16, mode)] = stats

@@ -7,8 +7,9 @@ more than most single changes gain; run the trees alternately, more than once.
     for tree in carry/t_A carry/t_B carry/t_A carry/t_B; do python benchmarks/layer_ab_gpu.py $tree; done
 
 Prints one line per measurement (median of CUDA-event timings, synchronised after each call): layer
-forward, layer forward+backward of a mean-square loss, the input kernel alone, and the memory op's
-forward alone. Writes no results file (the lines go into the notes of the change they measured).
+forward (and back to back: 10 calls queued, common.cuda_queued_ms), layer forward+backward of a
+mean-square loss, the input kernel alone, and the memory op's forward alone.
+Writes no results file (the lines go into the notes of the change they measured).
 """
 
 from __future__ import annotations
@@ -59,8 +60,8 @@ def main() -> int:
         y.float().square().mean().backward()
         layer.zero_grad(set_to_none=True)
 
-    print(f"{label}: layer forward {median_ms(forward):.2f} ms, forward+backward "
-          f"{median_ms(forward_backward, 2, 7):.2f} ms", flush=True)
+    print(f"{label}: layer forward {median_ms(forward):.2f} ms ({common.cuda_queued_ms(forward, 10):.2f} back to "
+          f"back), forward+backward {median_ms(forward_backward, 2, 7):.2f} ms", flush=True)
     with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
         projected, gate_pre, state = layer.to_qkv(x), layer.to_gates(x), layer.initial_state(8)
 

@@ -86,6 +86,36 @@ def test_layer_streamed_with_triton_inputs_equals_torch(monkeypatch, preset):
         assert (a - b).abs().max().item() < 1e-5, "memory weights differ"
 
 
+def test_one_projection_gemm_follows_parameter_changes_and_hooks(monkeypatch):
+    """Without autograd the triton path computes q|k|v and the gate pre-activations in one GEMM over
+    concatenated weights it keeps: the same outputs as the torch path, also after an in-place change
+    of a parameter, and not used while a hook watches to_gates (frozen memory)."""
+    memory_op = memory_layer.memory_op
+    monkeypatch.setattr(memory_layer, "memory_op", lambda backend: memory_op("torch" if backend == "triton" else backend))
+    config = MemoryConfig(num_heads=2, head_dim=12, depth=2, expansion=2, chunk_size=16)
+    torch.manual_seed(5)
+    layer = NeuralMemory(24, config).to(DEVICE).eval()
+    x = torch.randn(2, 40, 24).to(DEVICE)
+
+    def difference():
+        with torch.no_grad():
+            return (layer(x, backend="triton")[0] - layer(x, backend="torch")[0]).abs().max().item()
+
+    assert difference() < 1e-5
+    assert "projections" in layer._inference_cache  # the one-GEMM path ran
+    with torch.no_grad():
+        layer.to_gates.bias[0] += 3.0  # the learning-rate gate of head 0: a visibly different update
+        layer.to_qkv.weight.mul_(1.5)
+    assert difference() < 1e-5, "the kept weights did not follow an in-place parameter change"
+    layer._inference_cache.clear()
+    handle = layer.to_gates.register_forward_hook(lambda module, inputs, gates: gates * 0.5)
+    try:
+        assert difference() < 1e-5
+        assert "projections" not in layer._inference_cache, "a hooked to_gates was bypassed"
+    finally:
+        handle.remove()
+
+
 @pytest.mark.parametrize("heads, dim, size, n_gates, length", [(2, 8, 4, 3, 70), (3, 12, 4, 4, 5), (1, 20, 1, 3, 65)])
 def test_prepare_inputs_gradients_equal_the_definition(heads, dim, size, n_gates, length):
     """Under autograd the kernel's backward (the adjoint kernel and the conv's transpose) gives the

@@ -68,6 +68,11 @@ def _prepare_on_gpu(x: torch.Tensor, head_dim: int) -> bool:
     return supported(x, head_dim)[0]
 
 
+def _global_hooks() -> bool:
+    module = nn.modules.module
+    return bool(module._global_forward_hooks or module._global_forward_pre_hooks)
+
+
 def _l2_normalize(t: torch.Tensor, heads: int) -> torch.Tensor:
     """F.normalize(t split into heads, dim=-1) computed on the (B, T, H, d) layout -> (B, T, H*d)."""
     batch, length, _ = t.shape
@@ -182,6 +187,7 @@ class NeuralMemory(nn.Module):
                 bias[3].fill_(_HUBER_BIAS)  # δ
         self.initial_weights = nn.ParameterList(nn.Parameter(w) for w in initial_memory_weights(config))
         self.to_out = nn.Linear(inner, d_model, bias=False)
+        self._inference_cache: dict = {}  # name -> (key, tensor): see _cached
 
     def initial_state(self, batch_size: int, device=None) -> MemoryStreamState:
         config = self.config
@@ -189,12 +195,15 @@ class NeuralMemory(nn.Module):
         dtype = self.initial_weights[0].dtype
         init = tuple(w.to(device) for w in self.initial_weights)
         weights = tuple(w.unsqueeze(0).expand(batch_size, *w.shape) for w in init)
+        # every zero of a fresh state is one scalar, expanded (broadcast views, as the weights are):
+        # nothing to fill, and whatever reads them copies them anyway
+        zero = torch.zeros((), device=device, dtype=dtype)
         shape = (batch_size, config.num_heads, 0)
-        empty_gate = torch.zeros(shape, device=device, dtype=dtype)
-        empty_vec = torch.zeros(*shape, config.head_dim, device=device, dtype=dtype)
+        empty_gate = zero.expand(shape)
+        empty_vec = zero.expand(*shape, config.head_dim)
         return MemoryStreamState(
             weights=weights,
-            momenta=tuple(torch.zeros_like(w) for w in weights),
+            momenta=tuple(zero.expand(w.shape) for w in weights),
             current_weights=weights,
             pending_k=empty_vec,
             pending_v=empty_vec,
@@ -202,7 +211,7 @@ class NeuralMemory(nn.Module):
             pending_momentum=empty_gate,
             pending_decay=empty_gate,
             pending_huber_delta=empty_gate if self.uses_huber else None,
-            conv_tail=torch.zeros(batch_size, config.conv_size - 1, 3 * config.inner_dim, device=device, dtype=dtype),
+            conv_tail=zero.expand(batch_size, config.conv_size - 1, 3 * config.inner_dim),
             initial_weights=init,
             position=0,
         )
@@ -216,7 +225,44 @@ class NeuralMemory(nn.Module):
             out.addcmul_(with_tail[:, j : j + length], taps[j])
         return out
 
-    def _memory_inputs(self, projected: torch.Tensor, gate_pre: torch.Tensor, tail: torch.Tensor, backend: str):
+    def _cached(self, name: str, key: tuple, build):
+        """A tensor derived from parameters, built again only when `key` changes (include the
+        parameters' _version counters, which every in-place change bumps, and their data_ptr)."""
+        cached = self._inference_cache.get(name)
+        if cached is None or cached[0] != key:
+            cached = (key, build())
+            self._inference_cache[name] = cached
+        return cached[1]
+
+    def _projections(self, x: torch.Tensor, kernels: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """The q|k|v projections (B, T, 3HD) and gate pre-activations (B, T, G·H) of a piece.
+
+        Where the input kernel reads them (`kernels`) and nothing else looks (no autograd, no hooks
+        on the two projections: frozen memory hooks to_gates) one GEMM computes both, with
+        [W_qkv; W_gates; 0] and [0; b_gates; 0] concatenated once in x's dtype and kept while the
+        parameters are unchanged; the zero rows pad each token's row to a multiple of 8 values, so
+        both views start 16-byte aligned for the kernel's vector loads."""
+        hooked = any(m._forward_hooks or m._forward_pre_hooks for m in (self.to_qkv, self.to_gates))
+        if not kernels or torch.is_grad_enabled() or hooked or _global_hooks():
+            return self.to_qkv(x), self.to_gates(x)
+        qkv, gates = self.to_qkv.weight, self.to_gates
+        width, n_gates = qkv.shape[0], gates.weight.shape[0]
+        padded = -(-(width + n_gates) // 8) * 8
+        key = (x.dtype, x.device, qkv._version, qkv.data_ptr(), gates.weight._version, gates.weight.data_ptr(),
+               gates.bias._version, gates.bias.data_ptr())  # fmt: skip
+
+        def build():
+            weight = torch.zeros(padded, qkv.shape[1], device=x.device, dtype=x.dtype)
+            weight[:width], weight[width : width + n_gates] = qkv, gates.weight
+            bias = torch.zeros(padded, device=x.device, dtype=x.dtype)
+            bias[width : width + n_gates] = gates.bias
+            return weight, bias
+
+        weight, bias = self._cached("projections", key, build)
+        both = F.linear(x, weight, bias)
+        return both[..., :width], both[..., width : width + n_gates]
+
+    def _memory_inputs(self, projected: torch.Tensor, gate_pre: torch.Tensor, tail: torch.Tensor, kernels: bool):
         """From a piece's q|k|v projections (B, T, 3HD), gate pre-activations (B, T, G·H) and the
         previous piece's last conv_size - 1 projections: q, k, v (B, H, T, d) after the causal conv,
         SiLU and (q, k) L2 norms; the gates θ = max_lr·σ, η = σ, α = σ[, Huber δ = softplus] (B, H, T)
@@ -228,11 +274,14 @@ class NeuralMemory(nn.Module):
         batch, length, _ = projected.shape
         kept = config.conv_size - 1
         tail = tail.to(projected.dtype)
-        if backend == "triton" and _prepare_on_gpu(projected, config.head_dim):
+        if kernels:
             from .prepare_triton import prepare_inputs
 
-            q, k, v, gates = prepare_inputs(projected, tail, self.conv.weight, self.conv.bias, gate_pre, heads,
-                                            config.max_lr)  # fmt: skip
+            weight = self.conv.weight
+            taps = None if torch.is_grad_enabled() else self._cached(
+                "taps", (weight._version, weight.data_ptr()), lambda: weight[:, 0, :].t().to(torch.float32).contiguous())
+            q, k, v, gates = prepare_inputs(projected, tail, weight, self.conv.bias, gate_pre, heads, config.max_lr,
+                                            taps=taps)  # fmt: skip
             new_tail = projected[:, length - kept :] if length >= kept else torch.cat([tail[:, length:], projected], 1)
             return q, k, v, gates, new_tail.clone()  # not a view of the piece
         with_tail = torch.cat([tail, projected], dim=1)
@@ -272,7 +321,8 @@ class NeuralMemory(nn.Module):
 
         if torch.is_autocast_enabled(x.device.type):  # cast once: autocast would cast x for each projection
             x = x.to(torch.get_autocast_dtype(x.device.type))
-        q, k, v, gates, conv_tail = self._memory_inputs(self.to_qkv(x), self.to_gates(x), state.conv_tail, backend)
+        kernels = backend == "triton" and _prepare_on_gpu(x, config.head_dim)  # the input kernel (prepare_triton)
+        q, k, v, gates, conv_tail = self._memory_inputs(*self._projections(x, kernels), state.conv_tail, kernels)
         lr, momentum, decay = gates[0], gates[1], gates[2]
         huber_delta = gates[3] if self.uses_huber else None
         if backend == "triton" and x.is_cuda and torch.is_autocast_enabled("cuda") and _bf16_kernels(config):
@@ -296,18 +346,10 @@ class NeuralMemory(nn.Module):
         boundary = (total // config.chunk_size) * config.chunk_size
 
         def run(span: slice, weights, momenta) -> MemoryResult:
-            return op(
-                all_q[:, :, span],
-                all_k[:, :, span],
-                all_v[:, :, span],
-                all_lr[:, :, span],
-                all_momentum[:, :, span],
-                all_decay[:, :, span],
-                None if all_delta is None else all_delta[:, :, span],
-                weights,
-                momenta,
-                config,
-            )
+            whole = span.start == 0 and span.stop == total  # (no views to make: a few µs of host each)
+            tokens = lambda t: t if whole or t is None else t[:, :, span]  # noqa: E731
+            inputs = (all_q, all_k, all_v, all_lr, all_momentum, all_decay, all_delta)
+            return op(*(tokens(t) for t in inputs), weights, momenta, config)
 
         weights, momenta = state.weights, state.momenta
         outputs, grad_norms, momentum_norms = [], [], []

@@ -275,18 +275,20 @@ class _PrepareInputs(torch.autograd.Function):
 
 def prepare_inputs(projected: torch.Tensor, tail: torch.Tensor, conv_weight: torch.Tensor, conv_bias: torch.Tensor,
                    gate_pre: torch.Tensor, heads: int, max_lr: float, block_t: int | None = None,
-                   num_warps: int | None = None):  # fmt: skip
+                   num_warps: int | None = None, taps: torch.Tensor | None = None):  # fmt: skip
     """projected (B, T, 3C) (the q|k|v projections, C = H·d), tail (B, size - 1, 3C) (the previous
     projected rows), conv_weight (3C, 1, size), conv_bias (3C,), gate_pre (B, T, G·H).
     Returns q, k, v (B, H, T, d) in projected's dtype and gates (G, B, H, T) fp32 (see the module
-    docstring). Differentiable when autograd asks (tail in projected's dtype then)."""
+    docstring). Differentiable when autograd asks (tail in projected's dtype then). taps: conv_weight
+    as the kernel reads it, (size, 3C) fp32 contiguous, where the caller keeps it (inference only)."""
     tensors = (projected, tail, conv_weight, conv_bias, gate_pre)
     if torch.is_grad_enabled() and any(t.requires_grad for t in tensors) and block_t is None and num_warps is None:
         return _PrepareInputs.apply(projected, tail.to(projected.dtype), conv_weight, conv_bias, gate_pre, heads, max_lr)
-    return _prepare(projected, tail, conv_weight, conv_bias, gate_pre, heads, max_lr, block_t, num_warps)
+    return _prepare(projected, tail, conv_weight, conv_bias, gate_pre, heads, max_lr, block_t, num_warps, taps)
 
 
-def _prepare(projected, tail, conv_weight, conv_bias, gate_pre, heads, max_lr, block_t=None, num_warps=None):
+def _prepare(projected, tail, conv_weight, conv_bias, gate_pre, heads, max_lr, block_t=None, num_warps=None,
+             taps=None):
     batch, length, width = projected.shape
     dim = width // 3 // heads
     size = conv_weight.shape[-1]
@@ -300,7 +302,8 @@ def _prepare(projected, tail, conv_weight, conv_bias, gate_pre, heads, max_lr, b
     tail = tail.to(projected.dtype).contiguous()
     if size == 1:
         tail = projected  # never read
-    taps = conv_weight[:, 0, :].t().to(torch.float32).contiguous()  # (size, 3C)
+    if taps is None:
+        taps = conv_weight[:, 0, :].t().to(torch.float32).contiguous()  # (size, 3C)
     block_t = block_t or _BLOCK_T
     grid = (triton.cdiv(length, block_t), batch * heads)
     aligned, (proj_sb, tail_sb, gate_sb) = in_sixteenths([t.stride(0) for t in (projected, tail, gate_pre)])

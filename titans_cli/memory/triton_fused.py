@@ -1001,10 +1001,12 @@ def _fused_forward(q, k, v, lr, momentum, decay, huber_delta, weights, momenta, 
     def unit_stride(t):
         return t if t.stride(-1) == 1 else t.contiguous()
 
+    def fp32(t):  # (the input kernel's gates already are: no ops, which cost host time per call)
+        return t.detach() if t.dtype == torch.float32 and t.is_contiguous() else t.detach().float().contiguous()
+
     q, k, v = (unit_stride(t.detach()) for t in (q, k, v))
-    gates = [t.detach().to(torch.float32).contiguous() for t in (lr, momentum, decay)]
-    lr_c, eta_c, alpha_c = gates
-    delta_c = huber_delta.detach().to(torch.float32).contiguous() if huber_delta is not None else lr_c
+    lr_c, eta_c, alpha_c = (fp32(t) for t in (lr, momentum, decay))
+    delta_c = fp32(huber_delta) if huber_delta is not None else lr_c
     # Working state, fp32, (B*H, out, in) contiguous; the kernel rewrites it chunk by chunk.
     state = [torch.empty(w.shape, device=device, dtype=torch.float32).copy_(w.detach()) for w in (*weights, *momenta)]
     depth = config.depth

@@ -112,6 +112,29 @@ def test_state_detach_to_and_fingerprint():
     assert torch.allclose(detached.weights[0], boundary_only.current_weights[0], atol=1e-6)
 
 
+def test_fresh_state_is_kept_without_autograd_and_follows_the_initial_weights():
+    """Without autograd initial_state hands out the state it made last time (nothing in a state is
+    changed in place); an in-place change of the initial weights, another batch size or autograd
+    gets a new one, and the kept state streams like a new one."""
+    config = PRESETS["titans"].replace(**TINY)
+    layer = make_layer(config, dtype=torch.float32)
+    x = torch.randn(2, 12, D_MODEL)
+    with torch.no_grad():
+        first = layer.initial_state(2)
+        assert layer.initial_state(2) is first
+        assert layer.initial_state(3) is not first
+        y_kept = layer(x, layer.initial_state(2))[0]
+        layer.initial_weights[0].mul_(1.1)
+        changed = layer.initial_state(2)
+    assert changed is not first and torch.equal(changed.weights[0][1], layer.initial_weights[0].detach())
+    assert layer.initial_state(2) is not changed and layer.initial_state(2).weights[0].requires_grad
+    with torch.no_grad():
+        layer.initial_weights[0].div_(1.1)
+        assert torch.allclose(layer(x)[0], y_kept, atol=1e-6)
+    with pytest.raises(AttributeError):
+        first.position = 5  # states are frozen
+
+
 def test_gradients_reach_every_parameter():
     config = PRESETS["yaad"].replace(**TINY)
     layer = make_layer(config, dtype=torch.float32)

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from triton_device import CUDA, DEVICE  # first: sets TRITON_INTERPRET=1 without CUDA
 
 from titans_cli.memory import reference, torch_chunked  # noqa: E402
-from titans_cli.memory import triton_fused  # noqa: E402
+from titans_cli.memory import triton_fused, triton_split  # noqa: E402
 from titans_cli.memory.config import MemoryConfig  # noqa: E402
 from titans_cli.memory.mlp import initial_memory_weights  # noqa: E402
 
@@ -177,8 +177,6 @@ def test_backward_kernel_equals_torch_chunked_gradients(changes, block_hidden, m
 def test_split_backward_equals_torch_chunked_gradients(parts, monkeypatch):
     """Forward and backward with a (row, head)'s hidden units (64, in slices of 64 / parts) shared by
     `parts` programs that meet after each pass."""
-    from titans_cli.memory import triton_split
-
     monkeypatch.setattr(triton_split, "choose_parts", lambda *args: parts)
     check_backward_gradients(MemoryConfig(num_heads=2, head_dim=16, expansion=4, chunk_size=16), False)
 
@@ -256,6 +254,30 @@ def test_split_kernel_equals_torch_chunked(changes):
             split = split._replace(momentum_norm=torch.zeros_like(split.grad_norm))
             want = chunked._replace(momentum_norm=torch.zeros_like(split.grad_norm))
         assert_results_close(split, want, 1e-4, f"split P={parts} vs torch_chunked:")
+
+
+def test_split_kernel_reads_a_broadcast_initial_state_in_place():
+    """A fresh stream's state (weights and zero momenta broadcast over the batch, as
+    NeuralMemory.initial_state makes them) is read where it lies; the caller's tensors stay as they
+    were; mixed layouts (one broadcast, one not) are copied first. Same results either way."""
+    config = MemoryConfig(num_heads=2, head_dim=16, chunk_size=16, max_grad_norm=0.5)
+    (q, k, v, lr, momentum, decay, delta), weights, _ = random_inputs(config, batch=2, length=40)
+    shared = tuple(w[0] for w in weights)  # (H, out, in) per layer
+    broadcast = tuple(w.unsqueeze(0).expand(2, *w.shape) for w in shared)
+    zeros = tuple(torch.zeros_like(w).unsqueeze(0).expand(2, *w.shape) for w in shared)
+    contiguous = tuple(w.contiguous() for w in broadcast)
+    assert triton_split.initial_strides((*broadcast, *zeros)) == (0, shared[0][0].numel())
+    assert triton_split.initial_strides((*contiguous, *zeros)) is None
+    want = torch_chunked.memory_update(q, k, v, lr, momentum, decay, delta, contiguous,
+                                       tuple(z.contiguous() for z in zeros), config)  # fmt: skip
+    before = [w.clone() for w in shared]
+    for label, state in (("broadcast", (broadcast, zeros)), ("mixed", (contiguous, zeros))):
+        got = triton_fused.MemoryResult(*triton_fused._fused_forward(q, k, v, lr, momentum, decay, delta, *state, config,
+                                                                     "ieee", momentum_signal=False, parts=1))
+        got = got._replace(momentum_norm=torch.zeros_like(got.grad_norm))
+        assert_results_close(got, want._replace(momentum_norm=torch.zeros_like(got.grad_norm)), 1e-4, f"{label}:")
+    assert all(torch.equal(a, b) for a, b in zip(before, shared)), "the initial state was written to"
+    assert all((z == 0).all() for z in zeros)
 
 
 def test_split_kernel_saves_the_checkpoints_of_the_one_program_kernel():

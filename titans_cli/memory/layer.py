@@ -81,7 +81,7 @@ def _l2_normalize(t: torch.Tensor, heads: int) -> torch.Tensor:
     return (rows / norm).view(batch, length, -1)
 
 
-@dataclass
+@dataclass(frozen=True)  # never changed in place: layers hand the same fresh state out again
 class MemoryStreamState:
     """Everything a NeuralMemory needs to continue a stream (size independent of its length).
 
@@ -190,20 +190,32 @@ class NeuralMemory(nn.Module):
         self._inference_cache: dict = {}  # name -> (key, tensor): see _cached
 
     def initial_state(self, batch_size: int, device=None) -> MemoryStreamState:
-        config = self.config
+        """A fresh stream's state: the learned initial memory broadcast over the batch (views, no
+        copies), zero momenta, no pending tokens, a zero conv tail. Nothing in a state is written in
+        place, so without autograd the layer keeps the last one it made and returns it again while
+        the initial weights are unchanged (tensors made per call cost host time the GPU waits for);
+        under autograd each call makes its own, so gradients reach the initial weights."""
         device = device if device is not None else self.to_qkv.weight.device
+        if torch.is_grad_enabled():
+            return self._fresh_state(batch_size, device)
+        key = (batch_size, str(device), *((w._version, w.data_ptr()) for w in self.initial_weights))
+        return self._cached("fresh state", key, lambda: self._fresh_state(batch_size, device))
+
+    def _fresh_state(self, batch_size: int, device) -> MemoryStreamState:
+        config = self.config
         dtype = self.initial_weights[0].dtype
         init = tuple(w.to(device) for w in self.initial_weights)
         weights = tuple(w.unsqueeze(0).expand(batch_size, *w.shape) for w in init)
-        # every zero of a fresh state is one scalar, expanded (broadcast views, as the weights are):
-        # nothing to fill, and whatever reads them copies them anyway
+        # The momenta broadcast zero matrices, laid out as the weights (the split kernel reads both
+        # in place); the empty pending tensors a zero scalar.
         zero = torch.zeros((), device=device, dtype=dtype)
+        zero_momenta = tuple(torch.zeros_like(w) for w in init)
         shape = (batch_size, config.num_heads, 0)
         empty_gate = zero.expand(shape)
         empty_vec = zero.expand(*shape, config.head_dim)
         return MemoryStreamState(
             weights=weights,
-            momenta=tuple(zero.expand(w.shape) for w in weights),
+            momenta=tuple(s.unsqueeze(0).expand(batch_size, *s.shape) for s in zero_momenta),
             current_weights=weights,
             pending_k=empty_vec,
             pending_v=empty_vec,
@@ -211,7 +223,7 @@ class NeuralMemory(nn.Module):
             pending_momentum=empty_gate,
             pending_decay=empty_gate,
             pending_huber_delta=empty_gate if self.uses_huber else None,
-            conv_tail=zero.expand(batch_size, config.conv_size - 1, 3 * config.inner_dim),
+            conv_tail=torch.zeros(batch_size, config.conv_size - 1, 3 * config.inner_dim, device=device, dtype=dtype),
             initial_weights=init,
             position=0,
         )
@@ -266,15 +278,14 @@ class NeuralMemory(nn.Module):
         """From a piece's q|k|v projections (B, T, 3HD), gate pre-activations (B, T, G·H) and the
         previous piece's last conv_size - 1 projections: q, k, v (B, H, T, d) after the causal conv,
         SiLU and (q, k) L2 norms; the gates θ = max_lr·σ, η = σ, α = σ[, Huber δ = softplus] (B, H, T)
-        each; and the tail the next piece needs. One computation, three implementations: torch's
+        each; and the tail the next piece needs (a view). One computation, three implementations: torch's
         under autograd (conv1d, F.normalize), CPU inference's (shifted multiply-adds on the (B, T, C)
         layout, ~4x faster than conv1d's transposed path) and the triton backend's on a GPU (one
         Triton kernel, prepare_triton.py, with a backward of two more for training)."""
         config, heads = self.config, self.config.num_heads
         batch, length, _ = projected.shape
         kept = config.conv_size - 1
-        tail = tail.to(projected.dtype)
-        if kernels:
+        if kernels:  # (the kernel reads the tail in any float dtype)
             from .prepare_triton import prepare_inputs
 
             weight = self.conv.weight
@@ -282,9 +293,10 @@ class NeuralMemory(nn.Module):
                 "taps", (weight._version, weight.data_ptr()), lambda: weight[:, 0, :].t().to(torch.float32).contiguous())
             q, k, v, gates = prepare_inputs(projected, tail, weight, self.conv.bias, gate_pre, heads, config.max_lr,
                                             taps=taps)  # fmt: skip
-            new_tail = projected[:, length - kept :] if length >= kept else torch.cat([tail[:, length:], projected], 1)
-            return q, k, v, gates, new_tail.clone()  # not a view of the piece
-        with_tail = torch.cat([tail, projected], dim=1)
+            new_tail = (projected[:, length - kept :] if length >= kept
+                        else torch.cat([tail[:, length:].to(projected.dtype), projected], 1))  # fmt: skip
+            return q, k, v, gates, new_tail  # (a view: forward copies it once the update is launched)
+        with_tail = torch.cat([tail.to(projected.dtype), projected], dim=1)
         if torch.is_grad_enabled():
             convolved = F.conv1d(with_tail.transpose(1, 2), self.conv.weight, self.conv.bias, groups=self.conv.groups)
             q, k, v = F.silu(convolved.transpose(1, 2)).chunk(3, dim=-1)
@@ -295,7 +307,7 @@ class NeuralMemory(nn.Module):
         pre = gate_pre.view(batch, length, -1, heads).permute(2, 0, 3, 1)  # (G, B, H, T)
         gates = (torch.sigmoid(pre[0]) * config.max_lr, torch.sigmoid(pre[1]), torch.sigmoid(pre[2]),
                  F.softplus(pre[3]) if self.uses_huber else None)  # fmt: skip
-        return q, k, self._split_heads(v), gates, with_tail[:, with_tail.shape[1] - kept :].clone()
+        return q, k, self._split_heads(v), gates, with_tail[:, with_tail.shape[1] - kept :]
 
     def _split_heads(self, t: torch.Tensor) -> torch.Tensor:
         batch, length, _ = t.shape
@@ -387,7 +399,7 @@ class NeuralMemory(nn.Module):
             pending_momentum=all_momentum[:, :, keep].clone(),
             pending_decay=all_decay[:, :, keep].clone(),
             pending_huber_delta=None if all_delta is None else all_delta[:, :, keep].clone(),
-            conv_tail=conv_tail,
+            conv_tail=conv_tail.clone(),  # not a view of this piece's tensors
             position=state.position + length,
         )
         signals = {"grad": grad_norm.mean(dim=1), "momentum": momentum_norm.mean(dim=1)}

@@ -299,7 +299,8 @@ def _prepare(projected, tail, conv_weight, conv_bias, gate_pre, heads, max_lr, b
     if batch * length == 0:
         return q, k, v, gates
     projected, gate_pre = (t if t.stride(-1) == 1 else t.contiguous() for t in (projected, gate_pre))
-    tail = tail.to(projected.dtype).contiguous()
+    if not tail.is_contiguous() or tail.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        tail = tail.to(projected.dtype).contiguous()  # (else read as it is: the kernel works in fp32)
     if size == 1:
         tail = projected  # never read
     if taps is None:

@@ -1007,8 +1007,15 @@ def _fused_forward(q, k, v, lr, momentum, decay, huber_delta, weights, momenta, 
     q, k, v = (unit_stride(t.detach()) for t in (q, k, v))
     lr_c, eta_c, alpha_c = (fp32(t) for t in (lr, momentum, decay))
     delta_c = fp32(huber_delta) if huber_delta is not None else lr_c
-    # Working state, fp32, (B*H, out, in) contiguous; the kernel rewrites it chunk by chunk.
-    state = [torch.empty(w.shape, device=device, dtype=torch.float32).copy_(w.detach()) for w in (*weights, *momenta)]
+    # Working state, fp32, (B*H, out, in) contiguous; the kernel rewrites it chunk by chunk. The split
+    # kernel reads the initial state where it lies; the others start from a copy (fill_state).
+    initial = tuple(w.detach() for w in (*weights, *momenta))
+    state = [torch.empty(w.shape, device=device, dtype=torch.float32) for w in initial]
+
+    def fill_state():
+        for working, start in zip(state, initial):
+            working.copy_(start)
+
     depth = config.depth
     w1, s1 = state[0], state[depth]
     w2, s2 = (state[1], state[depth + 1]) if depth == 2 else (w1, s1)
@@ -1032,8 +1039,10 @@ def _fused_forward(q, k, v, lr, momentum, decay, huber_delta, weights, momenta, 
             warnings.warn("triton_fused: bf16 products need 64-wide tiles; using tf32", stacklevel=3)
             kernel_precision = "tf32"
         output = _run_split(q, k, v, lr_c, eta_c, alpha_c, delta_c, w1, w2, s1, s2, grad_norm, momentum_norm,
-                            config, kernel_precision, requested_warps, checkpoints, momentum_signal, parts, read_apart)
+                            config, kernel_precision, requested_warps, checkpoints, momentum_signal, parts, read_apart,
+                            initial, fill_state)  # fmt: skip
         if output is None:  # the one-program kernel, writing (B, H, T, d) contiguous
+            fill_state()
             output = torch.empty(batch, heads, length, dim, device=device, dtype=out_dtype)
             while True:
                 try:
@@ -1047,19 +1056,23 @@ def _fused_forward(q, k, v, lr, momentum, decay, huber_delta, weights, momenta, 
                     if block_h <= 16 or config.retention in ("lq", "kl") or kernel_precision == "bf16":
                         raise
                     block_h //= 2
-    elif length == 0:
-        output = q.clone().to(out_dtype)
-    else:  # no (row, head): nothing to write
-        output = torch.empty(batch, heads, length, dim, device=device, dtype=out_dtype)
+    else:
+        fill_state()
+        if length == 0:
+            output = q.clone().to(out_dtype)
+        else:  # no (row, head): nothing to write
+            output = torch.empty(batch, heads, length, dim, device=device, dtype=out_dtype)
     new_weights = tuple(s.to(weight_dtype) for s in state[:depth])
     new_momenta = tuple(s.to(weight_dtype) for s in state[depth:])
     return output, grad_norm, momentum_norm, new_weights, new_momenta
 
 
 def _run_split(q, k, v, lr_c, eta_c, alpha_c, delta_c, w1, w2, s1, s2, grad_norm, momentum_norm,
-               config, precision, num_warps, checkpoints, momentum_signal, parts, read_apart=True) -> torch.Tensor | None:
+               config, precision, num_warps, checkpoints, momentum_signal, parts, read_apart=True, initial=None,
+               fill_state=None) -> torch.Tensor | None:
     """Run triton_split's kernel where it applies (`parts` forced, or chosen there); a chosen split
-    that the card refuses warns.
+    that the card refuses warns. It starts from `initial` (the caller's state tensors) where their
+    layout lets it (triton_split.initial_strides), else from w1, w2, s1, s2 after fill_state().
 
     Returns the output it wrote (in grad_norm's dtype), or None where it did not run (use the
     one-program kernel). With the read apart that is a (B, H, T, d) view of a (B, T, H, d) buffer:
@@ -1085,9 +1098,12 @@ def _run_split(q, k, v, lr_c, eta_c, alpha_c, delta_c, w1, w2, s1, s2, grad_norm
         output = torch.empty(batch, length, heads, dim, device=k.device, dtype=grad_norm.dtype).permute(0, 2, 1, 3)
     else:
         output = torch.empty(batch, heads, length, dim, device=k.device, dtype=grad_norm.dtype)
+    if initial is not None and triton_split.initial_strides(initial) is None:
+        fill_state()
+        initial = None
     try:
         triton_split.launch_split(q, k, v, lr_c, eta_c, alpha_c, delta_c, w1, w2, s1, s2, output, grad_norm,
-                                  momentum_norm, config, chosen, precision, warps, checkpoints, read_apart)
+                                  momentum_norm, config, chosen, precision, warps, checkpoints, read_apart, initial)
     except (OutOfResources, RuntimeError) as error:
         if parts is not None:
             raise

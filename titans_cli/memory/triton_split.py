@@ -65,7 +65,7 @@ if TRITON_AVAILABLE:
     @triton.jit(do_not_specialize=_LENGTH_DEPENDENT)
     def _memory_split_kernel(
         q_ptr, k_ptr, v_ptr, lr_ptr, eta_ptr, alpha_ptr, hd_ptr,
-        w1_ptr, w2_ptr, s1_ptr, s2_ptr,
+        w1_ptr, w2_ptr, s1_ptr, s2_ptr, w1_in, w2_in, s1_in, s2_in, in_sb, in_sh,
         o_ptr, gn_ptr, mn_ptr, ckpt_ptr, xch_ptr, sync_ptr,
         q_sb, q_sh, q_st, k_sb, k_sh, k_st, v_sb, v_sh, v_st,
         g_sb, g_sh, g_st,
@@ -100,16 +100,18 @@ if TRITON_AVAILABLE:
         causal = rt[:, None] >= rt[None, :]
 
         # This part's slice of the state, (HB, d) rows of W1/S1 and (d, HB) columns of W2/S2, held
-        # in registers across the chunk loop.
+        # in registers across the chunk loop: read from the initial state (any batch and head
+        # strides: a fresh stream's is broadcast), written to w1_ptr.. (B*H, out, in) at the end.
         matrix = hidden * head_dim
         loc1 = hid[:, None] * head_dim + rd[None, :]
         loc2 = rd[:, None] * hidden + hid[None, :]
         mask1 = h_ok[:, None] & d_ok[None, :]
         mask2 = d_ok[:, None] & h_ok[None, :]
-        w1 = tl.load(w1_ptr + lane * matrix + loc1, mask=mask1, other=0.0)
-        s1 = tl.load(s1_ptr + lane * matrix + loc1, mask=mask1, other=0.0)
-        w2 = tl.load(w2_ptr + lane * matrix + loc2, mask=mask2, other=0.0)
-        s2 = tl.load(s2_ptr + lane * matrix + loc2, mask=mask2, other=0.0)
+        lane_in = row * in_sb + head * in_sh
+        w1 = tl.load(w1_in + lane_in + loc1, mask=mask1, other=0.0).to(tl.float32)
+        s1 = tl.load(s1_in + lane_in + loc1, mask=mask1, other=0.0).to(tl.float32)
+        w2 = tl.load(w2_in + lane_in + loc2, mask=mask2, other=0.0).to(tl.float32)
+        s2 = tl.load(s2_in + lane_in + loc2, mask=mask2, other=0.0).to(tl.float32)
 
         # Scratch per (row, head): per part [pred (BT, BD), read (BT, BD), ||a||² (BT), ||δ1||² (BT)].
         slot = 2 * BT * BD + 2 * BT
@@ -195,6 +197,15 @@ if TRITON_AVAILABLE:
         tl.store(s2_ptr + lane * matrix + loc2, s2, mask=mask2)
 
 
+def initial_strides(initial) -> tuple[int, int] | None:
+    """The (batch, head) strides shared by initial state tensors (B, H, out, in) whose matrices are
+    laid out row by row, as the split kernel reads them; None where they are not."""
+    pairs = {(t.stride(0), t.stride(1)) for t in initial}
+    if len(pairs) != 1 or any(t.stride(3) != 1 or t.stride(2) != t.shape[3] for t in initial):
+        return None
+    return pairs.pop()
+
+
 def split_supported(config: MemoryConfig, momentum_signal: bool) -> bool:
     """Configs the split kernel covers (see the module docstring)."""
     return (TRITON_AVAILABLE and config.depth == 2 and config.retention in ("decay", "none")
@@ -222,7 +233,13 @@ def auto_parts(config: MemoryConfig, lanes: int, precision: str, device: torch.d
     (not CUDA, or a triton without cooperative launches)."""
     if device.type != "cuda" or not _cooperative_supported():
         return 1
-    return choose_parts(config, lanes, precision, torch.cuda.get_device_properties(device).multi_processor_count)
+    return choose_parts(config, lanes, precision, _sm_count(device.index if device.index is not None
+                                                            else torch.cuda.current_device()))
+
+
+@functools.cache
+def _sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
 
 
 def choose_parts(config: MemoryConfig, lanes: int, precision: str, sms: int) -> int:
@@ -241,9 +258,13 @@ def choose_parts(config: MemoryConfig, lanes: int, precision: str, sms: int) -> 
 
 def launch_split(q, k, v, lr_c, eta_c, alpha_c, delta_c, w1, w2, s1, s2, output, grad_norm, momentum_norm,
                  config: MemoryConfig, parts: int, precision: str, num_warps: int, checkpoints=None,
-                 read_apart: bool = True):
-    """Run the split kernel on triton_fused._fused_forward's prepared tensors (state rewritten in
-    place). Raises on a launch the card refuses (cooperative grid too large, out of resources).
+                 read_apart: bool = True, initial=None):
+    """Run the split kernel on triton_fused._fused_forward's prepared tensors: the state after the
+    last chunk goes to w1, w2, s1, s2 ((B*H, out, in) fp32 contiguous). `initial`: the state to
+    start from, (W1, W2, S1, S2) (B, H, out, in) each, any float dtype, unit strides within a matrix
+    and one pair of batch / head strides for all four (a fresh stream's broadcast weights read in
+    place, no copies); None starts from w1, w2, s1, s2 themselves. Raises on a launch the card
+    refuses (cooperative grid too large, out of resources).
 
     read_apart: the recurrence stores each chunk's start W1, W2 (into the checkpoints when training,
     else into a buffer in the products' precision) and triton_read computes every chunk's read
@@ -266,10 +287,16 @@ def launch_split(q, k, v, lr_c, eta_c, alpha_c, delta_c, w1, w2, s1, s2, output,
         chunks = -(-length // config.chunk_size)
         dtype = torch.bfloat16 if precision.startswith("bf16") else torch.float32  # (what the products round to)
         saves, states = 2, torch.empty(lanes * chunks * 2 * hidden * dim, device=k.device, dtype=dtype)
+    if initial is None:
+        initial, in_strides = (w1, w2, s1, s2), (heads * hidden * dim, hidden * dim)
+    else:
+        in_strides = initial_strides(initial)
+        if in_strides is None:
+            raise ValueError("initial states need unit strides within a matrix and one batch / head stride pair")
     aligned, strides = lane_strides(q, k, v)
     _memory_split_kernel[(lanes * parts,)](
         q, k, v, lr_c, eta_c, alpha_c, delta_c,
-        w1, w2, s1, s2,
+        w1, w2, s1, s2, *initial, *in_strides,
         output, grad_norm, momentum_norm, states, exchange, counters,
         *strides,
         lr_c.stride(0), lr_c.stride(1), lr_c.stride(2),

@@ -280,6 +280,26 @@ def test_split_kernel_reads_a_broadcast_initial_state_in_place():
     assert all((z == 0).all() for z in zeros)
 
 
+@pytest.mark.parametrize("training", [False, True], ids=["inference", "training checkpoints"])
+def test_reader_programs_equal_the_read_kernel(training, monkeypatch):
+    """Reader programs added to the split grid (each read once its chunk's start state is saved)
+    write what the separate read kernel writes, bit for bit, from the bf16-or-fp32 states of
+    inference and from the training checkpoints alike; more readers than items, and fewer."""
+    config = MemoryConfig(num_heads=2, head_dim=16, chunk_size=16, max_grad_norm=0.5)
+    (q, k, v, lr, momentum, decay, delta), weights, momenta = random_inputs(config, batch=2, length=40)
+    args = (q, k, v, lr, momentum, decay, delta, weights, momenta, config, "ieee")
+    size = 2 * 2 * 3 * 4 * config.hidden_dim * config.head_dim
+
+    def run(readers):
+        monkeypatch.setattr(triton_split, "reader_count", lambda programs, lanes, device: readers)
+        checkpoints = torch.empty(size, device=DEVICE) if training else None
+        return triton_fused._fused_forward(*args, checkpoints=checkpoints, momentum_signal=False, parts=1)[0]
+
+    want = run(0)
+    for readers in (3, 17):  # 4 lanes x 3 chunks = 12 items
+        assert torch.equal(run(readers), want), f"{readers} readers"
+
+
 def test_split_kernel_saves_the_checkpoints_of_the_one_program_kernel():
     """The chunk-start states the backward kernel reads, written part by part, in the same layout."""
     config = MemoryConfig(num_heads=2, head_dim=16, chunk_size=16, max_grad_norm=0.5)

@@ -278,7 +278,7 @@ class NeuralMemory(nn.Module):
         """From a piece's q|k|v projections (B, T, 3HD), gate pre-activations (B, T, G·H) and the
         previous piece's last conv_size - 1 projections: q, k, v (B, H, T, d) after the causal conv,
         SiLU and (q, k) L2 norms; the gates θ = max_lr·σ, η = σ, α = σ[, Huber δ = softplus] (B, H, T)
-        each; and the tail the next piece needs (a view). One computation, three implementations: torch's
+        each; and the tail the next piece needs. One computation, three implementations: torch's
         under autograd (conv1d, F.normalize), CPU inference's (shifted multiply-adds on the (B, T, C)
         layout, ~4x faster than conv1d's transposed path) and the triton backend's on a GPU (one
         Triton kernel, prepare_triton.py, with a backward of two more for training)."""
@@ -295,7 +295,7 @@ class NeuralMemory(nn.Module):
                                             taps=taps)  # fmt: skip
             new_tail = (projected[:, length - kept :] if length >= kept
                         else torch.cat([tail[:, length:].to(projected.dtype), projected], 1))  # fmt: skip
-            return q, k, v, gates, new_tail  # (a view: forward copies it once the update is launched)
+            return q, k, v, gates, new_tail.clone()  # not a view: that would keep the projections alive
         with_tail = torch.cat([tail.to(projected.dtype), projected], dim=1)
         if torch.is_grad_enabled():
             convolved = F.conv1d(with_tail.transpose(1, 2), self.conv.weight, self.conv.bias, groups=self.conv.groups)
@@ -307,7 +307,7 @@ class NeuralMemory(nn.Module):
         pre = gate_pre.view(batch, length, -1, heads).permute(2, 0, 3, 1)  # (G, B, H, T)
         gates = (torch.sigmoid(pre[0]) * config.max_lr, torch.sigmoid(pre[1]), torch.sigmoid(pre[2]),
                  F.softplus(pre[3]) if self.uses_huber else None)  # fmt: skip
-        return q, k, self._split_heads(v), gates, with_tail[:, with_tail.shape[1] - kept :]
+        return q, k, self._split_heads(v), gates, with_tail[:, with_tail.shape[1] - kept :].clone()
 
     def _split_heads(self, t: torch.Tensor) -> torch.Tensor:
         batch, length, _ = t.shape
@@ -399,7 +399,7 @@ class NeuralMemory(nn.Module):
             pending_momentum=all_momentum[:, :, keep].clone(),
             pending_decay=all_decay[:, :, keep].clone(),
             pending_huber_delta=None if all_delta is None else all_delta[:, :, keep].clone(),
-            conv_tail=conv_tail.clone(),  # not a view of this piece's tensors
+            conv_tail=conv_tail,
             position=state.position + length,
         )
         signals = {"grad": grad_norm.mean(dim=1), "momentum": momentum_norm.mean(dim=1)}

@@ -27,15 +27,12 @@ if TRITON_AVAILABLE:
 
     from .triton_fused import _lane_offset, _mm
 
-    @triton.jit(do_not_specialize=_LENGTH_DEPENDENT)
-    def _memory_read_kernel(
-        q_ptr, st_ptr, o_ptr,
-        q_sb, q_sh, q_st, o_sb, o_sh, o_st, num_heads, length, chunk, head_dim, hidden, saves,
-        BT: tl.constexpr, BD: tl.constexpr, HB: tl.constexpr, SLICES: tl.constexpr, PRECISION: tl.constexpr,
-        ALIGNED: tl.constexpr,
-    ):
-        lane = tl.program_id(0)
-        c = tl.program_id(1)
+    @triton.jit
+    def _read_chunk(q_ptr, st_ptr, o_ptr, lane, c, q_sb, q_sh, q_st, o_sb, o_sh, o_st, num_heads, length, chunk,
+                    head_dim, hidden, saves, BT: tl.constexpr, BD: tl.constexpr, HB: tl.constexpr,
+                    SLICES: tl.constexpr, PRECISION: tl.constexpr, ALIGNED: tl.constexpr):
+        """y = SiLU(q W1ᵀ) W2ᵀ for the tokens of chunk c of a lane, from that chunk's start W1, W2 (the
+        first two of the `saves` matrices per (lane, chunk) at st_ptr), in hidden slices of HB."""
         row = lane // num_heads
         head = lane % num_heads
         rt = tl.arange(0, BT)
@@ -58,6 +55,16 @@ if TRITON_AVAILABLE:
             read += _mm(zq * tl.sigmoid(zq), tl.trans(w2), PRECISION)
         tl.store(o_ptr + _lane_offset(row, head, o_sb, o_sh, ALIGNED) + pos[:, None] * o_st + rd[None, :],
                  read.to(o_ptr.dtype.element_ty), mask=tok_mask)
+
+    @triton.jit(do_not_specialize=_LENGTH_DEPENDENT)
+    def _memory_read_kernel(
+        q_ptr, st_ptr, o_ptr,
+        q_sb, q_sh, q_st, o_sb, o_sh, o_st, num_heads, length, chunk, head_dim, hidden, saves,
+        BT: tl.constexpr, BD: tl.constexpr, HB: tl.constexpr, SLICES: tl.constexpr, PRECISION: tl.constexpr,
+        ALIGNED: tl.constexpr,
+    ):
+        _read_chunk(q_ptr, st_ptr, o_ptr, tl.program_id(0), tl.program_id(1), q_sb, q_sh, q_st, o_sb, o_sh, o_st,
+                    num_heads, length, chunk, head_dim, hidden, saves, BT, BD, HB, SLICES, PRECISION, ALIGNED)
 
     @triton.jit(do_not_specialize=_LENGTH_DEPENDENT)
     def _memory_read_backward_kernel(

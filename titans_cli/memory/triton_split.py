@@ -61,15 +61,16 @@ if TRITON_AVAILABLE:
         _arrive, _bias_derivative, _chunk_gates, _chunk_inputs, _clip, _lane_offset, _mm, _state_step, _sum_parts,
         _wait,
     )
+    from .triton_read import _read_chunk
 
     @triton.jit(do_not_specialize=_LENGTH_DEPENDENT)
     def _memory_split_kernel(
         q_ptr, k_ptr, v_ptr, lr_ptr, eta_ptr, alpha_ptr, hd_ptr,
         w1_ptr, w2_ptr, s1_ptr, s2_ptr, w1_in, w2_in, s1_in, s2_in, in_sb, in_sh,
         o_ptr, gn_ptr, mn_ptr, ckpt_ptr, xch_ptr, sync_ptr,
-        q_sb, q_sh, q_st, k_sb, k_sh, k_st, v_sb, v_sh, v_st,
+        q_sb, q_sh, q_st, k_sb, k_sh, k_st, v_sb, v_sh, v_st, o_sb, o_sh, o_st,
         g_sb, g_sh, g_st,
-        num_heads, length, chunk, head_dim, hidden,
+        num_heads, length, chunk, head_dim, hidden, lanes, readers,
         max_grad_norm, p_exp,
         BT: tl.constexpr, BD: tl.constexpr, HB: tl.constexpr, PARTS: tl.constexpr,
         BIAS: tl.constexpr, RETENTION: tl.constexpr, GD: tl.constexpr, CLIP: tl.constexpr,
@@ -78,9 +79,59 @@ if TRITON_AVAILABLE:
         # SAVES: how many chunk-start matrices go to ckpt_ptr per (lane, chunk): 0; 2 (W1, W2, for
         # _memory_read_kernel); 4 (W1, W2, S1, S2: the backward's checkpoints, triton_fused's layout).
         # READ: the read y = M0(q) here (meeting 1 adds its partials too); False leaves it to
-        # _memory_read_kernel, off the chunk recurrence.
+        # _memory_read_kernel, off the chunk recurrence, or to the `readers` programs after the
+        # lanes x PARTS that run it (_read_behind; o_sb, o_sh, o_st: the output's strides for them).
         tl.static_assert(READ or SAVES >= 2)
         pid = tl.program_id(0)
+        if pid >= lanes * PARTS:
+            _read_behind(q_ptr, ckpt_ptr, o_ptr, sync_ptr, pid - lanes * PARTS, readers, lanes, q_sb, q_sh, q_st,
+                         o_sb, o_sh, o_st, num_heads, length, chunk, head_dim, hidden, SAVES, BT, BD, HB, PARTS,
+                         PRECISION, ALIGNED)  # fmt: skip
+        else:
+            _recurrence(q_ptr, k_ptr, v_ptr, lr_ptr, eta_ptr, alpha_ptr, hd_ptr, w1_ptr, w2_ptr, s1_ptr, s2_ptr,
+                        w1_in, w2_in, s1_in, s2_in, in_sb, in_sh, o_ptr, gn_ptr, mn_ptr, ckpt_ptr, xch_ptr, sync_ptr,
+                        q_sb, q_sh, q_st, k_sb, k_sh, k_st, v_sb, v_sh, v_st, g_sb, g_sh, g_st, num_heads, length,
+                        chunk, head_dim, hidden, max_grad_norm, p_exp, pid, BT, BD, HB, PARTS, BIAS, RETENTION, GD,
+                        CLIP, PRECISION, SAVES, READ, ALIGNED)  # fmt: skip
+
+    @triton.jit
+    def _read_behind(q_ptr, st_ptr, o_ptr, sync_ptr, reader, readers, lanes, q_sb, q_sh, q_st, o_sb, o_sh, o_st,
+                     num_heads, length, chunk, head_dim, hidden, SAVES: tl.constexpr, BT: tl.constexpr,
+                     BD: tl.constexpr, HB: tl.constexpr, PARTS: tl.constexpr, PRECISION: tl.constexpr,
+                     ALIGNED: tl.constexpr):
+        """A reader: the reads of (lane, chunk) items reader, reader + readers, ... in chunk order,
+        each once the lane's parts have met at chunk c's first meeting (all its start state saved).
+        It polls the counter with plain volatile loads, not the atomics the parts meet with, then
+        acquires once. The readers run on SMs the recurrence leaves idle, so the read (the separate
+        kernel's ~0.1 ms at issue 8's shape) ends a few µs after the last chunk."""
+        n_chunks = tl.cdiv(length, chunk)
+        for item in range(reader, lanes * n_chunks, readers):
+            c = item // lanes
+            lane = item % lanes
+            counter = sync_ptr + lane
+            target = PARTS * (2 * c + 1)
+            seen = tl.load(counter, volatile=True)
+            while seen < target:
+                seen = tl.load(counter, volatile=True)
+            tl.atomic_add(counter, 0, sem="acquire", scope="gpu")
+            tl.debug_barrier()
+            _read_chunk(q_ptr, st_ptr, o_ptr, lane, c, q_sb, q_sh, q_st, o_sb, o_sh, o_st, num_heads, length, chunk,
+                        head_dim, hidden, SAVES, BT, BD, HB, PARTS, PRECISION, ALIGNED)
+
+    @triton.jit
+    def _recurrence(
+        q_ptr, k_ptr, v_ptr, lr_ptr, eta_ptr, alpha_ptr, hd_ptr,
+        w1_ptr, w2_ptr, s1_ptr, s2_ptr, w1_in, w2_in, s1_in, s2_in, in_sb, in_sh,
+        o_ptr, gn_ptr, mn_ptr, ckpt_ptr, xch_ptr, sync_ptr,
+        q_sb, q_sh, q_st, k_sb, k_sh, k_st, v_sb, v_sh, v_st,
+        g_sb, g_sh, g_st,
+        num_heads, length, chunk, head_dim, hidden,
+        max_grad_norm, p_exp, pid,
+        BT: tl.constexpr, BD: tl.constexpr, HB: tl.constexpr, PARTS: tl.constexpr,
+        BIAS: tl.constexpr, RETENTION: tl.constexpr, GD: tl.constexpr, CLIP: tl.constexpr,
+        PRECISION: tl.constexpr, SAVES: tl.constexpr, READ: tl.constexpr, ALIGNED: tl.constexpr,
+    ):
+        """Part pid % PARTS of the (row, head) pid // PARTS: the chunk recurrence on its hidden slice."""
         lane = pid // PARTS  # the (row, head) this part works for
         part = pid % PARTS
         row = lane // num_heads
@@ -256,6 +307,18 @@ def choose_parts(config: MemoryConfig, lanes: int, precision: str, sms: int) -> 
     return 1
 
 
+def reader_count(programs: int, lanes: int, device: torch.device) -> int:
+    """Reader programs to add to a split grid of `programs` (`_read_behind`): the SMs it leaves idle,
+    where there are at least as many as lanes (a reader per lane keeps up with the recurrence: a
+    chunk's read is a fraction of its step; four readers for 32 lanes made the fp32 layer 2.6x
+    slower on an H200) and programs can wait for each other; else 0, and the read runs as its own
+    kernel after the recurrence (triton_read.read)."""
+    if device.type != "cuda" or not _cooperative_supported():
+        return 0
+    spare = _sm_count(device.index if device.index is not None else torch.cuda.current_device()) - programs
+    return spare if spare >= lanes else 0
+
+
 def launch_split(q, k, v, lr_c, eta_c, alpha_c, delta_c, w1, w2, s1, s2, output, grad_norm, momentum_norm,
                  config: MemoryConfig, parts: int, precision: str, num_warps: int, checkpoints=None,
                  read_apart: bool = True, initial=None):
@@ -267,8 +330,10 @@ def launch_split(q, k, v, lr_c, eta_c, alpha_c, delta_c, w1, w2, s1, s2, output,
     refuses (cooperative grid too large, out of resources).
 
     read_apart: the recurrence stores each chunk's start W1, W2 (into the checkpoints when training,
-    else into a buffer in the products' precision) and triton_read computes every chunk's read
-    afterwards, one program per (lane, chunk); False reads in the recurrence, as before."""
+    else into a buffer in the products' precision) and reader programs in the same grid read each
+    chunk as soon as its start state is saved, on SMs the recurrence leaves idle (`reader_count`;
+    where there are none, triton_read computes every chunk's read afterwards, one program per
+    (lane, chunk)); False reads in the recurrence, as before."""
     batch, heads, length, dim = k.shape
     hidden = config.hidden_dim
     lanes = batch * heads
@@ -293,23 +358,24 @@ def launch_split(q, k, v, lr_c, eta_c, alpha_c, delta_c, w1, w2, s1, s2, output,
         in_strides = initial_strides(initial)
         if in_strides is None:
             raise ValueError("initial states need unit strides within a matrix and one batch / head stride pair")
-    aligned, strides = lane_strides(q, k, v)
-    _memory_split_kernel[(lanes * parts,)](
+    readers = reader_count(lanes * parts, lanes, k.device) if read_apart and length > 0 else 0
+    aligned, strides = lane_strides(q, k, v, output)
+    _memory_split_kernel[(lanes * parts + readers,)](
         q, k, v, lr_c, eta_c, alpha_c, delta_c,
         w1, w2, s1, s2, *initial, *in_strides,
         output, grad_norm, momentum_norm, states, exchange, counters,
         *strides,
         lr_c.stride(0), lr_c.stride(1), lr_c.stride(2),
-        heads, length, config.chunk_size, dim, hidden,
+        heads, length, config.chunk_size, dim, hidden, lanes, max(readers, 1),
         float(config.max_grad_norm) if config.max_grad_norm != float("inf") else 1.0,
         float(config.p),
         BT=block_t, BD=block_d, HB=block_h, PARTS=parts,
         BIAS=_BIAS_CODES[config.attentional_bias], RETENTION=_RETENTION_CODES[config.retention],
         GD=config.algorithm == "gd", CLIP=config.max_grad_norm != float("inf"),
         PRECISION=precision, SAVES=saves, READ=not read_apart, ALIGNED=aligned,
-        num_warps=num_warps, num_stages=1, **(cooperative_launch() if parts > 1 else {}),
+        num_warps=num_warps, num_stages=1, **(cooperative_launch() if parts > 1 or readers else {}),
     )
-    if read_apart:
+    if read_apart and not readers:
         from .triton_read import read
 
         read(q, states, saves, output, config.chunk_size, hidden, block_h, precision)

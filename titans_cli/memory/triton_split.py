@@ -16,8 +16,10 @@ atomic counter per (row, head)), and then every part adds the partials in the sa
 all P parts hold bit-identical δ2 and clip factors, so their slices stay one consistent state. Work
 that needs no partials (the values' load, the chunk's gate products) goes between a part's arrival
 and its wait. The read y = M0(q) needs only the chunk-start state: by default (READ off) each part
-stores its slice of the chunk-start W1, W2 and triton_read computes every chunk's read afterwards,
-all (lane, chunk) at once. Per part and chunk that leaves 7 products of b × d × HB on the chain (keys
+stores its slice of the chunk-start W1, W2, and the reads are computed from them off the chain:
+by reader programs added to the grid on the SMs the parts leave idle, each chunk as soon as its
+state is saved (`_read_behind`), or where there are too few idle SMs by triton_read afterwards, all
+(lane, chunk) at once. Per part and chunk that leaves 7 products of b × d × HB on the chain (keys
 forward 2, δ1 1, update 4; READ on adds the read's 2, summed at meeting 1 and written by part 0)
 against 24 of b × d × 64 in the one-program kernel at hidden 128 (three passes, recomputing the keys
 forward).

@@ -982,6 +982,19 @@ if TRITON_AVAILABLE:
             tl.store(ds2_ptr + pid * matrix + own_loc2, ds2, mask=own_mask2)
 
 
+def _unit_stride(t: torch.Tensor) -> torch.Tensor:
+    """t detached, with unit stride in its last dimension (the kernels' token rows), copied only if not."""
+    t = t.detach()
+    return t if t.stride(-1) == 1 else t.contiguous()
+
+
+def _fp32(t: torch.Tensor) -> torch.Tensor:
+    """t detached as fp32 contiguous, with no op where it already is (the input kernel's gates): each
+    op costs host time per call."""
+    t = t.detach()
+    return t if t.dtype == torch.float32 and t.is_contiguous() else t.float().contiguous()
+
+
 def _fused_forward(q, k, v, lr, momentum, decay, huber_delta, weights, momenta, config: MemoryConfig,
                    precision: str | None, num_warps: int | None = None, block_hidden: int | None = None,
                    checkpoints: torch.Tensor | None = None, momentum_signal: bool = True, parts: int | None = None,
@@ -998,15 +1011,9 @@ def _fused_forward(q, k, v, lr, momentum, decay, huber_delta, weights, momenta, 
     weight_dtype = weights[0].dtype
     kernel_precision = _kernel_precision(precision, q.dtype, device)
 
-    def unit_stride(t):
-        return t if t.stride(-1) == 1 else t.contiguous()
-
-    def fp32(t):  # (the input kernel's gates already are: no ops, which cost host time per call)
-        return t.detach() if t.dtype == torch.float32 and t.is_contiguous() else t.detach().float().contiguous()
-
-    q, k, v = (unit_stride(t.detach()) for t in (q, k, v))
-    lr_c, eta_c, alpha_c = (fp32(t) for t in (lr, momentum, decay))
-    delta_c = fp32(huber_delta) if huber_delta is not None else lr_c
+    q, k, v = (_unit_stride(t) for t in (q, k, v))
+    lr_c, eta_c, alpha_c = (_fp32(t) for t in (lr, momentum, decay))
+    delta_c = _fp32(huber_delta) if huber_delta is not None else lr_c
     # Working state, fp32, (B*H, out, in) contiguous; the kernel rewrites it chunk by chunk. The split
     # kernel reads the initial state where it lies; the others start from a copy (fill_state).
     initial = tuple(w.detach() for w in (*weights, *momenta))
@@ -1212,8 +1219,8 @@ def _triton_backward(config, precision, saved, checkpoints, grads, block_hidden:
     # every (token, channel) of these is written by the kernel, in the inputs' dtypes
     d_q, d_k, d_v = (torch.empty(batch, heads, length, dim, device=device, dtype=t.dtype) for t in (q, k, v))
     d_lr, d_eta, d_alpha = (torch.zeros(batch, heads, length, device=device, dtype=torch.float32) for _ in range(3))
-    qs, ks, vs = (t.detach() if t.stride(-1) == 1 else t.detach().contiguous() for t in (q, k, v))
-    lr_c, eta_c, alpha_c = (t.detach().to(torch.float32).contiguous() for t in (lr, momentum, decay))
+    qs, ks, vs = (_unit_stride(t) for t in (q, k, v))
+    lr_c, eta_c, alpha_c = (_fp32(t) for t in (lr, momentum, decay))
     kernel_precision = _kernel_precision(precision, q.dtype, device)
     block_h = min(_block(hidden), _block(block_hidden or _DEFAULT_BLOCK_HIDDEN))
     if kernel_precision == "bf16" and not _bf16_tiles(dim, block_h):  # see _fused_forward

@@ -286,12 +286,15 @@ def auto_parts(config: MemoryConfig, lanes: int, precision: str, device: torch.d
     (not CUDA, or a triton without cooperative launches)."""
     if device.type != "cuda" or not _cooperative_supported():
         return 1
-    return choose_parts(config, lanes, precision, _sm_count(device.index if device.index is not None
-                                                            else torch.cuda.current_device()))
+    return choose_parts(config, lanes, precision, _sm_count(device))
+
+
+def _sm_count(device: torch.device) -> int:
+    return _sm_count_of(device.index if device.index is not None else torch.cuda.current_device())
 
 
 @functools.cache
-def _sm_count(index: int) -> int:
+def _sm_count_of(index: int) -> int:
     return torch.cuda.get_device_properties(index).multi_processor_count
 
 
@@ -317,7 +320,7 @@ def reader_count(programs: int, lanes: int, device: torch.device) -> int:
     kernel after the recurrence (triton_read.read)."""
     if device.type != "cuda" or not _cooperative_supported():
         return 0
-    spare = _sm_count(device.index if device.index is not None else torch.cuda.current_device()) - programs
+    spare = _sm_count(device) - programs
     return spare if spare >= lanes else 0
 
 

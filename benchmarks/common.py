@@ -167,20 +167,12 @@ def cuda_queued_ms(fn, calls: int, runs: int = 3) -> float:
     one, as a stream of pieces runs); median of `runs`, after one call."""
     import statistics
 
-    import torch
-
-    fn()
-    torch.cuda.synchronize()
-    per_call = []
-    for _ in range(runs):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
+    def queued():
         for _ in range(calls):
             fn()
-        end.record()
-        end.synchronize()
-        per_call.append(start.elapsed_time(end) / calls)
-    return statistics.median(per_call)
+
+    fn()
+    return statistics.median(ms / calls for ms in cuda_times_ms(queued, warmup=0, repeats=runs))
 
 
 # ----------------------------------------------------------------------------- sequences

@@ -31,6 +31,7 @@ import gzip
 import json
 import math
 import platform
+import re
 import subprocess
 import sys
 import time
@@ -93,8 +94,11 @@ def read_book(path: Path) -> bytes:
 # Model bits
 
 
-def stream_bits(model, lanes: list[np.ndarray], bos_id: int, pad_id: int, piece: int, device) -> list[np.ndarray]:
-    """Bits of every token after BOS for each lane (lanes stream in parallel, state carried)."""
+def stream_bits(model, lanes: list[np.ndarray], bos_id: int, pad_id: int, piece: int, device,
+                probs: list | None = None) -> list[np.ndarray]:
+    """Bits of every token after BOS for each lane (lanes stream in parallel, state carried). With
+    `probs` (a list), appends to it each lane's (length, 4) float16 probabilities of A C G T (token
+    ids 3-6) at every position, as the model predicted that position."""
     import torch
 
     longest = max(len(lane) for lane in lanes)
@@ -104,6 +108,7 @@ def stream_bits(model, lanes: list[np.ndarray], bos_id: int, pad_id: int, piece:
         batch[row, 1 : 1 + len(lane)] = lane
     tokens = torch.from_numpy(batch).to(device)
     bits = torch.empty(len(lanes), longest, dtype=torch.float64, device=device)
+    base_probs = torch.empty(len(lanes), longest, 4, dtype=torch.float16, device=device) if probs is not None else None
     state, previous = None, None
     with torch.no_grad():
         for start in range(0, longest + 1, piece):
@@ -112,11 +117,18 @@ def stream_bits(model, lanes: list[np.ndarray], bos_id: int, pad_id: int, piece:
             log_probs = torch.log_softmax(output.logits.float(), dim=-1)
             if previous is not None:  # the first token of this piece, predicted by the last of the previous
                 bits[:, start - 1] = -previous.gather(-1, part[:, :1]).squeeze(-1).double() / math.log(2)
+                if base_probs is not None:
+                    base_probs[:, start - 1] = previous[:, 3:7].exp().half()
             if part.shape[1] > 1:
                 nats = -log_probs[:, :-1].gather(-1, part[:, 1:].unsqueeze(-1)).squeeze(-1)
                 bits[:, start : start + part.shape[1] - 1] = nats.double() / math.log(2)
+                if base_probs is not None:
+                    base_probs[:, start : start + part.shape[1] - 1] = log_probs[:, :-1, 3:7].exp().half()
             previous = log_probs[:, -1]
     bits = bits.cpu().numpy()
+    if base_probs is not None:
+        base_probs = base_probs.cpu().numpy()
+        probs.extend(base_probs[row, : len(lane)] for row, lane in enumerate(lanes))
     return [bits[row, : len(lane)] for row, lane in enumerate(lanes)]
 
 
@@ -144,7 +156,7 @@ def run_model(args) -> None:
             tokenizer = BPETokenizer.load(Path(args.model) / "tokenizer.json")
             raw = read_book(path)
             units.append((path.name, path.name.split(".")[0], tokenizer.encode(raw.decode("utf-8")), len(raw)))
-    for mode in ("live", "frozen"):
+    for mode in args.modes.split(","):
         started = time.perf_counter()
         loaded = load_model_dir(args.model, frozen_memory=(mode == "frozen"))
         model = loaded.model.to(device).eval()
@@ -157,15 +169,27 @@ def run_model(args) -> None:
                 segments.append((index, start, min(len(ids), start + step)))
         segments.sort(key=lambda s: s[2] - s[1], reverse=True)
         totals = {i: [0.0, 0] for i in range(len(units))}
+        saved = {i: [] for i in range(len(units))} if args.save_probs and mode == "live" else None
         for first in range(0, len(segments), args.lanes):
             group = segments[first : first + args.lanes]
             lanes = [units[i][2][a:b] for i, a, b in group]
-            lane_bits = stream_bits(model, lanes, config.bos_id, config.pad_id, args.piece, device)
+            lane_probs = [] if saved is not None else None
+            lane_bits = stream_bits(model, lanes, config.bos_id, config.pad_id, args.piece, device, lane_probs)
+            if saved is not None:
+                for (i, a, _), probs in zip(group, lane_probs):
+                    saved[i].append((a, probs))
             for (i, a, b), bits, lane in zip(group, lane_bits, lanes):
                 scored = (lane >= 3) & (lane <= 6) if args.kind == "dna" else np.ones(len(lane), dtype=bool)
                 totals[i][0] += float(bits[scored].sum())
                 totals[i][1] += int(scored.sum())
         seconds = time.perf_counter() - started
+        if saved is not None:  # one (tokens, 4) float16 array and the token ids per record
+            directory = Path(args.save_probs)
+            directory.mkdir(parents=True, exist_ok=True)
+            for i, (name, record_id, ids, _) in enumerate(units):
+                stem = re.sub(r"[^A-Za-z0-9._-]", "_", f"{name.split('.')[0]}.{record_id}")
+                np.save(directory / f"{stem}.probs.npy", np.concatenate([p for _, p in sorted(saved[i], key=lambda t: t[0])]))
+                np.save(directory / f"{stem}.ids.npy", ids.astype(np.uint8))
         for i, (name, record_id, ids, n_bytes) in enumerate(units):
             row = {"mode": mode, "file": name, "record": record_id, "bits": totals[i][0], "scored": totals[i][1],
                    "tokens": int(len(ids))}
@@ -374,6 +398,9 @@ def main() -> None:
     model.add_argument("--lanes", type=int, default=128)
     model.add_argument("--piece", type=int, default=8192)
     model.add_argument("--device", default="auto")
+    model.add_argument("--modes", default="live,frozen", help="comma-separated: live, frozen")
+    model.add_argument("--save-probs", metavar="DIR",
+                       help="DNA: write each record's live A/C/G/T probabilities (float16) and token ids as .npy")
     comp = sub.add_parser("compressors", help="xz -9 and zstd -19 --long=27 on the same content")
     comp.add_argument("data", nargs="+")
     comp.add_argument("--kind", choices=("dna", "text"), required=True)

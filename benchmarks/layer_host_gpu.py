@@ -7,7 +7,10 @@ in launch order with the host time of its launch and the GPU's start, end and id
 all relative to the call's start; and a cProfile of --repeats calls, the Python functions by own
 time. Prints only (a diagnostic, not a results section); --trace writes the chrome trace.
 
-    python benchmarks/layer_host_gpu.py [--repeats 20] [--trace trace.json] [--tree DIR] [--no-profile]
+--backward times a training call instead (forward with autograd, then the backward of a mean-square
+loss, as memory_layer_gpu.py's forward+backward row).
+
+    python benchmarks/layer_host_gpu.py [--repeats 20] [--trace trace.json] [--tree DIR] [--no-profile] [--backward]
 """
 
 from __future__ import annotations
@@ -94,6 +97,7 @@ def main() -> int:
     parser.add_argument("--trace", type=Path)
     parser.add_argument("--tree", help="a directory holding the titans_cli package to time")
     parser.add_argument("--no-profile", action="store_true", help="only the timings, no profiler or cProfile")
+    parser.add_argument("--backward", action="store_true", help="a training call: forward with autograd + backward")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         sys.exit("layer_host_gpu.py needs a CUDA GPU")
@@ -103,6 +107,12 @@ def main() -> int:
     x = torch.randn(args.batch, args.length, 256, device="cuda")
 
     def call():
+        if args.backward:
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                output = layer(x, backend="triton", momentum=False)[0]
+            output.float().square().mean().backward()
+            layer.zero_grad(set_to_none=True)
+            return output
         with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
             return layer(x, backend="triton", momentum=False)
 
@@ -134,7 +144,8 @@ def main() -> int:
     print(f"{torch.cuda.get_device_name()}: host until the split kernel's launch {statistics.median(to_split):.3f} ms, "
           f"until the call returns {statistics.median(host):.3f} ms (min {min(host):.3f}), until its GPU work is "
           f"done {statistics.median(total):.3f} ms (min {min(total):.3f}); median of {args.repeats}")
-    host_costs(layer, x)
+    if not args.backward:
+        host_costs(layer, x)
     if args.no_profile:
         return 0
 

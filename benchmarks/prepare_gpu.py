@@ -1,4 +1,5 @@
-"""The memory layer's input kernel (memory/prepare_triton.py) on one GPU: tokens per program and warps.
+"""The memory layer's input kernel (memory/prepare_triton.py) on one GPU: tokens per program and warps,
+forward and backward.
 
 The kernel reads the q|k|v projections and gate pre-activations once and writes q, k, v per head and
 the fp32 gates: a pass over memory, so its yardstick is bytes moved against the card's copy rate. Two
@@ -49,7 +50,7 @@ def main() -> int:
     started = time.time()
     gpu = torch.cuda.get_device_name()
     ceiling = copy_rate()
-    rows = []
+    rows, back_rows = [], []
     for label, (batch, length, heads, dim, dtype) in SHAPES.items():
         width = 3 * heads * dim
         projected = torch.randn(batch, length, width, device="cuda", dtype=dtype)
@@ -71,11 +72,35 @@ def main() -> int:
                 rows.append([label, block_t, warps, f"{ms * 1e3:.0f}", f"{rate:.0f}", f"{100 * rate / ceiling:.0f} %",
                              "default" if default else ""])
                 common.log(f"{label} block {block_t} warps {warps}: {ms * 1e3:.0f} µs {rate:.0f} GB/s")
+        # The backward (training): the adjoint kernel at each tokens/warps per program, then the conv's transpose
+        cotangents = [torch.randn(batch, heads, length, dim, device="cuda", dtype=dtype) for _ in range(3)]
+        cotangents.append(torch.randn(3, batch, heads, length, device="cuda"))
+        # projections read, d_c written and read, their adjoint written, the q|k|v cotangents read (5 x the
+        # projections); gate pre-activations read and their adjoint written; the fp32 gate cotangents read
+        moved_back = 5 * projected.numel() * size + 2 * gate_pre.numel() * size + 3 * batch * heads * length * 4
+        for block_t in (16, 32, 64):
+            for warps in (1, 2, 4):
+                def backward():
+                    return prepare_triton.prepare_backward(projected, tail, weight, bias, gate_pre, heads, 0.1,
+                                                           cotangents, block_t=block_t, num_warps=warps)
+
+                ms = statistics.median(common.cuda_times_ms(backward, 2, args.repeats))
+                rate = moved_back / (ms * 1e-3) / 1e9
+                default = block_t == prepare_triton._BLOCK_T_BACKWARD and warps == prepare_triton._NUM_WARPS_BACKWARD
+                back_rows.append([label, block_t, warps, f"{ms * 1e3:.0f}", f"{rate:.0f}",
+                                  f"{100 * rate / ceiling:.0f} %", "default" if default else ""])
+                common.log(f"{label} backward block {block_t} warps {warps}: {ms * 1e3:.0f} µs {rate:.0f} GB/s")
     body = (f"Card: {gpu}; device-to-device copy {ceiling:.0f} GB/s (read + write) measured in the same run. "
             f"Bytes moved = projections and gate pre-activations read once, q, k, v and the fp32 gates written once. "
             f"Median of {args.repeats}. Command: `python benchmarks/prepare_gpu.py"
             f"{' ' + ' '.join(sys.argv[1:]) if sys.argv[1:] else ''}`.\n\n"
-            + common.md_table(["shape", "tokens per program", "warps", "µs", "GB/s", "of copy rate", ""], rows))
+            + common.md_table(["shape", "tokens per program", "warps", "µs", "GB/s", "of copy rate", ""], rows)
+            + "\n\nThe backward (`prepare_backward`: the recomputing adjoint kernel at these tokens and warps per "
+            "program, then the conv's transpose). Bytes moved = projections read, the conv output's adjoint written "
+            "and read back (in the projections' dtype) and the projections' adjoint written; the gate "
+            "pre-activations read and their adjoint written; the q, k, v cotangents read (projections' dtype) and "
+            "the fp32 gate cotangents read.\n\n"
+            + common.md_table(["shape", "tokens per program", "warps", "µs", "GB/s", "of copy rate", ""], back_rows))
     path = common.write_section("prepare_gpu", "The memory layer's input kernel on one GPU", body, quick=False,
                                 elapsed_s=time.time() - started, gpu=gpu)
     print(path.read_text())

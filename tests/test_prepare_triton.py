@@ -15,7 +15,7 @@ from triton_device import DEVICE  # first: sets TRITON_INTERPRET=1 without CUDA
 from titans_cli.memory import layer as memory_layer  # noqa: E402
 from titans_cli.memory.config import MemoryConfig  # noqa: E402
 from titans_cli.memory.layer import NeuralMemory  # noqa: E402
-from titans_cli.memory.prepare_triton import prepare_inputs, supported  # noqa: E402
+from titans_cli.memory.prepare_triton import prepare_backward, prepare_inputs, supported  # noqa: E402
 
 
 def torch_inputs(projected, tail, conv_weight, conv_bias, gate_pre, heads, max_lr):
@@ -140,6 +140,30 @@ def test_prepare_inputs_gradients_equal_the_definition(heads, dim, size, n_gates
         assert a.shape == b.shape, f"{name}: shape {tuple(a.shape)} != {tuple(b.shape)}"
         error = ((a.double() - b).norm() / b.norm().clamp_min(1e-30)).item()
         assert error < 1e-5, f"gradient of {name} (heads {heads} x {dim}, conv {size}): relative error {error:.2e}"
+
+
+@pytest.mark.parametrize("block_t, num_warps", [(None, None), (16, 2), (64, 4)])
+def test_prepare_backward_in_bf16_and_other_blocks(block_t, num_warps):
+    """bf16 projections (as under autocast): the conv output's adjoint goes through memory in bf16
+    between the two backward kernels, and the adjoints stay within bf16's rounding of the float64
+    definition's; the tokens and warps per program (benchmarks/prepare_gpu.py sweeps them) change
+    nothing but the speed."""
+    heads, dim, size, n_gates, length, batch = 2, 16, 4, 3, 70, 2
+    generator = torch.Generator().manual_seed(3)
+    width = 3 * heads * dim
+    rand = lambda *shape, scale=1.0: (scale * torch.randn(*shape, generator=generator)).to(DEVICE)  # noqa: E731
+    inputs = [rand(batch, length, width).bfloat16(), rand(batch, size - 1, width).bfloat16(),
+              rand(width, 1, size, scale=0.5), rand(width, scale=0.1),
+              rand(batch, length, n_gates * heads, scale=4.0).bfloat16()]
+    cotangents = [rand(batch, heads, length, dim).bfloat16() for _ in range(3)] + [rand(n_gates, batch, heads, length)]
+    got = prepare_backward(*inputs, heads, 0.3, cotangents, block_t=block_t, num_warps=num_warps)
+    leaves = [t.double().requires_grad_(True) for t in inputs]
+    want = torch.autograd.grad(sum((o * c.double()).sum() for o, c in zip(torch_inputs(*leaves, heads, 0.3), cotangents)),
+                               leaves)
+    for name, a, b in zip(("projected", "tail", "conv weight", "conv bias", "gate pre-activations"), got, want):
+        assert a.dtype == inputs[("projected", "tail", "conv weight", "conv bias", "gate pre-activations").index(name)].dtype
+        error = ((a.double() - b).norm() / b.norm().clamp_min(1e-30)).item()
+        assert error < 1e-2, f"gradient of {name} (bf16, block {block_t}, warps {num_warps}): relative error {error:.2e}"
 
 
 def test_layer_gradients_with_triton_inputs_equal_torch(monkeypatch):

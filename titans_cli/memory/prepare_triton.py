@@ -26,10 +26,12 @@ import torch
 from .triton_fused import TRITON_AVAILABLE, elementwise_supported, in_sixteenths, tl, triton
 
 # Tokens and warps per program of the forward kernel (benchmarks/prepare_gpu.py: on an H200 with the
-# vectorised loads, 32 / 4 was fastest at both shapes measured), and tokens per program of the backward
-# kernels (not swept).
+# vectorised loads, 32 / 4 was fastest at both shapes measured); tokens and warps per program of the
+# backward's adjoint kernel (the same script, bf16 reference shape on an H200: 32 / 2 1.06 ms, the
+# earlier 64 / 4 1.29 ms); tokens per program of the conv's transpose.
 _BLOCK_T, _NUM_WARPS = 32, 4
-_BLOCK_T_BACKWARD = 64
+_BLOCK_T_BACKWARD, _NUM_WARPS_BACKWARD = 32, 2
+_BLOCK_T_TRANSPOSE = 64
 
 
 def supported(x: torch.Tensor, head_dim: int) -> tuple[bool, str]:
@@ -136,8 +138,9 @@ if TRITON_AVAILABLE:
         N_GATES: tl.constexpr, BLOCK_T: tl.constexpr, ALIGNED: tl.constexpr,
     ):  # fmt: skip
         """Adjoints through SiLU, the L2 norms and the gates for one (block of tokens, batch row,
-        head), the forward recomputed: the conv's output adjoint d_c (B, T, 3C) fp32, this block's
-        shares of the tap and bias adjoints, and the gate pre-activations' adjoints."""
+        head), the forward recomputed: the conv's output adjoint d_c (B, T, 3C) (stored in the
+        projections' dtype), this block's shares of the tap and bias adjoints, and the gate
+        pre-activations' adjoints."""
         proj_sb, tail_sb, gate_sb = _batch_strides(proj_sb, tail_sb, gate_sb, ALIGNED)
         block = tl.program_id(0)
         lane = tl.program_id(1)
@@ -170,7 +173,8 @@ if TRITON_AVAILABLE:
                 along = tl.where(norm > 1e-12, tl.sum(out * grad, axis=1), 0.0)
                 grad = (grad - out * along[:, None]) / scale[:, None]
             d_c = tl.where(mask, grad * sig * (1.0 + acc * (1.0 - sig)), 0.0)
-            tl.store(dc_ptr + (b * length + rows[:, None]) * (3 * inner) + chan[None, :], d_c, mask=mask)
+            tl.store(dc_ptr + (b * length + rows[:, None]) * (3 * inner) + chan[None, :],
+                     d_c.to(dc_ptr.dtype.element_ty), mask=mask)
             tl.store(dbias_ptr + (block * batch + b) * (3 * inner) + chan, tl.sum(d_c, axis=0), mask=e_ok)
             for j in tl.static_range(SIZE):
                 x = _shifted_rows(proj_ptr, tail_ptr, b, rows, chan, mask, proj_sb, proj_st, tail_sb, tail_st, j, SIZE)
@@ -209,7 +213,7 @@ if TRITON_AVAILABLE:
         for j in tl.static_range(SIZE):
             t = rows - j
             ok = ((t >= 0) & (t < length))[:, None] & c_ok[None, :]
-            grad = tl.load(dc_ptr + b * dc_sb + t[:, None] * width + chan[None, :], mask=ok, other=0.0)
+            grad = tl.load(dc_ptr + b * dc_sb + t[:, None] * width + chan[None, :], mask=ok, other=0.0).to(tl.float32)
             acc += grad * tl.load(taps_ptr + j * width + chan, mask=c_ok, other=0.0)[None, :]
         in_piece = (rows >= SIZE - 1)[:, None]
         ok = (rows < length + SIZE - 1)[:, None] & c_ok[None, :]
@@ -230,47 +234,57 @@ class _PrepareInputs(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, d_q, d_k, d_v, d_gates):
-        projected, tail, conv_weight, conv_bias, gate_pre = ctx.saved_tensors
-        heads = ctx.heads
-        batch, length, width = projected.shape
-        dim = width // 3 // heads
-        size = conv_weight.shape[-1]
-        n_gates = gate_pre.shape[-1] // heads
-        device = projected.device
-        projected, gate_pre = (t.contiguous() for t in (projected, gate_pre))
-        tail = projected if size == 1 else tail.contiguous()  # never read when size is 1
-        grads = [torch.zeros(batch, heads, length, dim, device=device) if g is None else g.contiguous()
-                 for g in (d_q, d_k, d_v)]
-        d_gates = (torch.zeros(n_gates, batch, heads, length, device=device) if d_gates is None
-                   else d_gates.to(torch.float32).contiguous())
-        taps = conv_weight[:, 0, :].t().to(torch.float32).contiguous()
-        blocks = triton.cdiv(length, _BLOCK_T_BACKWARD)
-        d_c = torch.empty(batch, length, width, device=device)
-        d_taps = torch.empty(blocks, batch, size, width, device=device)
-        d_bias = torch.empty(blocks, batch, width, device=device)
-        d_gate_pre = torch.empty(batch, length, n_gates * heads, device=device, dtype=gate_pre.dtype)
-        aligned, (proj_sb, tail_sb, gate_sb) = in_sixteenths([t.stride(0) for t in (projected, tail, gate_pre)])
-        _prepare_backward_kernel[(blocks, batch * heads)](
-            projected, tail, taps, conv_bias.to(torch.float32).contiguous(), gate_pre, *grads, d_gates,
-            d_c, d_taps, d_bias, d_gate_pre,
-            batch, length, proj_sb, projected.stride(1), tail_sb, tail.stride(1), gate_sb, gate_pre.stride(1),
-            float(ctx.max_lr),
-            HEADS=heads, DIM=dim, BD=max(16, triton.next_power_of_2(dim)), SIZE=size, N_GATES=n_gates,
-            BLOCK_T=_BLOCK_T_BACKWARD, ALIGNED=aligned, num_warps=_NUM_WARPS,
-        )  # fmt: skip
-        d_projected = torch.empty_like(projected)
-        d_tail = torch.empty(batch, size - 1, width, device=device, dtype=projected.dtype)
-        block_c = 64
-        grid = (triton.cdiv(length + size - 1, _BLOCK_T_BACKWARD), batch, triton.cdiv(width, block_c))
-        aligned, (dc_sb, dp_sb, dt_sb) = in_sixteenths([t.stride(0) for t in (d_c, d_projected, d_tail)])
-        _conv_transpose_kernel[grid](
-            d_c, taps, d_projected, d_tail, length, width, dc_sb, dp_sb, max(dt_sb, 1),
-            SIZE=size, BLOCK_T=_BLOCK_T_BACKWARD, BLOCK_C=block_c, ALIGNED=aligned, EVEN_C=width % block_c == 0,
-            num_warps=_NUM_WARPS,
-        )  # fmt: skip
-        d_weight = d_taps.sum(dim=(0, 1)).t().unsqueeze(1).to(conv_weight.dtype)  # (3C, 1, S)
-        return (d_projected, d_tail, d_weight, d_bias.sum(dim=(0, 1)).to(conv_bias.dtype), d_gate_pre, None, None)
+        return (*prepare_backward(*ctx.saved_tensors, ctx.heads, ctx.max_lr, (d_q, d_k, d_v, d_gates)), None, None)
 
+
+def prepare_backward(projected, tail, conv_weight, conv_bias, gate_pre, heads, max_lr, cotangents,
+                     block_t: int | None = None, num_warps: int | None = None):  # fmt: skip
+    """The adjoints of prepare_inputs' five tensor inputs for the cotangents (d_q, d_k, d_v, d_gates)
+    (any may be None): the recomputing adjoint kernel, then the conv's transpose. The conv output's
+    adjoint d_c goes through memory between the two in the projections' dtype (bf16 under autocast:
+    the projections' adjoint is stored in it anyway; the tap and bias adjoints are summed from the
+    fp32 values inside the first kernel)."""
+    d_q, d_k, d_v, d_gates = cotangents
+    batch, length, width = projected.shape
+    dim = width // 3 // heads
+    size = conv_weight.shape[-1]
+    n_gates = gate_pre.shape[-1] // heads
+    device = projected.device
+    block_t = block_t or _BLOCK_T_BACKWARD
+    num_warps = num_warps or _NUM_WARPS_BACKWARD
+    projected, gate_pre = (t.contiguous() for t in (projected, gate_pre))
+    tail = projected if size == 1 else tail.contiguous()  # never read when size is 1
+    grads = [torch.zeros(batch, heads, length, dim, device=device) if g is None else g.contiguous()
+             for g in (d_q, d_k, d_v)]
+    d_gates = (torch.zeros(n_gates, batch, heads, length, device=device) if d_gates is None
+               else d_gates.to(torch.float32).contiguous())
+    taps = conv_weight[:, 0, :].t().to(torch.float32).contiguous()
+    blocks = triton.cdiv(length, block_t)
+    d_c = torch.empty(batch, length, width, device=device, dtype=projected.dtype)
+    d_taps = torch.empty(blocks, batch, size, width, device=device)
+    d_bias = torch.empty(blocks, batch, width, device=device)
+    d_gate_pre = torch.empty(batch, length, n_gates * heads, device=device, dtype=gate_pre.dtype)
+    aligned, (proj_sb, tail_sb, gate_sb) = in_sixteenths([t.stride(0) for t in (projected, tail, gate_pre)])
+    _prepare_backward_kernel[(blocks, batch * heads)](
+        projected, tail, taps, conv_bias.to(torch.float32).contiguous(), gate_pre, *grads, d_gates,
+        d_c, d_taps, d_bias, d_gate_pre,
+        batch, length, proj_sb, projected.stride(1), tail_sb, tail.stride(1), gate_sb, gate_pre.stride(1),
+        float(max_lr),
+        HEADS=heads, DIM=dim, BD=max(16, triton.next_power_of_2(dim)), SIZE=size, N_GATES=n_gates,
+        BLOCK_T=block_t, ALIGNED=aligned, num_warps=num_warps,
+    )  # fmt: skip
+    d_projected = torch.empty_like(projected)
+    d_tail = torch.empty(batch, size - 1, width, device=device, dtype=projected.dtype)
+    block_c = 64
+    grid = (triton.cdiv(length + size - 1, _BLOCK_T_TRANSPOSE), batch, triton.cdiv(width, block_c))
+    aligned, (dc_sb, dp_sb, dt_sb) = in_sixteenths([t.stride(0) for t in (d_c, d_projected, d_tail)])
+    _conv_transpose_kernel[grid](
+        d_c, taps, d_projected, d_tail, length, width, dc_sb, dp_sb, max(dt_sb, 1),
+        SIZE=size, BLOCK_T=_BLOCK_T_TRANSPOSE, BLOCK_C=block_c, ALIGNED=aligned, EVEN_C=width % block_c == 0,
+        num_warps=_NUM_WARPS,
+    )  # fmt: skip
+    d_weight = d_taps.sum(dim=(0, 1)).t().unsqueeze(1).to(conv_weight.dtype)  # (3C, 1, S)
+    return d_projected, d_tail, d_weight, d_bias.sum(dim=(0, 1)).to(conv_bias.dtype), d_gate_pre
 
 
 def prepare_inputs(projected: torch.Tensor, tail: torch.Tensor, conv_weight: torch.Tensor, conv_bias: torch.Tensor,

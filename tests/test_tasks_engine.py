@@ -32,9 +32,9 @@ class Collect:
         return []
 
     def finish(self, end):
-        cat = lambda name: None if self.parts[0].hidden is None and name == "hidden" else np.concatenate([getattr(p, name) for p in self.parts])  # noqa: E731
+        cat = lambda name: None if getattr(self.parts[0], name) is None else np.concatenate([getattr(p, name) for p in self.parts])  # noqa: E731
         return [{"tokens": cat("tokens"), "bits": cat("bits"), "grad": cat("grad"), "momentum": cat("momentum"), "hidden": cat("hidden"),
-                 "starts": [p.start for p in self.parts], "end": end}]
+                 "probs": cat("probs"), "starts": [p.start for p in self.parts], "end": end}]
 
 
 def run(engine, sequences, split=2):
@@ -49,7 +49,7 @@ def reference_outputs(model, tokens):
         output, _ = model.step(inputs, None, backend="torch")
     log_probs = torch.log_softmax(output.logits[0, :-1].double(), -1)
     bits = (-log_probs.gather(-1, inputs[0, 1:, None])[:, 0] / math.log(2)).numpy()
-    return bits, output.grad[0, 1:].numpy(), output.hidden[0, 1:].numpy()
+    return bits, output.grad[0, 1:].numpy(), output.hidden[0, 1:].numpy(), log_probs.exp().numpy()
 
 
 @pytest.fixture(scope="module")
@@ -60,17 +60,19 @@ def sequences():
 
 @pytest.mark.parametrize("lanes,piece,lane_tokens", [(4, 256, 2000), (3, 96, 250)])
 def test_engine_outputs_equal_one_whole_pass(tiny_dna_model, sequences, lanes, piece, lane_tokens):
-    """However records are batched, pieced or streamed alone, every token gets the bits, grad and
-    hidden state of one whole-sequence pass, in order, with nothing missing."""
+    """However records are batched, pieced or streamed alone, every token gets the bits, grad,
+    hidden state and predicted probabilities (of the ids asked for) of one whole-sequence pass, in
+    order, with nothing missing."""
     engine = StreamEngine(tiny_dna_model, Runtime(torch.device("cpu"), "torch"), piece_tokens=piece, lanes=lanes,
-                          lane_tokens=lane_tokens, want_hidden=True)
+                          lane_tokens=lane_tokens, want_hidden=True, want_probs=(3, 4, 5, 6))
     results = run(engine, sequences)
     assert len(results) == len(sequences)
     for sequence, result in zip(sequences, results):
         assert (result["tokens"] == sequence).all(), "tokens come back in order"
         assert result["end"].length == len(sequence)
-        bits, grad, hidden = reference_outputs(tiny_dna_model, sequence)
+        bits, grad, hidden, probs = reference_outputs(tiny_dna_model, sequence)
         np.testing.assert_allclose(result["bits"], bits, atol=1e-5)
+        np.testing.assert_allclose(result["probs"], probs[:, 3:7], atol=1e-6)
         np.testing.assert_allclose(result["grad"], grad, atol=1e-5)
         np.testing.assert_allclose(result["hidden"], hidden, atol=1e-5)
     assert engine.throughput.tokens == sum(len(s) for s in sequences)

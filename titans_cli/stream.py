@@ -62,6 +62,8 @@ class TokenOutputs:
     grad: np.ndarray  # (n,) float32: ||u_t|| of the memory, mean over heads and layers
     momentum: np.ndarray  # (n,) float32: ||S_t|| (NaN when no reducer of the wave reads it)
     hidden: np.ndarray | None  # (n, D) float32, only when the engine was asked for it
+    # (n, len(want_probs)) float32: p(t_j = id | t_<j) for the engine's want_probs ids, when asked
+    probs: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.tokens)
@@ -152,6 +154,7 @@ class _Lane:
     length: int = 0  # tokens seen so far in the source
     done: bool = False
     carry_bits: float | None = None  # bits of the token before this step's first input
+    carry_probs: np.ndarray | None = None  # its probabilities (want_probs), likewise
     items: list = field(default_factory=list)
 
     def fill(self, need: int) -> None:
@@ -188,6 +191,7 @@ class StreamEngine:
         want_hidden: bool = False,
         want_memory: bool = False,
         progress: Callable[[int], None] | None = None,
+        want_probs: Sequence[int] | None = None,
     ):
         self.model = model
         self.runtime = runtime
@@ -227,6 +231,8 @@ class StreamEngine:
         self._token_dtype = _compact_dtype(int(config.vocab_size))
         self.bos_id, self.pad_id = int(config.bos_id), int(config.pad_id)
         self.want_hidden, self.want_memory = want_hidden, want_memory
+        # token ids whose predicted probabilities every position reports (TokenOutputs.probs), or None
+        self.want_probs = None if want_probs is None else tuple(int(i) for i in want_probs)
         self.sketch = MemorySketch()
         # Builds the state a wave starts from (default: the model's initial state); novelty uses
         # it to start from a host-adapted memory.
@@ -338,6 +344,10 @@ class StreamEngine:
                 grad = output.grad.float().cpu().numpy()
                 momentum = output.momentum.float().cpu().numpy()
                 hidden = output.hidden.float().cpu().numpy() if self.want_hidden else None
+                probs = None
+                if self.want_probs is not None:
+                    wanted = torch.tensor(self.want_probs, device=logits.device)
+                    probs = torch.softmax(logits, dim=-1).index_select(-1, wanted).cpu().numpy()
                 finished, fed_rows, fed_counts = [], [], []
                 for row, lane in enumerate(lanes):
                     if lane.done:
@@ -345,7 +355,8 @@ class StreamEngine:
                     n_fed = min(step, len(lane.buffer))
                     fed_rows.append(row)
                     fed_counts.append(n_fed)
-                    self._emit(lane, n_fed, bits[row], grad[row], momentum[row], None if hidden is None else hidden[row])
+                    self._emit(lane, n_fed, bits[row], grad[row], momentum[row], None if hidden is None else hidden[row],
+                               None if probs is None else probs[row])
                     lane.buffer = lane.buffer[n_fed:]
                     lane.fed += n_fed
                     if lane.exhausted and len(lane.buffer) == 0:
@@ -372,7 +383,7 @@ class StreamEngine:
                 step = min(step, max(1, len(lane.buffer)))
         return step
 
-    def _emit(self, lane: _Lane, n_fed: int, bits, grad, momentum, hidden) -> None:
+    def _emit(self, lane: _Lane, n_fed: int, bits, grad, momentum, hidden, probs=None) -> None:
         """Hand the reducer the tokens this step completed.
 
         Inputs fed this step are positions [a, a + n_fed) of [BOS, t_0, ...]; row r holds the
@@ -383,6 +394,8 @@ class StreamEngine:
         first_row = 1 if a == 0 else 0
         if n_fed <= first_row:
             lane.carry_bits = float(bits[n_fed - 1]) if n_fed else lane.carry_bits
+            if probs is not None and n_fed:
+                lane.carry_probs = probs[n_fed - 1].copy()
             return
         j_start = a + first_row - 1
         end = n_fed
@@ -394,6 +407,12 @@ class StreamEngine:
         token_bits[0:1] = lane.carry_bits if first_row == 0 else bits[0]
         token_bits[1:] = bits[first_row : end - 1]
         lane.carry_bits = float(bits[n_fed - 1])
+        token_probs = None
+        if probs is not None:  # the same shift as the bits
+            token_probs = np.empty((count, probs.shape[1]), dtype=np.float32)
+            token_probs[0:1] = lane.carry_probs if first_row == 0 else probs[0]
+            token_probs[1:] = probs[first_row : end - 1]
+            lane.carry_probs = probs[n_fed - 1].copy()
         if count == 0:
             return
         rows = slice(first_row, end)  # copies, not views: a reducer may keep them past this step
@@ -404,6 +423,7 @@ class StreamEngine:
             grad=grad[rows].copy(),
             momentum=momentum[rows].copy(),
             hidden=None if hidden is None else hidden[rows].copy(),
+            probs=token_probs,
         )
         self.throughput.add(count)
         lane.items.extend(lane.reducer.add(outputs))

@@ -30,6 +30,7 @@ import argparse
 import gzip
 import json
 import math
+import os
 import platform
 import re
 import subprocess
@@ -169,7 +170,8 @@ def run_model(args) -> None:
                 segments.append((index, start, min(len(ids), start + step)))
         segments.sort(key=lambda s: s[2] - s[1], reverse=True)
         totals = {i: [0.0, 0] for i in range(len(units))}
-        saved = {i: [] for i in range(len(units))} if args.save_probs and mode == "live" else None
+        keep = (args.save_probs or args.mix) and args.kind == "dna" and mode == "live"
+        saved = {i: [] for i in range(len(units))} if keep else None
         for first in range(0, len(segments), args.lanes):
             group = segments[first : first + args.lanes]
             lanes = [units[i][2][a:b] for i, a, b in group]
@@ -183,13 +185,17 @@ def run_model(args) -> None:
                 totals[i][0] += float(bits[scored].sum())
                 totals[i][1] += int(scored.sum())
         seconds = time.perf_counter() - started
-        if saved is not None:  # one (tokens, 4) float16 array and the token ids per record
+        if saved is not None:  # each record's (tokens, 4) float16 probabilities, in order
+            saved = {i: np.concatenate([p for _, p in sorted(parts, key=lambda t: t[0])]) for i, parts in saved.items()}
+        if saved is not None and args.save_probs:  # with the token ids, one pair of .npy per record
             directory = Path(args.save_probs)
             directory.mkdir(parents=True, exist_ok=True)
             for i, (name, record_id, ids, _) in enumerate(units):
                 stem = re.sub(r"[^A-Za-z0-9._-]", "_", f"{name.split('.')[0]}.{record_id}")
-                np.save(directory / f"{stem}.probs.npy", np.concatenate([p for _, p in sorted(saved[i], key=lambda t: t[0])]))
+                np.save(directory / f"{stem}.probs.npy", saved[i])
                 np.save(directory / f"{stem}.ids.npy", ids.astype(np.uint8))
+        if saved is not None and args.mix:
+            mix_units(units, saved, out)
         for i, (name, record_id, ids, n_bytes) in enumerate(units):
             row = {"mode": mode, "file": name, "record": record_id, "bits": totals[i][0], "scored": totals[i][1],
                    "tokens": int(len(ids))}
@@ -200,6 +206,35 @@ def run_model(args) -> None:
         out.flush()
         print(f"{args.kind} {mode}: {seconds:.1f} s", file=sys.stderr, flush=True)
         del model
+
+
+def mix_units(units, probs: dict, out) -> None:
+    """Bits of every record under context mixing (titans_cli.model.context_mixing): the live model's
+    probabilities mixed base by base with online k-mer and repeat models over the whole record, one
+    record per thread (the mixer releases the GIL). Writes rows of mode "mixed"."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from titans_cli.model.context_mixing import mix_bits
+
+    started = time.perf_counter()
+
+    def one(i):
+        ids = units[i][2]
+        bits = mix_bits(ids, probs[i].astype(np.float32))
+        scored = (ids >= 3) & (ids <= 6)
+        return float(bits[scored].sum(dtype=np.float64)), int(scored.sum())
+
+    order = sorted(range(len(units)), key=lambda i: -len(units[i][2]))
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        results = dict(zip(order, pool.map(one, order)))
+    for i, (name, record_id, ids, _) in enumerate(units):
+        bits, scored = results[i]
+        out.write(json.dumps({"mode": "mixed", "file": name, "record": record_id, "bits": bits, "scored": scored,
+                              "tokens": int(len(ids))}) + "\n")
+    seconds = time.perf_counter() - started
+    out.write(json.dumps({"mode": "mixed", "seconds": seconds}) + "\n")
+    out.flush()
+    print(f"dna context mixing: {seconds:.1f} s", file=sys.stderr, flush=True)
 
 
 # -----------------------------------------------------------------------------
@@ -272,9 +307,11 @@ def dna_section(model_path: str, comp_path: str, model_name: str | None = None) 
     for (name, record), modes in by.items():
         files.setdefault(name, []).append((record, modes))
     comp_files = {entry["file"]: entry for entry in comp["files"]}
+    mixed = any(row["mode"] == "mixed" for row in rows)
     lines = [
-        "| genome (file) | record | ACGT bases | live memory | frozen memory | frozen − live | xz -9 | zstd -19 --long=27 |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
+        "| genome (file) | record | ACGT bases | live memory | frozen memory | frozen − live |"
+        + (" live + context mixing |" if mixed else "") + " xz -9 | zstd -19 --long=27 |",
+        "|---|---|---:|---:|---:|---:|" + ("---:|" if mixed else "") + "---:|---:|",
     ]
     details, joint = [], []
     for name in sorted(files):
@@ -282,31 +319,37 @@ def dna_section(model_path: str, comp_path: str, model_name: str | None = None) 
         entry = comp_files.get(name, {"records": [], "compressed": {}})
         comp_records = {r["record"]: r for r in entry["records"]}
 
-        def row(label, record_label, live_bits, frozen_bits, scored, comp_sizes, bases):
+        def row(label, record_label, live_bits, frozen_bits, mixed_bits, scored, comp_sizes, bases):
             live, frozen = live_bits / scored, frozen_bits / scored
             xz = 8 * comp_sizes["xz -9"] / bases if comp_sizes else None
             zstd = 8 * comp_sizes["zstd -19 --long=27"] / bases if comp_sizes else None
-            return f"| {label} | {record_label} | {scored:,} | {fmt(live)} | {fmt(frozen)} | {fmt(frozen - live)} | {fmt(xz)} | {fmt(zstd)} |"
+            mix = f" {fmt(mixed_bits / scored)} |" if mixed else ""
+            return (f"| {label} | {record_label} | {scored:,} | {fmt(live)} | {fmt(frozen)} | {fmt(frozen - live)} |{mix}"
+                    f" {fmt(xz)} | {fmt(zstd)} |")
 
         per_record = []
         for record, modes in records:
             c = comp_records.get(record)
-            per_record.append(row(name, record, modes["live"]["bits"], modes["frozen"]["bits"], modes["live"]["scored"],
+            per_record.append(row(name, record, modes["live"]["bits"], modes["frozen"]["bits"],
+                                  modes.get("mixed", {}).get("bits", math.nan), modes["live"]["scored"],
                                   c["compressed"] if c else None, c["bases"] if c else None))
         # Compressor totals: the sum of the records compressed alone, like the model, which
         # starts every record afresh (one stream of all records is reported in the note below).
         alone = {key: sum(r["compressed"][key] for r in entry["records"]) for key in COMPRESSORS}
         total_live = sum(m["live"]["bits"] for _, m in records)
         total_frozen = sum(m["frozen"]["bits"] for _, m in records)
+        total_mixed = sum(m.get("mixed", {}).get("bits", math.nan) for _, m in records)
         scored = sum(m["live"]["scored"] for _, m in records)
         if len(records) == 1:
             lines.append(per_record[0])
         elif len(records) <= 4:
             lines.extend(per_record)
-            lines.append(row(name, f"**all {len(records)}**", total_live, total_frozen, scored, alone, entry.get("bases")))
+            lines.append(row(name, f"**all {len(records)}**", total_live, total_frozen, total_mixed, scored, alone,
+                             entry.get("bases")))
             joint.append((name, entry))
         else:
-            lines.append(row(name, f"**all {len(records)} records**", total_live, total_frozen, scored, alone, entry.get("bases")))
+            lines.append(row(name, f"**all {len(records)} records**", total_live, total_frozen, total_mixed, scored,
+                             alone, entry.get("bases")))
             joint.append((name, entry))
             details.append((name, per_record))
     text = "\n".join(lines) + "\n"
@@ -314,6 +357,11 @@ def dna_section(model_path: str, comp_path: str, model_name: str | None = None) 
              f"({header['lanes']} lanes in parallel, pieces of {header['piece']:,}). Model time: live {seconds.get('live', float('nan')):.0f} s, "
              f"frozen {seconds.get('frozen', float('nan')):.0f} s on {header['machine']}. Compressors on {comp['machine']}: "
              "each record's ACGT bytes (N removed) compressed alone; a file's total is the sum over its records.\n")
+    if mixed:
+        text += ("\nLive + context mixing: the live model's probabilities mixed, base by base, with online k-mer and "
+                 "repeat models run over each whole record (`titans_cli/model/context_mixing.py`; the model's own "
+                 "segments as above); mixing took "
+                 f"{seconds.get('mixed', float('nan')):.0f} s of CPU threads on the same machine.\n")
     for name, entry in joint:
         text += (f"\n{name}, all records' ACGT bytes as one stream (the compressor then also exploits similarity "
                  f"between records, which the per-record model cannot): xz -9 {fmt(8 * entry['compressed']['xz -9'] / entry['bases'])}, "
@@ -399,6 +447,8 @@ def main() -> None:
     model.add_argument("--piece", type=int, default=8192)
     model.add_argument("--device", default="auto")
     model.add_argument("--modes", default="live,frozen", help="comma-separated: live, frozen")
+    model.add_argument("--mix", action="store_true",
+                       help="DNA: also score every record under context mixing (mode 'mixed' rows)")
     model.add_argument("--save-probs", metavar="DIR",
                        help="DNA: write each record's live A/C/G/T probabilities (float16) and token ids as .npy")
     comp = sub.add_parser("compressors", help="xz -9 and zstd -19 --long=27 on the same content")

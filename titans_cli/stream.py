@@ -254,6 +254,8 @@ class StreamEngine:
         for record in records:
             head, rest, complete = _take(record.pieces, self.lane_tokens + 1)
             if complete and len(head) <= self.lane_tokens:
+                if record.length is None:
+                    record.length = len(head)  # (reducers may size themselves by it)
                 buffered.append((record, head.astype(self._token_dtype)))
                 buffered_tokens += len(head)
                 if len(buffered) >= self.buffer_records or buffered_tokens >= self.buffer_tokens:

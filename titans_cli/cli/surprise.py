@@ -25,6 +25,7 @@ def command(
     min_length: int = typer.Option(1000, "--min-length", help="Shortest region reported (bases)."),
     plot: Optional[str] = typer.Option(None, "--plot", help="Draw the track (and regions) into OUT.png or OUT.svg."),
     region: Optional[str] = typer.Option(None, "--region", help="Only chr:start-end (1-based inclusive, samtools syntax; indexable FASTA)."),
+    context_mixing: bool = typer.Option(False, "--context-mixing", help="DNA, --metric bits: mix the model's next-base probabilities with online k-mer and repeat models of each record (repeats cost fewer bits; fits compression-style measurements)."),
     novelty_form: Optional[str] = typer.Option(None, "--novelty-form", help="combined | adapted | profile | contrast | memory (default combined, the best on a train-only check)."),
     output: str = typer.Option("-", "-o", "--output", help=common.HELP_OUTPUT),
     model: Optional[str] = typer.Option(None, "--model", help=common.HELP_MODEL),
@@ -54,6 +55,8 @@ def command(
         check_plot_path(plot)
 
     kind = common.input_kind([input], encoding)
+    if context_mixing and (kind == "text" or metric != "bits" or regions):
+        raise TitansInputError("--context-mixing applies to DNA input with --metric bits (and without --regions)")
     if kind == "text":
         format = (format or "tsv").lower()
         if format not in ROW_FORMATS:
@@ -70,17 +73,18 @@ def command(
         run_text(session, input, metric, window, format, output, quiet)
         return
     run_sequence(session, input, metric, window, format, output, regions, threshold, smooth, min_length,
-                 plot, region, novelty_form or DEFAULT_FORM, quiet)
+                 plot, region, novelty_form or DEFAULT_FORM, quiet, context_mixing)
 
 
 def run_sequence(session, input, metric, window, format, output, regions_path, threshold, smooth, min_length,
-                 plot_path, region, form, quiet) -> None:
+                 plot_path, region, form, quiet, context_mixing=False) -> None:
     from titans_cli.io.tracks import BedRegion, open_track_writer, write_bed6
     from titans_cli.stream import StreamEngine
     from titans_cli.tasks.novelty import novelty_records
     from titans_cli.tasks.plot import PanelData, plot_tracks
     from titans_cli.tasks.regions import call_regions
-    from titans_cli.tasks.surprise import RecordSummary, SequenceTrackReducer, TrackChunk, WindowMeans
+    from titans_cli.tasks.surprise import (ContextMixedReducer, RecordSummary, SequenceTrackReducer, TrackChunk,
+                                           WindowMeans)
 
     need_novelty = metric == "novelty" or regions_path is not None
     keep_track = regions_path is not None or plot_path is not None
@@ -96,7 +100,11 @@ def run_sequence(session, input, metric, window, format, output, regions_path, t
             """(record index, items) per record; items: TrackChunk (of the metric), RecordSummary,
             and ("novelty", TrackChunk) for the novelty windows when regions are called."""
             if not need_novelty:
-                for record, items in engine.run(records, lambda r: SequenceTrackReducer(r, metric, window)):
+                make = lambda r: SequenceTrackReducer(r, metric, window)  # noqa: E731
+                if context_mixing:
+                    engine.want_probs = [session.tokenizer.base_ids[base] for base in "ACGT"]
+                    make = lambda r: ContextMixedReducer(SequenceTrackReducer(r, metric, window), r.length)  # noqa: E731
+                for record, items in engine.run(records, make):
                     yield record.index, items
                 return
             for record, first_pass, scores in novelty_records(
@@ -125,9 +133,9 @@ def run_sequence(session, input, metric, window, format, output, regions_path, t
             if results is None:
                 return  # not rank 0: rank 0 writes
         summaries, panels, called = [], [], []
-        track_name = f"titans {metric}"
+        track_name = f"titans {metric}" + (" (context mixing)" if context_mixing else "")
         with open_track_writer(output, format, value_name=metric, track_name=track_name if format in ("bedgraph", "wig") else None,
-                               description=f"titans surprise, {metric}, window {window}") as writer:
+                               description=f"titans surprise, {metric}{', context mixing' if context_mixing else ''}, window {window}") as writer:
             for _, items in results:
                 track_parts, novelty_chunk = [], None
                 for item in items:

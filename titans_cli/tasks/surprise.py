@@ -8,7 +8,7 @@ The summary of a record is its mean bits per base (DNA) or bits per UTF-8 byte (
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Iterable, Iterator
 
 import numpy as np
@@ -147,6 +147,28 @@ class SequenceTrackReducer:
             )
         )
         return items
+
+
+class ContextMixedReducer:
+    """Hands `inner` each token's bits under context mixing (model/context_mixing.py): the model's
+    probabilities of A, C, G, T (the engine's want_probs) mixed, base by base, with online k-mer and
+    repeat models of this record. One mixer per record, freed at its end."""
+
+    def __init__(self, inner, capacity: int | None = None):
+        from titans_cli.model.context_mixing import ContextMixer
+
+        self.inner = inner
+        self.uses_momentum = getattr(inner, "uses_momentum", True)
+        self.mixer = ContextMixer(capacity)
+
+    def add(self, outputs: TokenOutputs) -> list:
+        if outputs.probs is None:
+            raise RuntimeError("context mixing needs the engine's want_probs (the A, C, G, T token ids)")
+        return self.inner.add(replace(outputs, bits=self.mixer.bits(outputs.tokens, outputs.probs)))
+
+    def finish(self, end: RecordEnd) -> list:
+        self.mixer = None
+        return self.inner.finish(end)
 
 
 class TextRowReducer:

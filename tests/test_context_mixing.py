@@ -1,0 +1,79 @@
+"""Context mixing (model/context_mixing.py): causal, resumable piece by piece, copies forward and
+inverted repeats, leaves what it does not score alone; and `titans surprise --context-mixing`
+(its bad uses are in bad_input_catalogue.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from titans_cli.model.context_mixing import ContextMixer, mix_bits
+
+A, C, G, T, N = 3, 4, 5, 6, 7
+
+
+def uniform(n):
+    """A model that knows nothing: 0.24 on each base (0.04 left for N and the specials)."""
+    return np.full((n, 4), 0.24, dtype=np.float32)
+
+
+def reverse_complement(tokens):
+    return (3 + (3 - (tokens[::-1] - 3))).astype(np.int64)
+
+
+@pytest.fixture(scope="module")
+def genome():
+    rng = np.random.default_rng(1)
+    unique = rng.integers(A, T + 1, size=6000)
+    block = unique[1000:4000]
+    # unique sequence, a forward copy of 3 kb, more unique sequence, an inverted copy of the same 3 kb
+    return np.concatenate([unique, block, rng.integers(A, T + 1, size=2000), reverse_complement(block)])
+
+
+def test_repeats_are_copied_and_unique_sequence_costs_what_the_model_says(genome):
+    bits = mix_bits(genome, uniform(len(genome)))
+    own = -np.log2(0.24)
+    assert abs(bits[:6000].mean() - own) < 0.05, "unique sequence: about the model's own bits"
+    forward_copy = bits[6000 + 100 : 9000].mean()
+    inverted_copy = bits[11000 + 100 :].mean()
+    assert forward_copy < 0.3 and inverted_copy < 0.3, (forward_copy, inverted_copy)
+
+
+def test_pieces_give_the_bits_of_one_pass_and_the_past_only_is_read(genome):
+    probs = uniform(len(genome)) + np.random.default_rng(2).random((len(genome), 4)).astype(np.float32) * 0.01
+    whole = mix_bits(genome, probs)
+    mixer = ContextMixer(len(genome))
+    cuts = [0, 1, 17, 4096, 4097, 9000, len(genome)]
+    pieces = np.concatenate([mixer.bits(genome[a:b], probs[a:b]) for a, b in zip(cuts, cuts[1:])])
+    np.testing.assert_array_equal(pieces, whole)
+    changed = genome.copy()
+    changed[7000:] = A
+    np.testing.assert_array_equal(mix_bits(changed, probs)[:7000], whole[:7000])
+
+
+def test_n_is_not_scored_and_keeps_the_fallback():
+    tokens = np.array([A, C, G, N, N, T, A, 0, C], dtype=np.int64)
+    fallback = np.arange(len(tokens), dtype=np.float32)
+    bits = ContextMixer().bits(tokens, uniform(len(tokens)), fallback)
+    scored = (tokens >= A) & (tokens <= T)
+    np.testing.assert_array_equal(bits[~scored], fallback[~scored])
+    assert np.isfinite(bits[scored]).all() and (bits[scored] > 0).all()
+    assert np.isnan(mix_bits(tokens, uniform(len(tokens)))[~scored]).all()
+
+
+def test_cli_context_mixing_lowers_the_bits_of_a_repeated_genome(tmp_path, genome):
+    from titans_cli.cli.app import app
+    from typer.testing import CliRunner
+
+    fasta = tmp_path / "repeats.fa"
+    fasta.write_text(">r\n" + "".join("ACGT"[t - A] for t in genome) + "\n")
+    runner = CliRunner()
+    plain = runner.invoke(app, ["surprise", str(fasta), "-o", str(tmp_path / "plain.bedgraph"), "-q"])
+    mixed = runner.invoke(app, ["surprise", str(fasta), "--context-mixing", "-o", str(tmp_path / "mixed.bedgraph"), "-q"])
+    assert plain.exit_code == 0 and mixed.exit_code == 0, plain.output + mixed.output
+    read = lambda name: np.loadtxt(tmp_path / name, skiprows=1, usecols=3)  # noqa: E731
+    plain_bits, mixed_bits = read("plain.bedgraph"), read("mixed.bedgraph")
+    assert len(plain_bits) == len(mixed_bits) == -(-len(genome) // 50)
+    copy = slice(6000 // 50 + 2, 9000 // 50)
+    assert mixed_bits[copy].mean() < 0.5 < plain_bits[copy].mean()
+    assert "context mixing" in (tmp_path / "mixed.bedgraph").read_text().splitlines()[0]

@@ -37,17 +37,20 @@ from numba import njit
 
 # Orders of the k-mer experts; up to DIRECT_BITS / 2 they index their table directly.
 ORDERS = np.array([1, 2, 3, 4, 6, 8, 11, 12, 14, 16, 18, 20, 24], dtype=np.int64)
-# Repeat experts: (k, direction) with +1 a forward copy, -1 a reverse-complemented one.
-REPEAT_K = np.array([12, 16, 20, 24, 32, 12, 16, 20], dtype=np.int64)
-REPEAT_DIR = np.array([1, 1, 1, 1, 1, -1, -1, -1], dtype=np.int64)
-TABLE_K = np.array([12, 16, 20, 24, 32], dtype=np.int64)  # k-mers whose last position is indexed
+# Repeat experts: (k, direction) with +1 a forward copy, -1 a reverse-complemented one; several
+# experts of one (k, direction) follow different earlier copies.
+_COPIES = ((11, 2), (12, 3), (14, 2), (16, 2), (20, 1), (24, 1), (32, 1))
+REPEAT_K = np.array([k for _ in (1, -1) for k, n in _COPIES for _ in range(n)], dtype=np.int64)
+REPEAT_DIR = np.array([d for d in (1, -1) for _, n in _COPIES for _ in range(n)], dtype=np.int64)
+TABLE_K = np.array([k for k, _ in _COPIES], dtype=np.int64)  # k-mers whose recent positions are indexed
+DEPTH = 4  # positions kept per k-mer (the most recent first)
 REPEAT_TABLE = np.array([int(np.flatnonzero(TABLE_K == k)[0]) for k in REPEAT_K], dtype=np.int64)
 _POSITION_MASK = (1 << 31) - 1  # positions are kept modulo 2^31 (int32); the ring is far shorter
 N_EXPERTS = 1 + len(ORDERS) + len(REPEAT_K)
 N_STATES = 20  # per-expert states that select its weight
 N_CONTEXTS = 6 * 4  # mixer contexts: repeat confidence bucket x model confidence bucket
 LEN_BUCKETS, MISS_MAX = 9, 16
-MAX_MISSES = 8  # a repeat expert gives up after this many misses among its last 16 predictions
+MAX_MISSES = 12  # a repeat expert gives up after more misses than this among its last 16 predictions
 
 _MULT = np.uint64(0x9E3779B97F4A7C15)
 
@@ -96,9 +99,24 @@ def _kmer(forward, k):
     return forward if k == 32 else forward & ((np.uint64(1) << np.uint64(2 * k)) - np.uint64(1))
 
 
+@njit(cache=True, inline="always")
+def _count(counts, checks, offsets, direct, caps, o, index, check, x):
+    """One more x after the context in row `index` of order o's table (a hashed row whose check
+    differs belonged to another context: it starts afresh)."""
+    row = offsets[o] + 4 * index
+    if not direct[o] and checks[offsets[o] // 4 + index] != check:
+        checks[offsets[o] // 4 + index] = check
+        for s in range(4):
+            counts[row + s] = 0
+    if counts[row + x] >= caps[o]:
+        for s in range(4):
+            counts[row + s] = counts[row + s] // 2
+    counts[row + x] += 1
+
+
 @njit(cache=True, nogil=True)
 def _mix(tokens, probs, out, ring, counts, checks, offsets, direct, alphas, caps, positions, match, hit_p, hit_n,
-         weights, seen, scalars, table_bits, ring_mask, lr_start, lr_floor):  # fmt: skip
+         weights, seen, scalars, table_bits, position_bits, ring_mask, lr_start, lr_floor):  # fmt: skip
     """Score tokens (ids: 3..6 = A C G T) with probs (n, 4) from the model; bits of each ACGT token
     into out (others untouched). All state lives in the arrays passed in; scalars holds
     [position, forward k-mer bits, reverse-complement bits, bases since the last N]."""
@@ -221,17 +239,8 @@ def _mix(tokens, probs, out, ring, counts, checks, offsets, direct, alphas, caps
                 expectation += mixed[s] * logs[j, s]
             weights[c, j, state[j]] += rate * (logs[j, x] - expectation)
         for o in range(n_orders):
-            if index[o] < 0:
-                continue
-            row = offsets[o] + 4 * index[o]
-            if not direct[o] and checks[offsets[o] // 4 + index[o]] != check[o]:
-                checks[offsets[o] // 4 + index[o]] = check[o]
-                for s in range(4):
-                    counts[row + s] = 0
-            if counts[row + x] >= caps[o]:
-                for s in range(4):
-                    counts[row + s] = counts[row + s] // 2
-            counts[row + x] += 1
+            if index[o] >= 0:
+                _count(counts, checks, offsets, direct, caps, o, index[o], check[o], x)
         for m in range(n_repeat):
             if expected[m] < 0:
                 continue
@@ -256,6 +265,19 @@ def _mix(tokens, probs, out, ring, counts, checks, offsets, direct, alphas, caps
         reverse = (reverse >> np.uint64(2)) | (np.uint64(3 - x) << np.uint64(62))
         run += 1
         position += 1
+        # the k-mer tables learn the other strand too: there the reverse complement of the last k
+        # bases is followed by the complement of the base before them
+        for o in range(n_orders):
+            k = ORDERS[o]
+            if run <= k:
+                continue
+            value = reverse >> np.uint64(64 - 2 * k)
+            if direct[o]:
+                _count(counts, checks, offsets, direct, caps, o, np.int64(value), np.uint8(0),
+                       3 - np.int64(ring[(position - 1 - k) & ring_mask]))
+            else:
+                slot, tag = _slot(value, k, table_bits)
+                _count(counts, checks, offsets, direct, caps, o, slot, tag, 3 - np.int64(ring[(position - 1 - k) & ring_mask]))
         # repeat experts: drop a copy that ran out of the ring (or past the start), look up a new one
         for m in range(n_repeat):
             p = match[m, 0]
@@ -267,45 +289,53 @@ def _mix(tokens, probs, out, ring, counts, checks, offsets, direct, alphas, caps
             if match[m, 0] >= 0 and match[m, 2] == 0:
                 continue  # a copy that has not missed lately is kept
             if REPEAT_DIR[m] > 0:
-                slot, _ = _slot(_kmer(forward, k), k, table_bits)
+                slot, _ = _slot(_kmer(forward, k), k, position_bits)
             else:  # the reverse complement of the last k bases
-                slot, _ = _slot(reverse >> np.uint64(64 - 2 * k), k, table_bits)
-            stored = np.int64(positions[REPEAT_TABLE[m], slot])
-            if stored == 0:
-                continue
-            # the position after an earlier copy of that k-mer (kept modulo 2^31)
-            after = position - ((position - (stored - 1)) & _POSITION_MASK)
-            oldest = position - ring_size + 64  # bases before it are overwritten in the ring
-            if after < 0 or after <= oldest or after >= position:
-                continue
-            length = 0
-            if REPEAT_DIR[m] > 0:
-                # verify: the bases before `after` are the last bases read
-                while length < 400 and after - 1 - length >= max(oldest, 0):
-                    if ring[(after - 1 - length) & ring_mask] != ring[(position - 1 - length) & ring_mask]:
-                        break
-                    length += 1
-                candidate = after
-            else:
-                # an inverted copy: bases [after - k, after) are the reverse complement of the last k
-                start = after - k
-                while length < 400 and start >= max(oldest, 0) and start + length < position - 1 - length:
-                    if ring[(start + length) & ring_mask] != 3 - ring[(position - 1 - length) & ring_mask]:
-                        break
-                    length += 1
-                candidate = start - 1
-            if length < k or candidate < 0 or candidate == match[m, 0]:
-                continue
-            if match[m, 0] < 0 or length > match[m, 1]:
-                match[m, 0] = candidate
-                match[m, 1] = length
+                slot, _ = _slot(reverse >> np.uint64(64 - 2 * k), k, position_bits)
+            oldest = max(position - ring_size + 64, 0)  # bases before it are overwritten in the ring
+            best_length, best_candidate = 0, -1
+            for depth in range(DEPTH):  # the earlier copies of that k-mer, the most recent first
+                stored = np.int64(positions[REPEAT_TABLE[m], slot, depth])
+                if stored == 0:
+                    break
+                # the position after the copy (kept modulo 2^31)
+                after = position - ((position - (stored - 1)) & _POSITION_MASK)
+                if after <= oldest or after >= position:
+                    continue
+                length = 0
+                if REPEAT_DIR[m] > 0:  # verify: the bases before `after` are the last bases read
+                    while length < 400 and after - 1 - length >= oldest:
+                        if ring[(after - 1 - length) & ring_mask] != ring[(position - 1 - length) & ring_mask]:
+                            break
+                        length += 1
+                    candidate = after
+                else:  # an inverted copy: bases [after - k, after) are the reverse complement of the last k
+                    start = after - k
+                    while length < 400 and start >= oldest and start + length < position - 1 - length:
+                        if ring[(start + length) & ring_mask] != 3 - ring[(position - 1 - length) & ring_mask]:
+                            break
+                        length += 1
+                    candidate = start - 1
+                if length < k or candidate < 0 or length <= best_length:
+                    continue
+                taken = False  # another expert of this k and direction already follows it
+                for other in range(n_repeat):
+                    if match[other, 0] == candidate and REPEAT_K[other] == k and REPEAT_DIR[other] == REPEAT_DIR[m]:
+                        taken = True
+                if not taken:
+                    best_length, best_candidate = length, candidate
+            if best_candidate >= 0 and (match[m, 0] < 0 or best_length > match[m, 1]):
+                match[m, 0] = best_candidate
+                match[m, 1] = best_length
                 match[m, 2] = 0
-        # the forward table learns where each k-mer ended
+        # the tables learn where each k-mer ended (the most recent DEPTH positions)
         for r in range(TABLE_K.shape[0]):
             k = TABLE_K[r]
             if run >= k:
-                slot, _ = _slot(_kmer(forward, k), k, table_bits)
-                positions[r, slot] = np.int32(((position & _POSITION_MASK) + 1) & _POSITION_MASK)
+                slot, _ = _slot(_kmer(forward, k), k, position_bits)
+                for depth in range(DEPTH - 1, 0, -1):
+                    positions[r, slot, depth] = positions[r, slot, depth - 1]
+                positions[r, slot, 0] = np.int32(((position & _POSITION_MASK) + 1) & _POSITION_MASK)
     scalars[0] = position
     scalars[1] = np.int64(forward)
     scalars[2] = np.int64(reverse)
@@ -330,15 +360,16 @@ class ContextMixer:
         self.offsets = 4 * np.concatenate([[0], np.cumsum(rows)[:-1]]).astype(np.int64)
         self.counts = np.zeros(4 * sum(rows), dtype=np.uint8)
         self.checks = np.zeros(sum(rows), dtype=np.uint8)  # (used by the hashed rows)
-        self.alphas = np.array([0.5 if k <= 8 else 1.0 / 16 for k in orders])
-        self.caps = np.array([255 if k <= 8 else 30 for k in orders], dtype=np.int64)
-        self.positions = np.zeros((len(TABLE_K), 1 << self.table_bits), dtype=np.int32)
+        self.alphas = np.array([0.5 if k <= 8 else 0.25 for k in orders])
+        self.caps = np.full(len(orders), 255, dtype=np.int64)
+        self.position_bits = min(self.table_bits, 20)
+        self.positions = np.zeros((len(TABLE_K), 1 << self.position_bits, DEPTH), dtype=np.int32)
         self.ring = np.zeros(1 << ring, dtype=np.uint8)
         self.ring_mask = (1 << ring) - 1
         self.match = np.zeros((len(REPEAT_K), 3), dtype=np.int64)
         self.match[:, 0] = -1
         cells = LEN_BUCKETS * (MISS_MAX + 1)
-        self.hit_p = np.full((len(REPEAT_K), cells), 0.75)
+        self.hit_p = np.full((len(REPEAT_K), cells), 0.75)  # how often each kind of copy is right
         self.hit_n = np.zeros((len(REPEAT_K), cells))
         self.weights = np.zeros((N_CONTEXTS, N_EXPERTS, N_STATES))
         self.weights[:, 0, :] = 1.0  # start from the model alone
@@ -354,7 +385,7 @@ class ContextMixer:
         out = np.full(len(tokens), np.nan) if fallback is None else np.asarray(fallback, dtype=np.float64).copy()
         _mix(tokens, probs, out, self.ring, self.counts, self.checks, self.offsets, self.direct, self.alphas, self.caps,
              self.positions, self.match, self.hit_p, self.hit_n, self.weights, self.seen, self.scalars,
-             self.table_bits, self.ring_mask, self.lr_start, self.lr_floor)
+             self.table_bits, self.position_bits, self.ring_mask, self.lr_start, self.lr_floor)
         return out.astype(np.float32)
 
 

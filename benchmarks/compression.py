@@ -330,14 +330,14 @@ def dna_section(model_path: str, comp_path: str, model_name: str | None = None) 
         per_record = []
         for record, modes in records:
             c = comp_records.get(record)
-            per_record.append(row(name, record, modes["live"]["bits"], modes["frozen"]["bits"],
+            per_record.append(row(name, record, modes["live"]["bits"], modes.get("frozen", {}).get("bits", math.nan),
                                   modes.get("mixed", {}).get("bits", math.nan), modes["live"]["scored"],
                                   c["compressed"] if c else None, c["bases"] if c else None))
         # Compressor totals: the sum of the records compressed alone, like the model, which
         # starts every record afresh (one stream of all records is reported in the note below).
         alone = {key: sum(r["compressed"][key] for r in entry["records"]) for key in COMPRESSORS}
         total_live = sum(m["live"]["bits"] for _, m in records)
-        total_frozen = sum(m["frozen"]["bits"] for _, m in records)
+        total_frozen = sum(m.get("frozen", {}).get("bits", math.nan) for _, m in records)
         total_mixed = sum(m.get("mixed", {}).get("bits", math.nan) for _, m in records)
         scored = sum(m["live"]["scored"] for _, m in records)
         if len(records) == 1:

@@ -308,10 +308,11 @@ def dna_section(model_path: str, comp_path: str, model_name: str | None = None) 
         files.setdefault(name, []).append((record, modes))
     comp_files = {entry["file"]: entry for entry in comp["files"]}
     mixed = any(row["mode"] == "mixed" for row in rows)
+    frozen_run = any(row["mode"] == "frozen" for row in rows)
     lines = [
-        "| genome (file) | record | ACGT bases | live memory | frozen memory | frozen − live |"
+        "| genome (file) | record | ACGT bases | live memory |" + (" frozen memory | frozen − live |" if frozen_run else "")
         + (" live + context mixing |" if mixed else "") + " xz -9 | zstd -19 --long=27 |",
-        "|---|---|---:|---:|---:|---:|" + ("---:|" if mixed else "") + "---:|---:|",
+        "|---|---|---:|---:|" + ("---:|---:|" if frozen_run else "") + ("---:|" if mixed else "") + "---:|---:|",
     ]
     details, joint = [], []
     for name in sorted(files):
@@ -324,8 +325,8 @@ def dna_section(model_path: str, comp_path: str, model_name: str | None = None) 
             xz = 8 * comp_sizes["xz -9"] / bases if comp_sizes else None
             zstd = 8 * comp_sizes["zstd -19 --long=27"] / bases if comp_sizes else None
             mix = f" {fmt(mixed_bits / scored)} |" if mixed else ""
-            return (f"| {label} | {record_label} | {scored:,} | {fmt(live)} | {fmt(frozen)} | {fmt(frozen - live)} |{mix}"
-                    f" {fmt(xz)} | {fmt(zstd)} |")
+            kept = f" {fmt(frozen)} | {fmt(frozen - live)} |" if frozen_run else ""
+            return f"| {label} | {record_label} | {scored:,} | {fmt(live)} |{kept}{mix} {fmt(xz)} | {fmt(zstd)} |"
 
         per_record = []
         for record, modes in records:
@@ -354,8 +355,9 @@ def dna_section(model_path: str, comp_path: str, model_name: str | None = None) 
             details.append((name, per_record))
     text = "\n".join(lines) + "\n"
     text += (f"\nModel {model_label(header, model_name)}; records streamed in independent segments of {header['segment']:,} bases "
-             f"({header['lanes']} lanes in parallel, pieces of {header['piece']:,}). Model time: live {seconds.get('live', float('nan')):.0f} s, "
-             f"frozen {seconds.get('frozen', float('nan')):.0f} s on {header['machine']}. Compressors on {comp['machine']}: "
+             f"({header['lanes']} lanes in parallel, pieces of {header['piece']:,}). Model time: live {seconds.get('live', float('nan')):.0f} s"
+             + (f", frozen {seconds['frozen']:.0f} s" if "frozen" in seconds else "") + f" on {header['machine']}."
+             + f" Compressors on {comp['machine']}: "
              "each record's ACGT bytes (N removed) compressed alone; a file's total is the sum over its records.\n")
     if mixed:
         text += ("\nLive + context mixing: the live model's probabilities mixed, base by base, with online k-mer and "

@@ -116,3 +116,13 @@ def choose_runtime(device: str = "auto", backend: str = "auto", threads: int | N
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     return Runtime(device=chosen_device, backend=chosen_backend)
+
+
+def flush_denormals() -> None:
+    """Subnormal floats (|x| < 1.2e-38) read and written as zero on this thread, in torch's and
+    Numba's code alike (x86's FTZ/DAZ flags; threads created afterwards inherit them). The memory's
+    forget gate decays weights towards zero, and on x86 every operation on a subnormal is a slow
+    microcode path: on a 2-core Intel Xeon the `dna` model streaming E. coli fell from 30k to 9k
+    bases/s over its first Mbase, and ran at ~60k bases/s throughout with this
+    (benchmarks/speed_model_cpu.py). Values that small change no bit of a track."""
+    torch.set_flush_denormal(True)

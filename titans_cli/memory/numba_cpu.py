@@ -30,6 +30,8 @@ import numpy as np
 import torch
 from numba import njit
 
+from titans_cli.device import flush_denormals
+
 from .config import MemoryConfig
 from .mlp import MemoryResult, check_inputs
 
@@ -430,7 +432,7 @@ def map_lanes(job, lanes: int) -> None:
         return
     global _POOL
     if _POOL is None or _POOL._max_workers < workers:
-        _POOL = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="titans-memory")
+        _POOL = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="titans-memory", initializer=flush_denormals)
     for _ in _POOL.map(job, range(lanes)):
         pass
 

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from titans_cli.device import flush_denormals
 from titans_cli.model.blocks import BLOCKS, BlockState
 from titans_cli.model.config import ModelConfig
 
@@ -46,6 +47,7 @@ def streaming_threads():
     previous_threads, previous_cores = torch.get_num_threads(), _STREAMING.cores
     _STREAMING.cores = previous_threads if previous_cores is None else previous_cores
     torch.set_num_threads(1)
+    flush_denormals()  # (left on: see flush_denormals)
     try:
         yield
     finally:
@@ -208,7 +210,8 @@ class TitansLM(nn.Module):
                 return F.linear(hidden, self.embed.weight), hidden, grad + g2, momentum + m2
 
         if _PIPELINE_POOL is None:
-            _PIPELINE_POOL = ThreadPoolExecutor(max_workers=1, thread_name_prefix="titans-pipeline")
+            _PIPELINE_POOL = ThreadPoolExecutor(max_workers=1, thread_name_prefix="titans-pipeline",
+                                                initializer=flush_denormals)
         futures = []
         # Outside streaming_threads() the thread count is switched for this step only.
         with streaming_threads() if torch.get_num_threads() != 1 else contextlib.nullcontext():

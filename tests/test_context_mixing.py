@@ -77,3 +77,17 @@ def test_cli_context_mixing_lowers_the_bits_of_a_repeated_genome(tmp_path, genom
     copy = slice(6000 // 50 + 2, 9000 // 50)
     assert mixed_bits[copy].mean() < 0.5 < plain_bits[copy].mean()
     assert "context mixing" in (tmp_path / "mixed.bedgraph").read_text().splitlines()[0]
+
+
+def test_python_api_context_mixing(genome):
+    import titans_cli
+    from titans_cli.errors import TitansInputError
+
+    model = titans_cli.load_model("dna", device="cpu")
+    text = "".join("ACGT"[t - A] for t in genome)
+    plain, = titans_cli.surprise(model, [("r", text)])
+    mixed, = titans_cli.surprise(model, [("r", text)], context_mixing=True)
+    assert len(mixed.values) == len(plain.values) and mixed.length == plain.length == len(genome)
+    assert mixed.bits_per_unit < plain.bits_per_unit - 0.3, (mixed.bits_per_unit, plain.bits_per_unit)
+    with pytest.raises(TitansInputError, match="context_mixing"):
+        titans_cli.surprise(model, [("r", text)], metric="grad", context_mixing=True)

@@ -119,9 +119,11 @@ class SurpriseTrack:
 
 
 def surprise(model: Model, data, metric: str = "bits", window: int | None = None,
-             novelty_form: str | None = None) -> list[SurpriseTrack]:
+             novelty_form: str | None = None, context_mixing: bool = False) -> list[SurpriseTrack]:
     """Per-record surprise tracks. DNA: windows of `window` bases (default 50). Text: one row per
-    sentence (or per `window` tokens). metric: bits | grad | momentum | novelty (DNA)."""
+    sentence (or per `window` tokens). metric: bits | grad | momentum | novelty (DNA).
+    context_mixing (DNA, bits): the model mixed with online k-mer and repeat models of each record
+    (model/context_mixing.py), as `titans surprise --context-mixing`."""
     from titans_cli.errors import TitansInputError
     from titans_cli.tasks.novelty import DEFAULT_FORM, novelty_records
     from titans_cli.tasks.surprise import METRICS, RecordSummary, SentenceRow, TrackChunk, WindowMeans, run_online
@@ -130,6 +132,8 @@ def surprise(model: Model, data, metric: str = "bits", window: int | None = None
         raise TitansInputError(f"unknown metric {metric!r} (expected one of: {', '.join(METRICS)})")
     if window is not None and window < 1:
         raise TitansInputError(f"window must be a positive number, got {window}")
+    if context_mixing and (model.kind != "sequence" or metric != "bits"):
+        raise TitansInputError("context_mixing applies to DNA models with metric bits")
     engine = model.engine()
     records = _records(model, data)
     tracks = []
@@ -153,7 +157,8 @@ def surprise(model: Model, data, metric: str = "bits", window: int | None = None
             tracks.append(SurpriseTrack(record.id, starts, ends, values, metric, summary.bits_per_unit, summary.length))
         return tracks
     kind = model.kind
-    for record, items in run_online(engine, records, metric, window if kind == "text" else (window or 50), kind):
+    for record, items in run_online(engine, records, metric, window if kind == "text" else (window or 50), kind,
+                                    context_mixing=context_mixing):
         chunks, rows, summary = [], [], None
         for item in items:
             if isinstance(item, TrackChunk):

@@ -83,8 +83,8 @@ def run_sequence(session, input, metric, window, format, output, regions_path, t
     from titans_cli.tasks.novelty import novelty_records
     from titans_cli.tasks.plot import PanelData, plot_tracks
     from titans_cli.tasks.regions import call_regions
-    from titans_cli.tasks.surprise import (ContextMixedReducer, RecordSummary, SequenceTrackReducer, TrackChunk,
-                                           WindowMeans)
+    from titans_cli.tasks.surprise import (RecordSummary, SequenceTrackReducer, TrackChunk, WindowMeans,
+                                           with_context_mixing)
 
     need_novelty = metric == "novelty" or regions_path is not None
     keep_track = regions_path is not None or plot_path is not None
@@ -102,8 +102,7 @@ def run_sequence(session, input, metric, window, format, output, regions_path, t
             if not need_novelty:
                 make = lambda r: SequenceTrackReducer(r, metric, window)  # noqa: E731
                 if context_mixing:
-                    engine.want_probs = [session.tokenizer.base_ids[base] for base in "ACGT"]
-                    make = lambda r: ContextMixedReducer(SequenceTrackReducer(r, metric, window), r.length)  # noqa: E731
+                    make = with_context_mixing(engine, make)
                 for record, items in engine.run(records, make):
                     yield record.index, items
                 return

@@ -252,12 +252,30 @@ class TextRowReducer:
         return rows
 
 
+# Records mixed at once: a record's mixer holds up to ~260 MB of tables (context_mixing.ContextMixer),
+# and the mixers run on the CPU, so more lanes would add memory, not speed.
+MIXING_LANES = 8
+
+
+def with_context_mixing(engine: StreamEngine, make_reducer):
+    """Context mixing on a DNA engine: it reports each position's A/C/G/T probabilities, streams at
+    most MIXING_LANES records at a time, and every reducer gets the mixed bits."""
+    from titans_cli.model.tokenizers import DNATokenizer
+
+    base_ids = DNATokenizer().base_ids
+    engine.want_probs = [base_ids[base] for base in "ACGT"]
+    engine.lanes = min(engine.lanes, MIXING_LANES)
+    return lambda record: ContextMixedReducer(make_reducer(record), record.length)
+
+
 def run_online(
     engine: StreamEngine, records: Iterable[RecordInput], metric: str, window: int | None, kind: str,
-    with_text: bool = False,
+    with_text: bool = False, context_mixing: bool = False,
 ) -> Iterator[tuple[RecordInput, Iterator]]:
     """One streaming pass for bits/grad/momentum: yields (record, items) in input order, items
-    being TrackChunk / SentenceRow and a final RecordSummary."""
+    being TrackChunk / SentenceRow and a final RecordSummary. context_mixing (DNA bits): see
+    with_context_mixing."""
     if kind == "sequence":
-        return engine.run(records, lambda record: SequenceTrackReducer(record, metric, window or 50))
+        make = lambda record: SequenceTrackReducer(record, metric, window or 50)  # noqa: E731
+        return engine.run(records, with_context_mixing(engine, make) if context_mixing else make)
     return engine.run(records, lambda record: TextRowReducer(record, metric, window, with_text))

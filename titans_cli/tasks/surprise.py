@@ -164,7 +164,7 @@ class ContextMixedReducer:
     def add(self, outputs: TokenOutputs) -> list:
         if outputs.probs is None:
             raise RuntimeError("context mixing needs the engine's want_probs (the A, C, G, T token ids)")
-        return self.inner.add(replace(outputs, bits=self.mixer.bits(outputs.tokens, outputs.probs)))
+        return self.inner.add(replace(outputs, bits=self.mixer.bits(outputs.tokens, outputs.probs, outputs.bits)))
 
     def finish(self, end: RecordEnd) -> list:
         self.mixer = None

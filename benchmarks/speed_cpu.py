@@ -96,6 +96,9 @@ def main(argv=None) -> int:
         jobs.append(("surprise --metric bits (real E. coli)", 4_639_675, lambda: cmd + [
             "surprise", str(common.DNA_EVAL / SOURCE), "--metric", "bits", "--quiet", "--model",
             titans_bridge.model_name("dna"), "-o", str(out_dir / "ecoli_bits.bedgraph")]))
+        jobs.append(("surprise --metric bits --context-mixing (real E. coli)", 4_639_675, lambda: cmd + [
+            "surprise", str(common.DNA_EVAL / SOURCE), "--metric", "bits", "--context-mixing", "--quiet", "--model",
+            titans_bridge.model_name("dna"), "-o", str(out_dir / "ecoli_bits_mixed.bedgraph")]))
     for n in sizes:
         inp = make_input(n)
         jobs.append(("surprise --metric bits", n, lambda i=inp, n=n: cmd + [
@@ -134,8 +137,8 @@ def main(argv=None) -> int:
     if cmd is None:
         body.append("All rows **pending**: the titans CLI or the shipped DNA model is missing at this commit.")
     if args.ecoli_only:
-        body.append("`--ecoli-only`: the real E. coli K-12 MG1655 genome only (4,639,675 bp), the bits track and the "
-                    "novelty run; the repeated-genome rows of the full mode (0.1, 1, 5 Mbp, embed) were not run.")
+        body.append("`--ecoli-only`: the real E. coli K-12 MG1655 genome only (4,639,675 bp), the bits track (also "
+                    "with `--context-mixing`) and the novelty run; the repeated-genome rows of the full mode (0.1, 1, 5 Mbp, embed) were not run.")
     if args.quick:
         body.append(f"**Quick mode (smoke run, subsample)**: inputs of {' and '.join(f'{n / 1e6:g}' for n in sizes)} "
                     f"Mbp, and the novelty run on the first {QUICK_NOVELTY_BASES / 1e6:g} Mbp of E. coli "

@@ -93,3 +93,16 @@ def test_python_api_context_mixing(genome):
     assert mixed.bits_per_unit < plain.bits_per_unit - 0.3, (mixed.bits_per_unit, plain.bits_per_unit)
     with pytest.raises(TitansInputError, match="context_mixing"):
         titans_cli.surprise(model, [("r", text)], metric="grad", context_mixing=True)
+
+
+def test_the_mixture_is_a_distribution_over_the_next_base(genome):
+    """At any position the four possible next bases get probabilities that sum to the model's own
+    A/C/G/T mass: nothing of the base being scored leaks into its prediction."""
+    rng = np.random.default_rng(3)
+    probs = rng.dirichlet(np.ones(5), size=len(genome))[:, :4].astype(np.float32)  # (the fifth: N and specials)
+    for t in (5, 2000, 6500, 11500):  # unique sequence, inside the forward copy, inside the inverted copy
+        total = 0.0
+        for base in (A, C, G, T):
+            tokens = np.concatenate([genome[:t], [base]])
+            total += 2.0 ** -float(mix_bits(tokens, probs[: t + 1])[-1])
+        assert total == pytest.approx(float(probs[t].sum()), rel=1e-4), t

@@ -47,6 +47,7 @@ SECTIONS = [
     #   --section summarization_text_base
     ("summarization_text_base", None, None),
     ("compression", None, None),        # benchmarks/compression.py, three steps, GPU part
+    ("context_mixing", None, None),  # benchmarks/context_mixing.py on saved probabilities of training slices
     ("memory_throughput", None, None),  # benchmarks/memory_throughput.py --out ..., CPU and CUDA rows
     ("memory_throughput_gpu", None, None),  # memory_throughput.py --skip-cpu on the GPU machine
     ("speed_cpu", "speed_cpu.py", ["--quick"]),

@@ -118,12 +118,13 @@ def _count(counts, checks, offsets, direct, caps, o, index, check, x):
 
 @njit(cache=True, nogil=True)
 def _mix(tokens, probs, out, ring, counts, checks, offsets, direct, alphas, caps, positions, match, hit_p, hit_n,
-         weights, seen, scalars, table_bits, position_bits, ring_mask, lr_start, lr_floor):  # fmt: skip
+         weights, seen, scalars, table_bits, position_bits, ring_mask, lr_start, lr_floor, kmers, repeats):  # fmt: skip
     """Score tokens (ids: 3..6 = A C G T) with probs (n, 4) from the model; bits of each ACGT token
     into out (others untouched). All state lives in the arrays passed in; scalars holds
-    [position, forward k-mer bits, reverse-complement bits, bases since the last N]."""
-    n_orders = ORDERS.shape[0]
-    n_repeat = match.shape[0]
+    [position, forward k-mer bits, reverse-complement bits, bases since the last N]. kmers / repeats
+    False leave those experts out (benchmarks/context_mixing.py's ablations)."""
+    n_orders = ORDERS.shape[0] if kmers else 0
+    n_repeat = match.shape[0] if repeats else 0
     n_in = 1 + n_orders + n_repeat
     position = scalars[0]
     forward = np.uint64(scalars[1])
@@ -351,7 +352,8 @@ class ContextMixer:
 
     DIRECT_BITS = 16  # k-mer experts of order <= 8 index 4^k rows directly
 
-    def __init__(self, capacity: int | None = None, capacity_bits: int = 22, ring_bits: int = 26):
+    def __init__(self, capacity: int | None = None, capacity_bits: int = 22, ring_bits: int = 26,
+                 kmers: bool = True, repeats: bool = True):
         need = 22 if capacity is None else max(12, math.ceil(math.log2(max(capacity, 2))) + 1)
         self.table_bits = min(capacity_bits, need)
         ring = min(ring_bits, max(12, need + 1))
@@ -378,6 +380,7 @@ class ContextMixer:
         self.seen = np.zeros(N_CONTEXTS)
         self.scalars = np.zeros(4, dtype=np.int64)
         self.lr_start, self.lr_floor = 0.02, 0.002
+        self.kmers, self.repeats = kmers, repeats
 
     def bits(self, tokens: np.ndarray, probs: np.ndarray, fallback: np.ndarray | None = None) -> np.ndarray:
         """Bits of each token under the mixture (float32); tokens other than A C G T keep
@@ -387,7 +390,8 @@ class ContextMixer:
         out = np.full(len(tokens), np.nan) if fallback is None else np.asarray(fallback, dtype=np.float64).copy()
         _mix(tokens, probs, out, self.ring, self.counts, self.checks, self.offsets, self.direct, self.alphas, self.caps,
              self.positions, self.match, self.hit_p, self.hit_n, self.weights, self.seen, self.scalars,
-             self.table_bits, self.position_bits, self.ring_mask, self.lr_start, self.lr_floor)
+             self.table_bits, self.position_bits, self.ring_mask, self.lr_start, self.lr_floor, self.kmers,
+             self.repeats)
         return out.astype(np.float32)
 
 

@@ -164,12 +164,13 @@ def run_sequence(session, input, metric, window, format, output, regions_path, t
 
             for panel in panels:
                 panel.smoothed = smooth_track(panel.values, max(1, smooth // window))
-            plot_tracks(panels, plot_path, metric, title=f"titans surprise ({metric}, window {window} bp)")
+            plot_tracks(panels, plot_path, metric, title=f"titans surprise ({metric}"
+                        f"{', context mixing' if context_mixing else ''}, window {window} bp)")
             common.info(f"titans: plot -> {plot_path}", quiet)
         for summary in summaries:
             common.info(
-                f"titans: {summary.id}\t{summary.length:,} bases\t{summary.bits_per_unit:.4f} bits/base\t"
-                f"mean grad {summary.mean_grad:.4g}",
+                f"titans: {summary.id}\t{summary.length:,} bases\t{summary.bits_per_unit:.4f} bits/base"
+                f"{' (context mixing)' if context_mixing else ''}\tmean grad {summary.mean_grad:.4g}",
                 quiet,
             )
         seconds = engine.throughput.seconds

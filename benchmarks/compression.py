@@ -185,17 +185,19 @@ def run_model(args) -> None:
                 totals[i][0] += float(bits[scored].sum())
                 totals[i][1] += int(scored.sum())
         seconds = time.perf_counter() - started
+        record_probs = None
         if saved is not None:  # each record's (tokens, 4) float16 probabilities, in order
-            saved = {i: np.concatenate([p for _, p in sorted(parts, key=lambda t: t[0])]) for i, parts in saved.items()}
-        if saved is not None and args.save_probs:  # with the token ids, one pair of .npy per record
+            record_probs = {i: np.concatenate([p for _, p in sorted(parts, key=lambda t: t[0])])
+                            for i, parts in saved.items()}
+        if record_probs is not None and args.save_probs:  # with the token ids, one pair of .npy per record
             directory = Path(args.save_probs)
             directory.mkdir(parents=True, exist_ok=True)
             for i, (name, record_id, ids, _) in enumerate(units):
                 stem = re.sub(r"[^A-Za-z0-9._-]", "_", f"{name.split('.')[0]}.{record_id}")
-                np.save(directory / f"{stem}.probs.npy", saved[i])
+                np.save(directory / f"{stem}.probs.npy", record_probs[i])
                 np.save(directory / f"{stem}.ids.npy", ids.astype(np.uint8))
-        if saved is not None and args.mix:
-            mix_units(units, saved, out)
+        if record_probs is not None and args.mix:
+            mix_units(units, record_probs, out)
         for i, (name, record_id, ids, n_bytes) in enumerate(units):
             row = {"mode": mode, "file": name, "record": record_id, "bits": totals[i][0], "scored": totals[i][1],
                    "tokens": int(len(ids))}

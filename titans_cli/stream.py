@@ -320,6 +320,7 @@ class StreamEngine:
         threads = streaming_threads() if device.type == "cpu" else contextlib.nullcontext()
         # ||S_t|| only when a reducer reads it (reducers say so by `uses_momentum`; default: yes).
         want_momentum = any(getattr(lane.reducer, "uses_momentum", True) for lane in lanes)
+        wanted = None if self.want_probs is None else torch.tensor(self.want_probs, device=device)
         with torch.inference_mode(), threads:
             while not all(lane.done for lane in lanes):
                 piece = self.solo_piece_tokens if len(lanes) == 1 else self.piece_tokens
@@ -346,10 +347,7 @@ class StreamEngine:
                 grad = output.grad.float().cpu().numpy()
                 momentum = output.momentum.float().cpu().numpy()
                 hidden = output.hidden.float().cpu().numpy() if self.want_hidden else None
-                probs = None
-                if self.want_probs is not None:
-                    wanted = torch.tensor(self.want_probs, device=logits.device)
-                    probs = torch.softmax(logits, dim=-1).index_select(-1, wanted).cpu().numpy()
+                probs = None if wanted is None else torch.softmax(logits, dim=-1).index_select(-1, wanted).cpu().numpy()
                 finished, fed_rows, fed_counts = [], [], []
                 for row, lane in enumerate(lanes):
                     if lane.done:

@@ -102,6 +102,15 @@ def _kmer(forward, k):
 
 
 @njit(cache=True, inline="always")
+def _row(direct, value, k, bits):
+    """(row, 8-bit check) of a k-mer value in an order's table: the value itself where the order
+    indexes its 4^k rows directly (no check needed), else its hashed slot."""
+    if direct:
+        return np.int64(value), np.uint8(0)
+    return _slot(value, k, bits)
+
+
+@njit(cache=True, inline="always")
 def _count(counts, checks, offsets, direct, caps, o, index, check, x):
     """One more x after the context in row `index` of order o's table (a hashed row whose check
     differs belonged to another context: it starts afresh)."""
@@ -169,13 +178,8 @@ def _mix(tokens, probs, out, ring, counts, checks, offsets, direct, alphas, caps
                     logs[j, s] = 0.0
                 index[o] = -1
                 continue
-            value = _kmer(forward, k)
-            known = True
-            if direct[o]:
-                index[o] = np.int64(value)
-            else:
-                index[o], check[o] = _slot(value, k, table_bits)
-                known = checks[offsets[o] // 4 + index[o]] == check[o]
+            index[o], check[o] = _row(direct[o], _kmer(forward, k), k, table_bits)
+            known = direct[o] or checks[offsets[o] // 4 + index[o]] == check[o]
             row = offsets[o] + 4 * index[o]
             n = 0
             most = 0
@@ -274,13 +278,8 @@ def _mix(tokens, probs, out, ring, counts, checks, offsets, direct, alphas, caps
             k = ORDERS[o]
             if run <= k:
                 continue
-            value = reverse >> np.uint64(64 - 2 * k)
-            if direct[o]:
-                _count(counts, checks, offsets, direct, caps, o, np.int64(value), np.uint8(0),
-                       3 - np.int64(ring[(position - 1 - k) & ring_mask]))
-            else:
-                slot, tag = _slot(value, k, table_bits)
-                _count(counts, checks, offsets, direct, caps, o, slot, tag, 3 - np.int64(ring[(position - 1 - k) & ring_mask]))
+            row, tag = _row(direct[o], reverse >> np.uint64(64 - 2 * k), k, table_bits)
+            _count(counts, checks, offsets, direct, caps, o, row, tag, 3 - np.int64(ring[(position - 1 - k) & ring_mask]))
         # repeat experts: drop a copy that ran out of the ring (or past the start), look up a new one
         for m in range(n_repeat):
             p = match[m, 0]

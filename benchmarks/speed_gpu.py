@@ -46,12 +46,12 @@ def multi_genome_input(records: list[tuple[str, bytes]], total_bases: int) -> li
     return out
 
 
-def measure(model: Model, data, label: str) -> dict:
+def measure(model: Model, data, label: str, context_mixing: bool = False) -> dict:
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
     bases = sum(len(seq) for _, seq in data)
     start = time.perf_counter()
-    tracks = surprise(model, data, metric="bits", window=50)
+    tracks = surprise(model, data, metric="bits", window=50, context_mixing=context_mixing)
     torch.cuda.synchronize()
     seconds = time.perf_counter() - start
     mean_bits = float(np.average([t.bits_per_unit for t in tracks], weights=[t.length for t in tracks]))
@@ -66,6 +66,29 @@ def measure(model: Model, data, label: str) -> dict:
         "mean_bits": mean_bits,
         "tracks": tracks,
     }
+
+
+def mixing_rows(model: Model, data, size: float) -> tuple[list[dict], str]:
+    """`surprise(context_mixing=True)` with the mixers in turn (one thread: as before they ran in
+    threads) and in every host thread; the tracks must not differ."""
+    cores = torch.get_num_threads()
+    surprise(model, [(data[0][0], data[0][1][:20000])], context_mixing=True)  # warm-up: the mixer's JIT compile
+    rows, tracks = [], []
+    for threads in (1, cores):
+        torch.set_num_threads(threads)
+        try:
+            how = "in turn" if threads == 1 else f"in {threads} threads"
+            row = measure(model, data, f"{size:g} Mbp, {len(data)} records, context mixing, mixers {how}", context_mixing=True)
+        finally:
+            torch.set_num_threads(cores)
+        row["backend"] = "triton"
+        tracks.append(row.pop("tracks"))
+        rows.append(row)
+        print(f"triton  {row['label']:28s} {row['rate'] / 1e6:7.3f} M bases/s  RSS {row['rss_peak_gib']:.2f} GiB", flush=True)
+    worst = max(float(np.max(np.abs(a.values - b.values), initial=0.0)) for a, b in zip(*tracks))
+    line = f"Context mixing, mixers in turn vs in threads: largest difference of a 50-base window mean {worst:.2e} bits."
+    print(line)
+    return rows, line
 
 
 def profile_run(model: Model, data, path: str) -> None:
@@ -96,6 +119,9 @@ def main() -> None:
     parser.add_argument("--profile", help="write a cProfile summary of the fused backend's second size here")
     parser.add_argument("--long-backends", default="triton", help="backends that also run the one-record input")
     parser.add_argument("--long-mbp", type=float, default=10.0)
+    parser.add_argument("--mixing-mbp", type=float, default=0.0,
+                        help="also run `--context-mixing` (fused backend) on this many Mbp of the multi-record input, "
+                             "its mixers one record after another (torch threads 1) and in the host's threads")
     parser.add_argument("--dense-precision", choices=("tf32", "fp32"), default="tf32",
                         help="fp32 dense matrix products on the tensor cores (tf32, what `titans` sets on CUDA) or not")
     parser.add_argument("--out")
@@ -112,7 +138,7 @@ def main() -> None:
     loaded = load_model_dir(args.model, device=device)
     records = read_records(args.fasta)
     sizes = [float(s) for s in args.sizes.split(",")]
-    rows, reference_tracks = [], {}
+    rows, reference_tracks, mixing_agreement = [], {}, ""
     for backend in args.backends.split(","):
         model = Model(args.model, loaded, Runtime(device=device, backend=backend))
         # Warm-up: compile the Triton kernels for every piece-length class a multi-record input meets
@@ -141,6 +167,9 @@ def main() -> None:
             row.pop("tracks")
             rows.append(row)
             print(f"{backend:7s} {row['label']:28s} {row['rate'] / 1e6:7.3f} M bases/s", flush=True)
+        if args.mixing_mbp and backend == "triton":
+            more, mixing_agreement = mixing_rows(model, multi_genome_input(records, int(args.mixing_mbp * 1e6)), args.mixing_mbp)
+            rows += more
 
     hyena_rows = []
     if args.hyena_batches:
@@ -177,8 +206,7 @@ def main() -> None:
     for row in rows:
         lines.append(f"| {row['backend']} | {row['label']} | {row['bases']:,} | {row['seconds']:.2f} | "
                      f"{row['rate'] / 1e6:.3f} | {row['gpu_peak_gib']:.2f} | {row['rss_peak_gib']:.2f} | {row['mean_bits']:.4f} |")
-    if agreement:
-        lines += ["", agreement]
+    lines += [line for text in (agreement, mixing_agreement) if text for line in ("", text)]
     if hyena_rows:
         lines += [
             "",

@@ -106,3 +106,30 @@ def test_the_mixture_is_a_distribution_over_the_next_base(genome):
             tokens = np.concatenate([genome[:t], [base]])
             total += 2.0 ** -float(mix_bits(tokens, probs[: t + 1])[-1])
         assert total == pytest.approx(float(probs[t].sum()), rel=1e-4), t
+
+
+def test_lanes_mix_side_by_side_as_they_do_in_turn(genome):
+    """The engine runs the lanes' mixers in threads (reducer_threads); items and order are those of
+    one lane after another."""
+    import titans_cli
+    from titans_cli.tasks.surprise import SequenceTrackReducer, with_context_mixing
+
+    model = titans_cli.load_model("dna", device="cpu")
+    text = "".join("ACGT"[t - A] for t in genome)
+    data = [(f"r{i}", text[i * 700 : i * 700 + 2500 + 900 * i]) for i in range(5)]
+
+    def run(threads):
+        engine = model.engine(piece_tokens=512)
+        make = with_context_mixing(engine, lambda record: SequenceTrackReducer(record, "bits", 50))
+        engine.reducer_threads = threads
+        return [(record.id, list(items)) for record, items in engine.run(titans_cli._records(model, data), make)]
+
+    in_turn, side_by_side = run(1), run(4)
+    assert [rid for rid, _ in side_by_side] == [name for name, _ in data]
+    for (rid, a), (_, b) in zip(in_turn, side_by_side):
+        assert [type(x) for x in a] == [type(x) for x in b], rid
+        for x, y in zip(a, b):
+            if hasattr(x, "values"):
+                np.testing.assert_array_equal(x.values, y.values)
+            else:
+                assert x == y

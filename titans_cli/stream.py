@@ -28,6 +28,7 @@ import contextlib
 import math
 import time
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator, Protocol, Sequence
 
@@ -241,6 +242,9 @@ class StreamEngine:
         # tokens in the step and how many inputs each read (novelty averages the memory with it).
         self.after_step: Callable[[Any, list[int], list[int]], None] | None = None
         self.throughput = Throughput(progress)
+        # Threads that run the lanes' reducer.add side by side after each step; worth it only for
+        # reducers whose work releases the GIL (context mixing's Numba mixers). 1: in turn.
+        self.reducer_threads = 1
 
     # -- public ---------------------------------------------------------------------------------
 
@@ -321,7 +325,9 @@ class StreamEngine:
         # ||S_t|| only when a reducer reads it (reducers say so by `uses_momentum`; default: yes).
         want_momentum = any(getattr(lane.reducer, "uses_momentum", True) for lane in lanes)
         wanted = None if self.want_probs is None else torch.tensor(self.want_probs, device=device)
-        with torch.inference_mode(), threads:
+        workers = min(self.reducer_threads, len(lanes))
+        pool = ThreadPoolExecutor(workers, thread_name_prefix="reducer") if workers > 1 else None
+        with torch.inference_mode(), threads, pool or contextlib.nullcontext():
             while not all(lane.done for lane in lanes):
                 piece = self.solo_piece_tokens if len(lanes) == 1 else self.piece_tokens
                 for lane in lanes:
@@ -348,20 +354,24 @@ class StreamEngine:
                 momentum = output.momentum.float().cpu().numpy()
                 hidden = output.hidden.float().cpu().numpy() if self.want_hidden else None
                 probs = None if wanted is None else torch.softmax(logits, dim=-1).index_select(-1, wanted).cpu().numpy()
-                finished, fed_rows, fed_counts = [], [], []
+                finished, fed_rows, fed_counts, added = [], [], [], []
                 for row, lane in enumerate(lanes):
                     if lane.done:
                         continue
                     n_fed = min(step, len(lane.buffer))
                     fed_rows.append(row)
                     fed_counts.append(n_fed)
-                    self._emit(lane, n_fed, bits[row], grad[row], momentum[row], None if hidden is None else hidden[row],
-                               None if probs is None else probs[row])
+                    outputs = self._emit(lane, n_fed, bits[row], grad[row], momentum[row],
+                                         None if hidden is None else hidden[row], None if probs is None else probs[row])
+                    if outputs is not None:
+                        added.append((lane, pool.submit(lane.reducer.add, outputs) if pool else outputs))
                     lane.buffer = lane.buffer[n_fed:]
                     lane.fed += n_fed
                     if lane.exhausted and len(lane.buffer) == 0:
                         lane.done = True
                         finished.append(row)
+                for lane, pending in added:  # in lane order, whether run in turn or side by side
+                    lane.items.extend(pending.result() if pool else lane.reducer.add(pending))
                 if self.after_step is not None:
                     self.after_step(state, fed_rows, fed_counts)
                 if finished:
@@ -383,8 +393,8 @@ class StreamEngine:
                 step = min(step, max(1, len(lane.buffer)))
         return step
 
-    def _emit(self, lane: _Lane, n_fed: int, bits, grad, momentum, hidden, probs=None) -> None:
-        """Hand the reducer the tokens this step completed.
+    def _emit(self, lane: _Lane, n_fed: int, bits, grad, momentum, hidden, probs=None) -> TokenOutputs | None:
+        """The outputs of the tokens this step completed, for the lane's reducer (None: none completed).
 
         Inputs fed this step are positions [a, a + n_fed) of [BOS, t_0, ...]; row r holds the
         signals of input a + r (= token a + r - 1) and the bits of token a + r (predicted there)."""
@@ -396,7 +406,7 @@ class StreamEngine:
             lane.carry_bits = float(bits[n_fed - 1]) if n_fed else lane.carry_bits
             if probs is not None and n_fed:
                 lane.carry_probs = probs[n_fed - 1].copy()
-            return
+            return None
         j_start = a + first_row - 1
         end = n_fed
         if n_tokens_total is not None:  # rows past the record's last token carry nothing
@@ -414,7 +424,7 @@ class StreamEngine:
             token_probs[1:] = probs[first_row : end - 1]
             lane.carry_probs = probs[n_fed - 1].copy()
         if count == 0:
-            return
+            return None
         rows = slice(first_row, end)  # copies, not views: a reducer may keep them past this step
         outputs = TokenOutputs(
             start=j_start,
@@ -426,7 +436,7 @@ class StreamEngine:
             probs=token_probs,
         )
         self.throughput.add(count)
-        lane.items.extend(lane.reducer.add(outputs))
+        return outputs
 
     def _fingerprints(self, state, rows: list[int]):
         if not self.want_memory:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, replace
 from typing import Iterable, Iterator
 
 import numpy as np
+import torch
 
 from titans_cli.stream import RecordEnd, RecordInput, StreamEngine, TokenOutputs
 
@@ -252,19 +253,23 @@ class TextRowReducer:
         return rows
 
 
-# Records mixed at once: a record's mixer holds up to ~260 MB of tables (context_mixing.ContextMixer),
-# and the mixers run on the CPU, so more lanes would add memory, not speed.
-MIXING_LANES = 8
+# Records mixed at once: a record's mixer holds up to ~260 MB of tables (context_mixing.ContextMixer).
+# The lanes' mixers run side by side on the host's cores (the Numba kernel releases the GIL), so a
+# host with more cores mixes more records at once, up to MIXING_LANES_MAX.
+MIXING_LANES, MIXING_LANES_MAX = 8, 16
 
 
 def with_context_mixing(engine: StreamEngine, make_reducer):
-    """Context mixing on a DNA engine: it reports each position's A/C/G/T probabilities, streams at
-    most MIXING_LANES records at a time, and every reducer gets the mixed bits."""
+    """Context mixing on a DNA engine: it reports each position's A/C/G/T probabilities, streams
+    MIXING_LANES records at a time (more on a host of more cores), mixes them in threads, and every
+    reducer gets the mixed bits."""
     from titans_cli.model.tokenizers import DNATokenizer
 
     base_ids = DNATokenizer().base_ids
     engine.want_probs = [base_ids[base] for base in "ACGT"]
-    engine.lanes = min(engine.lanes, MIXING_LANES)
+    cores = torch.get_num_threads()  # (the configured --threads)
+    engine.lanes = min(engine.lanes, max(MIXING_LANES, min(cores, MIXING_LANES_MAX)))
+    engine.reducer_threads = min(engine.lanes, cores)
     return lambda record: ContextMixedReducer(make_reducer(record), record.length)
 
 

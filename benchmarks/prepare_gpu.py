@@ -41,6 +41,21 @@ def copy_rate() -> float:
     return 2 * source.numel() * 4 / (ms * 1e-3) / 1e9
 
 
+def sweep(label: str, what: str, moved: int, ceiling: float, repeats: int, tokens: tuple, warps_options: tuple,
+          default: tuple, call) -> list[list]:
+    """Rows (shape, tokens, warps, µs, GB/s, of copy rate, default?) of call(block_t, warps) at each
+    setting: median of `repeats` CUDA-event timings after two warm-ups."""
+    rows = []
+    for block_t in tokens:
+        for warps in warps_options:
+            ms = statistics.median(common.cuda_times_ms(lambda: call(block_t, warps), 2, repeats))
+            rate = moved / (ms * 1e-3) / 1e9
+            rows.append([label, block_t, warps, f"{ms * 1e3:.0f}", f"{rate:.0f}", f"{100 * rate / ceiling:.0f} %",
+                         "default" if (block_t, warps) == default else ""])
+            common.log(f"{label} {what}block {block_t} warps {warps}: {ms * 1e3:.0f} µs {rate:.0f} GB/s")
+    return rows
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=20)
@@ -60,36 +75,21 @@ def main() -> int:
         bias = torch.randn(width, device="cuda")
         size = projected.element_size()
         moved = (2 * projected.numel() * size + gate_pre.numel() * size + 3 * batch * heads * length * 4)
-        for block_t in (32, 64, 128):
-            for warps in (2, 4, 8):
-                def call():
-                    return prepare_triton.prepare_inputs(projected, tail, weight, bias, gate_pre, heads, 0.1,
-                                                         block_t=block_t, num_warps=warps)
-
-                ms = statistics.median(common.cuda_times_ms(call, 2, args.repeats))
-                rate = moved / (ms * 1e-3) / 1e9
-                default = block_t == prepare_triton._BLOCK_T and warps == prepare_triton._NUM_WARPS
-                rows.append([label, block_t, warps, f"{ms * 1e3:.0f}", f"{rate:.0f}", f"{100 * rate / ceiling:.0f} %",
-                             "default" if default else ""])
-                common.log(f"{label} block {block_t} warps {warps}: {ms * 1e3:.0f} µs {rate:.0f} GB/s")
+        rows += sweep(label, "", moved, ceiling, args.repeats, (32, 64, 128), (2, 4, 8),
+                      (prepare_triton._BLOCK_T, prepare_triton._NUM_WARPS),
+                      lambda block_t, warps: prepare_triton.prepare_inputs(
+                          projected, tail, weight, bias, gate_pre, heads, 0.1, block_t=block_t, num_warps=warps))
         # The backward (training): the adjoint kernel at each tokens/warps per program, then the conv's transpose
         cotangents = [torch.randn(batch, heads, length, dim, device="cuda", dtype=dtype) for _ in range(3)]
         cotangents.append(torch.randn(3, batch, heads, length, device="cuda"))
         # projections read, d_c written and read, their adjoint written, the q|k|v cotangents read (5 x the
         # projections); gate pre-activations read and their adjoint written; the fp32 gate cotangents read
         moved_back = 5 * projected.numel() * size + 2 * gate_pre.numel() * size + 3 * batch * heads * length * 4
-        for block_t in (16, 32, 64):
-            for warps in (1, 2, 4):
-                def backward():
-                    return prepare_triton.prepare_backward(projected, tail, weight, bias, gate_pre, heads, 0.1,
-                                                           cotangents, block_t=block_t, num_warps=warps)
-
-                ms = statistics.median(common.cuda_times_ms(backward, 2, args.repeats))
-                rate = moved_back / (ms * 1e-3) / 1e9
-                default = block_t == prepare_triton._BLOCK_T_BACKWARD and warps == prepare_triton._NUM_WARPS_BACKWARD
-                back_rows.append([label, block_t, warps, f"{ms * 1e3:.0f}", f"{rate:.0f}",
-                                  f"{100 * rate / ceiling:.0f} %", "default" if default else ""])
-                common.log(f"{label} backward block {block_t} warps {warps}: {ms * 1e3:.0f} µs {rate:.0f} GB/s")
+        back_rows += sweep(label, "backward ", moved_back, ceiling, args.repeats, (16, 32, 64), (1, 2, 4),
+                           (prepare_triton._BLOCK_T_BACKWARD, prepare_triton._NUM_WARPS_BACKWARD),
+                           lambda block_t, warps: prepare_triton.prepare_backward(
+                               projected, tail, weight, bias, gate_pre, heads, 0.1, cotangents,
+                               block_t=block_t, num_warps=warps))
     body = (f"Card: {gpu}; device-to-device copy {ceiling:.0f} GB/s (read + write) measured in the same run. "
             f"Bytes moved = projections and gate pre-activations read once, q, k, v and the fp32 gates written once. "
             f"Median of {args.repeats}. Command: `python benchmarks/prepare_gpu.py"

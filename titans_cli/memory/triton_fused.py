@@ -289,6 +289,17 @@ if TRITON_AVAILABLE:
         return row * stride_b + head * stride_h
 
     @triton.jit
+    def _slice_tiles(hid, rd, d_ok, hidden, head_dim):
+        """Offsets and masks of the hidden units `hid` in one (row, head)'s state: their (len(hid), d)
+        rows of W1 and S1 (hidden x d) and (d, len(hid)) columns of W2 and S2 (d x hidden)."""
+        h_ok = hid < hidden
+        loc1 = hid[:, None] * head_dim + rd[None, :]
+        mask1 = h_ok[:, None] & d_ok[None, :]
+        loc2 = rd[:, None] * hidden + hid[None, :]
+        mask2 = d_ok[:, None] & h_ok[None, :]
+        return loc1, mask1, loc2, mask2
+
+    @triton.jit
     def _meet(counter, target):
         """`_arrive` then `_wait`: the whole barrier, with nothing in between."""
         _arrive(counter)
@@ -370,12 +381,7 @@ if TRITON_AVAILABLE:
                 matrix = hidden * head_dim
                 ck = ckpt_ptr + (pid * n_chunks + c) * 4 * matrix
                 for j in range(0, BHID // HB):
-                    hid = j * HB + tl.arange(0, HB)
-                    h_ok = hid < hidden
-                    loc1 = hid[:, None] * head_dim + rd[None, :]
-                    mask1 = h_ok[:, None] & d_ok[None, :]
-                    loc2 = rd[:, None] * hidden + hid[None, :]
-                    mask2 = d_ok[:, None] & h_ok[None, :]
+                    loc1, mask1, loc2, mask2 = _slice_tiles(j * HB + tl.arange(0, HB), rd, d_ok, hidden, head_dim)
                     tl.store(ck + loc1, tl.load(w1_ptr + pid * matrix + loc1, mask=mask1), mask=mask1)
                     tl.store(ck + matrix + loc2, tl.load(w2_ptr + pid * matrix + loc2, mask=mask2), mask=mask2)
                     tl.store(ck + 2 * matrix + loc1, tl.load(s1_ptr + pid * matrix + loc1, mask=mask1), mask=mask1)
@@ -391,12 +397,8 @@ if TRITON_AVAILABLE:
                 hidden_s2 = tl.zeros((BT, BD), tl.float32)  # A S2ᵀ, for <S0, u>
                 s0_sq = 0.0
                 for j in range(0, BHID // HB):
-                    hid = j * HB + rb
-                    h_ok = hid < hidden
-                    off1 = pid * hidden * head_dim + hid[:, None] * head_dim + rd[None, :]
-                    mask1 = h_ok[:, None] & d_ok[None, :]
-                    off2 = pid * head_dim * hidden + rd[:, None] * hidden + hid[None, :]
-                    mask2 = d_ok[:, None] & h_ok[None, :]
+                    loc1, mask1, loc2, mask2 = _slice_tiles(j * HB + rb, rd, d_ok, hidden, head_dim)
+                    off1, off2 = pid * hidden * head_dim + loc1, pid * head_dim * hidden + loc2
                     w1 = tl.load(w1_ptr + off1, mask=mask1, other=0.0)
                     w2 = tl.load(w2_ptr + off2, mask=mask2, other=0.0)
                     zq = _mm(queries, tl.trans(w1), PRECISION)
@@ -423,12 +425,8 @@ if TRITON_AVAILABLE:
                 else:
                     s0_dot_u = tl.zeros((BT,), tl.float32)
                 for j in range(0, BHID // HB):
-                    hid = j * HB + rb
-                    h_ok = hid < hidden
-                    off1 = pid * hidden * head_dim + hid[:, None] * head_dim + rd[None, :]
-                    mask1 = h_ok[:, None] & d_ok[None, :]
-                    off2 = pid * head_dim * hidden + rd[:, None] * hidden + hid[None, :]
-                    mask2 = d_ok[:, None] & h_ok[None, :]
+                    loc1, mask1, loc2, mask2 = _slice_tiles(j * HB + rb, rd, d_ok, hidden, head_dim)
+                    off1, off2 = pid * hidden * head_dim + loc1, pid * head_dim * hidden + loc2
                     w1 = tl.load(w1_ptr + off1, mask=mask1, other=0.0)
                     w2 = tl.load(w2_ptr + off2, mask=mask2, other=0.0)
                     z = _mm(keys, tl.trans(w1), PRECISION)
@@ -483,12 +481,8 @@ if TRITON_AVAILABLE:
             # ---- chunk-end state: M_b = B M0 + c_S S0 - Σ w_i θ_i u_i,  S_b = E S0 - Σ E(i+1..b) θ_i u_i
             if DEPTH == 2:
                 for j in range(0, BHID // HB):  # pass 3 (δ1 recomputed per block)
-                    hid = j * HB + rb
-                    h_ok = hid < hidden
-                    off1 = pid * hidden * head_dim + hid[:, None] * head_dim + rd[None, :]
-                    mask1 = h_ok[:, None] & d_ok[None, :]
-                    off2 = pid * head_dim * hidden + rd[:, None] * hidden + hid[None, :]
-                    mask2 = d_ok[:, None] & h_ok[None, :]
+                    loc1, mask1, loc2, mask2 = _slice_tiles(j * HB + rb, rd, d_ok, hidden, head_dim)
+                    off1, off2 = pid * hidden * head_dim + loc1, pid * head_dim * hidden + loc2
                     w1 = tl.load(w1_ptr + off1, mask=mask1, other=0.0)
                     w2 = tl.load(w2_ptr + off2, mask=mask2, other=0.0)
                     s1 = tl.load(s1_ptr + off1, mask=mask1, other=0.0)
@@ -614,11 +608,7 @@ if TRITON_AVAILABLE:
         # chunks instead of a global round trip per pass.
         tl.static_assert(BLOCKS * HB * PARTS == BHID and KEEP == (BLOCKS == 1))
         if KEEP:
-            hid = first * HB + rb
-            own_loc1 = hid[:, None] * head_dim + rd[None, :]
-            own_mask1 = (hid < hidden)[:, None] & d_ok[None, :]
-            own_loc2 = rd[:, None] * hidden + hid[None, :]
-            own_mask2 = d_ok[:, None] & (hid < hidden)[None, :]
+            own_loc1, own_mask1, own_loc2, own_mask2 = _slice_tiles(first * HB + rb, rd, d_ok, hidden, head_dim)
             dw1 = tl.load(dw1_ptr + pid * matrix + own_loc1, mask=own_mask1, other=0.0)
             dw2 = tl.load(dw2_ptr + pid * matrix + own_loc2, mask=own_mask2, other=0.0)
             ds1 = tl.load(ds1_ptr + pid * matrix + own_loc1, mask=own_mask1, other=0.0)
@@ -663,12 +653,7 @@ if TRITON_AVAILABLE:
                 kept_keys_ds1 = tl.zeros((BT, HB), tl.float32)
                 kept_d_delta1 = tl.zeros((BT, HB), tl.float32)
             for j in range(first, first + BLOCKS):
-                hid = j * HB + rb
-                h_ok = hid < hidden
-                loc1 = hid[:, None] * head_dim + rd[None, :]
-                mask1 = h_ok[:, None] & d_ok[None, :]
-                loc2 = rd[:, None] * hidden + hid[None, :]
-                mask2 = d_ok[:, None] & h_ok[None, :]
+                loc1, mask1, loc2, mask2 = _slice_tiles(j * HB + rb, rd, d_ok, hidden, head_dim)
                 w1 = tl.load(ck + loc1, mask=mask1, other=0.0)
                 w2 = tl.load(ck + matrix + loc2, mask=mask2, other=0.0)
                 s1 = tl.load(ck + 2 * matrix + loc1, mask=mask1, other=0.0)
@@ -723,12 +708,7 @@ if TRITON_AVAILABLE:
             else:
                 s0_dot_u = tl.zeros((BT,), tl.float32)
             for j in range(first, first + BLOCKS):
-                hid = j * HB + rb
-                h_ok = hid < hidden
-                loc1 = hid[:, None] * head_dim + rd[None, :]
-                mask1 = h_ok[:, None] & d_ok[None, :]
-                loc2 = rd[:, None] * hidden + hid[None, :]
-                mask2 = d_ok[:, None] & h_ok[None, :]
+                loc1, mask1, loc2, mask2 = _slice_tiles(j * HB + rb, rd, d_ok, hidden, head_dim)
                 w2 = tl.load(ck + matrix + loc2, mask=mask2, other=0.0)
                 if KEEP:
                     z = kept_z
@@ -856,12 +836,7 @@ if TRITON_AVAILABLE:
             # ---- pass C: the δ1 path's share of the δ2 adjoint (δ1 = (δ2 W2) ⊙ σ'(z))
             d_delta2_c = tl.zeros((BT, BD), tl.float32)
             for j in range(first, first + BLOCKS):
-                hid = j * HB + rb
-                h_ok = hid < hidden
-                loc1 = hid[:, None] * head_dim + rd[None, :]
-                mask1 = h_ok[:, None] & d_ok[None, :]
-                loc2 = rd[:, None] * hidden + hid[None, :]
-                mask2 = d_ok[:, None] & h_ok[None, :]
+                loc1, mask1, loc2, mask2 = _slice_tiles(j * HB + rb, rd, d_ok, hidden, head_dim)
                 w2 = tl.load(ck + matrix + loc2, mask=mask2, other=0.0)
                 s1 = tl.load(ck + 2 * matrix + loc1, mask=mask1, other=0.0)
                 if KEEP:
@@ -891,12 +866,7 @@ if TRITON_AVAILABLE:
             d_keys_d = tl.zeros((BT, BD), tl.float32)  # the hidden blocks' share of the key adjoint
             norm_term2 = 2.0 * d_norm_sq * delta2_sq
             for j in range(first, first + BLOCKS):
-                hid = j * HB + rb
-                h_ok = hid < hidden
-                loc1 = hid[:, None] * head_dim + rd[None, :]
-                mask1 = h_ok[:, None] & d_ok[None, :]
-                loc2 = rd[:, None] * hidden + hid[None, :]
-                mask2 = d_ok[:, None] & h_ok[None, :]
+                loc1, mask1, loc2, mask2 = _slice_tiles(j * HB + rb, rd, d_ok, hidden, head_dim)
                 w1 = tl.load(ck + loc1, mask=mask1, other=0.0)
                 w2 = tl.load(ck + matrix + loc2, mask=mask2, other=0.0)
                 s1 = tl.load(ck + 2 * matrix + loc1, mask=mask1, other=0.0)

@@ -25,7 +25,7 @@ if TRITON_AVAILABLE:
     import triton
     import triton.language as tl
 
-    from .triton_fused import _lane_offset, _mm
+    from .triton_fused import _lane_offset, _mm, _slice_tiles
 
     @triton.jit
     def _read_chunk(q_ptr, st_ptr, o_ptr, lane, c, q_sb, q_sh, q_st, o_sb, o_sh, o_st, num_heads, length, chunk,
@@ -45,12 +45,9 @@ if TRITON_AVAILABLE:
         st = st_ptr + (lane * tl.cdiv(length, chunk) + c) * saves * matrix
         read = tl.zeros((BT, BD), tl.float32)
         for p in tl.static_range(SLICES):
-            hid = p * HB + tl.arange(0, HB)
-            h_ok = hid < hidden
-            w1 = tl.load(st + hid[:, None] * head_dim + rd[None, :], mask=h_ok[:, None] & (rd < head_dim)[None, :],
-                         other=0.0).to(tl.float32)
-            w2 = tl.load(st + matrix + rd[:, None] * hidden + hid[None, :], mask=(rd < head_dim)[:, None] & h_ok[None, :],
-                         other=0.0).to(tl.float32)
+            loc1, mask1, loc2, mask2 = _slice_tiles(p * HB + tl.arange(0, HB), rd, rd < head_dim, hidden, head_dim)
+            w1 = tl.load(st + loc1, mask=mask1, other=0.0).to(tl.float32)
+            w2 = tl.load(st + matrix + loc2, mask=mask2, other=0.0).to(tl.float32)
             zq = _mm(queries, tl.trans(w1), PRECISION)
             read += _mm(zq * tl.sigmoid(zq), tl.trans(w2), PRECISION)
         tl.store(o_ptr + _lane_offset(row, head, o_sb, o_sh, ALIGNED) + pos[:, None] * o_st + rd[None, :],
@@ -92,12 +89,7 @@ if TRITON_AVAILABLE:
         ra = ra_ptr + chunk_index * 2 * matrix
         d_queries = tl.zeros((BT, BD), tl.float32)
         for p in tl.static_range(SLICES):
-            hid = p * HB + tl.arange(0, HB)
-            h_ok = hid < hidden
-            loc1 = hid[:, None] * head_dim + rd[None, :]
-            loc2 = rd[:, None] * hidden + hid[None, :]
-            mask1 = h_ok[:, None] & d_ok[None, :]
-            mask2 = d_ok[:, None] & h_ok[None, :]
+            loc1, mask1, loc2, mask2 = _slice_tiles(p * HB + tl.arange(0, HB), rd, d_ok, hidden, head_dim)
             w1 = tl.load(ck + loc1, mask=mask1, other=0.0)
             w2 = tl.load(ck + matrix + loc2, mask=mask2, other=0.0)
             zq = _mm(queries, tl.trans(w1), PRECISION)

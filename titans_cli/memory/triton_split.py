@@ -60,8 +60,8 @@ if TRITON_AVAILABLE:
     import triton.language as tl
 
     from .triton_fused import (
-        _arrive, _bias_derivative, _chunk_gates, _chunk_inputs, _clip, _lane_offset, _mm, _state_step, _sum_parts,
-        _wait,
+        _arrive, _bias_derivative, _chunk_gates, _chunk_inputs, _clip, _lane_offset, _mm, _slice_tiles, _state_step,
+        _sum_parts, _wait,
     )
     from .triton_read import _read_chunk
 
@@ -141,9 +141,7 @@ if TRITON_AVAILABLE:
 
         rt = tl.arange(0, BT)
         rd = tl.arange(0, BD)
-        hid = part * HB + tl.arange(0, HB)
         d_ok = rd < head_dim
-        h_ok = hid < hidden
         q_base = q_ptr + _lane_offset(row, head, q_sb, q_sh, ALIGNED)
         k_base = k_ptr + _lane_offset(row, head, k_sb, k_sh, ALIGNED)
         v_base = v_ptr + _lane_offset(row, head, v_sb, v_sh, ALIGNED)
@@ -156,10 +154,7 @@ if TRITON_AVAILABLE:
         # in registers across the chunk loop: read from the initial state (any batch and head
         # strides: a fresh stream's is broadcast), written to w1_ptr.. (B*H, out, in) at the end.
         matrix = hidden * head_dim
-        loc1 = hid[:, None] * head_dim + rd[None, :]
-        loc2 = rd[:, None] * hidden + hid[None, :]
-        mask1 = h_ok[:, None] & d_ok[None, :]
-        mask2 = d_ok[:, None] & h_ok[None, :]
+        loc1, mask1, loc2, mask2 = _slice_tiles(part * HB + tl.arange(0, HB), rd, d_ok, hidden, head_dim)
         lane_in = row * in_sb + head * in_sh
         w1 = tl.load(w1_in + lane_in + loc1, mask=mask1, other=0.0).to(tl.float32)
         s1 = tl.load(s1_in + lane_in + loc1, mask=mask1, other=0.0).to(tl.float32)

@@ -57,7 +57,8 @@ SECTIONS = [
     ("speed_model_cpu_text_base", None, None),  # the same with --model text-base
     ("speed_gpu", None, None),
     ("speed_gpu_dna_base", None, None),  # speed_gpu.py --model dna-base --sizes 10 --backends triton
-    ("speed_gpu_mixing", None, None),   # speed_gpu.py --sizes 10 --backends triton --mixing-mbp 5: context mixing
+    ("speed_gpu_mixing", None, None),   # speed_gpu.py --sizes 10 --backends triton --mixing-mbp 3: context mixing
+    ("mixing_threads", None, None),     # benchmarks/mixing_threads.py on the GPU machine's host: mixers alone
     ("attention_gpu", None, None),      # benchmarks/attention_gpu.py on the GPU machine: tile sweep
     ("fusion_gpu", None, None),         # benchmarks/fusion_gpu.py on the GPU machine: MAG mix + SwiGLU, rotary
     ("multi_gpu", None, None),          # benchmarks/multi_gpu.py on a 2-GPU machine

@@ -70,13 +70,16 @@ def measure(model: Model, data, label: str, context_mixing: bool = False) -> dic
 
 def mixing_rows(model: Model, data, size: float) -> tuple[list[dict], str]:
     """`surprise(context_mixing=True)` with the mixers in turn (one thread: as before they ran in
-    threads) and in every host thread; the tracks must not differ."""
+    threads) and in every host thread, each timed on its second pass over `data`."""
     cores = torch.get_num_threads()
-    surprise(model, [(data[0][0], data[0][1][:20000])], context_mixing=True)  # warm-up: the mixer's JIT compile
     rows, tracks = [], []
     for threads in (1, cores):
         torch.set_num_threads(threads)
         try:
+            # Warm-up, untimed: the same pass once. Mixing streams 8 or 16 records at a time instead of
+            # 128, and Triton compiles its kernels again for each new wave width and piece-length
+            # class (on a fresh machine, seconds: more than the mixing itself), and the mixer's JIT.
+            surprise(model, data, metric="bits", window=50, context_mixing=True)
             how = "in turn" if threads == 1 else f"in {threads} threads"
             row = measure(model, data, f"{size:g} Mbp, {len(data)} records, context mixing, mixers {how}", context_mixing=True)
         finally:

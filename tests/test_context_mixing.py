@@ -109,8 +109,9 @@ def test_the_mixture_is_a_distribution_over_the_next_base(genome):
 
 
 def test_lanes_mix_side_by_side_as_they_do_in_turn(genome):
-    """The engine runs the lanes' mixers in threads (reducer_threads); items and order are those of
-    one lane after another."""
+    """The engine runs the lanes' mixers in threads (reducer_threads), beside the model's next step;
+    items and order are those of one lane after another, for records sharing a wave and for records
+    longer than lane_tokens, which stream alone."""
     import titans_cli
     from titans_cli.tasks.surprise import SequenceTrackReducer, with_context_mixing
 
@@ -119,7 +120,7 @@ def test_lanes_mix_side_by_side_as_they_do_in_turn(genome):
     data = [(f"r{i}", text[i * 700 : i * 700 + 2500 + 900 * i]) for i in range(5)]
 
     def run(threads):
-        engine = model.engine(piece_tokens=512)
+        engine = model.engine(piece_tokens=512, lane_tokens=4000)
         make = with_context_mixing(engine, lambda record: SequenceTrackReducer(record, "bits", 50))
         engine.reducer_threads = threads
         return [(record.id, list(items)) for record, items in engine.run(titans_cli._records(model, data), make)]

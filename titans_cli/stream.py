@@ -19,7 +19,9 @@ per base within a few kilobases (window means stay within ~0.004 bits; benchmark
 
 Tasks consume the engine through *reducers*: for each record the task makes a reducer, the engine
 calls `reducer.add(TokenOutputs)` for consecutive stretches of tokens and `reducer.finish(end)` once,
-and yields `(record, items)` in input order, where items are whatever the reducer returned.
+and yields `(record, items)` in input order, where items are whatever the reducer returned. With
+`reducer_threads` > 1 (context mixing) `add` runs in a pool thread, beside other lanes' reducers and
+the model's next step, but a reducer's calls still come one at a time and in order.
 """
 
 from __future__ import annotations
@@ -242,8 +244,8 @@ class StreamEngine:
         # tokens in the step and how many inputs each read (novelty averages the memory with it).
         self.after_step: Callable[[Any, list[int], list[int]], None] | None = None
         self.throughput = Throughput(progress)
-        # Threads that run the lanes' reducer.add side by side after each step; worth it only for
-        # reducers whose work releases the GIL (context mixing's Numba mixers). 1: in turn.
+        # Threads that run the lanes' reducer.add side by side, and beside the model's next step; worth
+        # it only for reducers whose work releases the GIL (context mixing's Numba mixers). 1: in turn.
         self.reducer_threads = 1
 
     # -- public ---------------------------------------------------------------------------------
@@ -325,8 +327,21 @@ class StreamEngine:
         # ||S_t|| only when a reducer reads it (reducers say so by `uses_momentum`; default: yes).
         want_momentum = any(getattr(lane.reducer, "uses_momentum", True) for lane in lanes)
         wanted = None if self.want_probs is None else torch.tensor(self.want_probs, device=device)
-        workers = min(self.reducer_threads, len(lanes))
-        pool = ThreadPoolExecutor(workers, thread_name_prefix="reducer") if workers > 1 else None
+        # With reducer threads, each lane's reducer.add runs in the pool while the model computes the
+        # next step; its items are collected once that step's outputs are on the host (before the lane's
+        # next add, so a reducer still sees its stretches in order) or before the lane's finish.
+        pool = None
+        if self.reducer_threads > 1:
+            pool = ThreadPoolExecutor(min(self.reducer_threads, len(lanes)), thread_name_prefix="reducer")
+        in_flight: list[tuple[_Lane, Any]] = []  # (lane, future of its reducer.add)
+
+        def collect(done: Callable[[_Lane], bool] = lambda lane: True) -> None:
+            nonlocal in_flight
+            for lane, future in in_flight:
+                if done(lane):
+                    lane.items.extend(future.result())
+            in_flight = [(lane, future) for lane, future in in_flight if not done(lane)]
+
         with torch.inference_mode(), threads, pool or contextlib.nullcontext():
             while not all(lane.done for lane in lanes):
                 piece = self.solo_piece_tokens if len(lanes) == 1 else self.piece_tokens
@@ -354,7 +369,8 @@ class StreamEngine:
                 momentum = output.momentum.float().cpu().numpy()
                 hidden = output.hidden.float().cpu().numpy() if self.want_hidden else None
                 probs = None if wanted is None else torch.softmax(logits, dim=-1).index_select(-1, wanted).cpu().numpy()
-                finished, fed_rows, fed_counts, added = [], [], [], []
+                collect()
+                finished, fed_rows, fed_counts = [], [], []
                 for row, lane in enumerate(lanes):
                     if lane.done:
                         continue
@@ -363,18 +379,19 @@ class StreamEngine:
                     fed_counts.append(n_fed)
                     outputs = self._emit(lane, n_fed, bits[row], grad[row], momentum[row],
                                          None if hidden is None else hidden[row], None if probs is None else probs[row])
-                    if outputs is not None:
-                        added.append((lane, pool.submit(lane.reducer.add, outputs) if pool else outputs))
+                    if outputs is not None and pool:
+                        in_flight.append((lane, pool.submit(lane.reducer.add, outputs)))
+                    elif outputs is not None:
+                        lane.items.extend(lane.reducer.add(outputs))
                     lane.buffer = lane.buffer[n_fed:]
                     lane.fed += n_fed
                     if lane.exhausted and len(lane.buffer) == 0:
                         lane.done = True
                         finished.append(row)
-                for lane, pending in added:  # in lane order, whether run in turn or side by side
-                    lane.items.extend(pending.result() if pool else lane.reducer.add(pending))
                 if self.after_step is not None:
                     self.after_step(state, fed_rows, fed_counts)
                 if finished:
+                    collect(lambda lane: lane.done)
                     fingerprints = self._fingerprints(state, finished)
                     for position, row in enumerate(finished):
                         lane = lanes[row]

@@ -69,8 +69,9 @@ def measure(model: Model, data, label: str, context_mixing: bool = False) -> dic
 
 
 def mixing_rows(model: Model, data, size: float) -> tuple[list[dict], str]:
-    """`surprise(context_mixing=True)` with the mixers in turn (one thread: as before they ran in
-    threads) and in every host thread, each timed on its second pass over `data`."""
+    """`surprise(context_mixing=True)` with the mixers one record after another (torch threads 1: no
+    reducer threads, as `titans` ran them before they had threads) and in every host thread, each
+    timed on its second pass over `data`."""
     cores = torch.get_num_threads()
     rows, tracks = [], []
     for threads in (1, cores):

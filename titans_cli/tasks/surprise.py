@@ -267,7 +267,7 @@ def with_context_mixing(engine: StreamEngine, make_reducer):
 
     base_ids = DNATokenizer().base_ids
     engine.want_probs = [base_ids[base] for base in "ACGT"]
-    cores = torch.get_num_threads()  # (the configured --threads)
+    cores = torch.get_num_threads()  # the cores the process may use (device.configure_threads; on a GPU torch's default)
     engine.lanes = min(engine.lanes, max(MIXING_LANES, min(cores, MIXING_LANES_MAX)))
     engine.reducer_threads = min(engine.lanes, cores)
     return lambda record: ContextMixedReducer(make_reducer(record), record.length)

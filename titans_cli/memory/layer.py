@@ -286,11 +286,11 @@ class NeuralMemory(nn.Module):
         batch, length, _ = projected.shape
         kept = config.conv_size - 1
         if kernels:  # (the kernel reads the tail in any float dtype)
-            from .prepare_triton import prepare_inputs
+            from .prepare_triton import kernel_taps, prepare_inputs
 
             weight = self.conv.weight
             taps = None if torch.is_grad_enabled() else self._cached(
-                "taps", (weight._version, weight.data_ptr()), lambda: weight[:, 0, :].t().to(torch.float32).contiguous())
+                "taps", (weight._version, weight.data_ptr()), lambda: kernel_taps(weight))
             q, k, v, gates = prepare_inputs(projected, tail, weight, self.conv.bias, gate_pre, heads, config.max_lr,
                                             taps=taps)  # fmt: skip
             new_tail = (projected[:, length - kept :] if length >= kept

@@ -34,6 +34,11 @@ _BLOCK_T_BACKWARD, _NUM_WARPS_BACKWARD = 32, 2
 _BLOCK_T_TRANSPOSE = 64
 
 
+def kernel_taps(conv_weight: torch.Tensor) -> torch.Tensor:
+    """The depthwise conv's weight (3C, 1, size) as the kernels read it: (size, 3C) fp32 contiguous."""
+    return conv_weight[:, 0, :].t().to(torch.float32).contiguous()
+
+
 def supported(x: torch.Tensor, head_dim: int) -> tuple[bool, str]:
     """Whether the kernel runs for inputs like x (device, dtype) and this head size, and why not."""
     if head_dim > 256:
@@ -258,7 +263,7 @@ def prepare_backward(projected, tail, conv_weight, conv_bias, gate_pre, heads, m
              for g in (d_q, d_k, d_v)]
     d_gates = (torch.zeros(n_gates, batch, heads, length, device=device) if d_gates is None
                else d_gates.to(torch.float32).contiguous())
-    taps = conv_weight[:, 0, :].t().to(torch.float32).contiguous()
+    taps = kernel_taps(conv_weight)
     blocks = triton.cdiv(length, block_t)
     d_c = torch.empty(batch, length, width, device=device, dtype=projected.dtype)
     d_taps = torch.empty(blocks, batch, size, width, device=device)
@@ -318,7 +323,7 @@ def _prepare(projected, tail, conv_weight, conv_bias, gate_pre, heads, max_lr, b
     if size == 1:
         tail = projected  # never read
     if taps is None:
-        taps = conv_weight[:, 0, :].t().to(torch.float32).contiguous()  # (size, 3C)
+        taps = kernel_taps(conv_weight)
     block_t = block_t or _BLOCK_T
     grid = (triton.cdiv(length, block_t), batch * heads)
     aligned, (proj_sb, tail_sb, gate_sb) = in_sixteenths([t.stride(0) for t in (projected, tail, gate_pre)])

@@ -276,10 +276,15 @@ def cooperative_launch() -> dict:
     return {"launch_cooperative_grid": True} if _cooperative_supported() else {}
 
 
+def _programs_can_wait(device: torch.device) -> bool:
+    """Whether a grid's programs on `device` may wait for each other: CUDA, with cooperative launches."""
+    return device.type == "cuda" and _cooperative_supported()
+
+
 def auto_parts(config: MemoryConfig, lanes: int, precision: str, device: torch.device) -> int:
     """The parts `choose_parts` picks for this card, or 1 where programs cannot wait for each other
     (not CUDA, or a triton without cooperative launches)."""
-    if device.type != "cuda" or not _cooperative_supported():
+    if not _programs_can_wait(device):
         return 1
     return choose_parts(config, lanes, precision, _sm_count(device))
 
@@ -313,7 +318,7 @@ def reader_count(programs: int, lanes: int, device: torch.device) -> int:
     chunk's read is a fraction of its step; four readers for 32 lanes made the fp32 layer 2.6x
     slower on an H200) and programs can wait for each other; else 0, and the read runs as its own
     kernel after the recurrence (triton_read.read)."""
-    if device.type != "cuda" or not _cooperative_supported():
+    if not _programs_can_wait(device):
         return 0
     spare = _sm_count(device) - programs
     return spare if spare >= lanes else 0

@@ -26,8 +26,9 @@ vocabulary. N (and any non-ACGT token) is not scored here and resets the k-mer c
 
 State per record: a ring buffer of past bases and hashed tables sized to the record (at most
 `capacity_bits`); memory stays bounded however long the record (repeats further back than the ring
-are not found). Speed: E. coli's 4.64 Mbp take 27 s more with the mixer than without on a 2-core
-Intel Xeon (benchmarks/speed_cpu.py), about 170,000 bases/s on one core.
+are not found). Speed: about 180,000 bases/s on one core (benchmarks/context_mixing.py); E. coli's
+4.64 Mbp take 17 s more with the mixer than without on a 2-core Intel Xeon, where it runs beside the
+model's next step (88.4 against 71.3 s, benchmarks/speed_cpu.py).
 """
 
 from __future__ import annotations

@@ -269,7 +269,7 @@ def with_context_mixing(engine: StreamEngine, make_reducer):
     engine.want_probs = [base_ids[base] for base in "ACGT"]
     cores = torch.get_num_threads()  # the cores the process may use (device.configure_threads; on a GPU torch's default)
     engine.lanes = min(engine.lanes, max(MIXING_LANES, min(cores, MIXING_LANES_MAX)))
-    engine.reducer_threads = min(engine.lanes, cores)
+    engine.reducer_threads = cores  # (the engine's pool takes at most one thread per lane)
     return lambda record: ContextMixedReducer(make_reducer(record), record.length)
 
 

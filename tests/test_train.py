@@ -162,6 +162,7 @@ RANK_SCRIPT = textwrap.dedent(
     import numpy as np, torch
     sys.path.insert(0, {repo!r})
     from tests.test_train import TINY, TINY_OPTIONS
+    from titans_cli.distributed import gloo_threads
     from titans_cli.tasks.train import train
 
     # bptt_len < crop_len: several pieces per crop, so the initial memory weights get their
@@ -173,6 +174,10 @@ RANK_SCRIPT = textwrap.dedent(
         digest.update(tensor.detach().cpu().numpy().tobytes())
     with open(os.path.join({out!r}, "rank%s.sha256" % os.environ["RANK"]), "w") as handle:
         handle.write(digest.hexdigest())
+    # train() destroyed the process group it made: no gloo thread may outlive it into the
+    # interpreter's shutdown (titans_cli/distributed.py).
+    with open(os.path.join({out!r}, "rank%s.threads" % os.environ["RANK"]), "w") as handle:
+        handle.write(" ".join(gloo_threads()))
     """
 )
 
@@ -189,6 +194,9 @@ def test_torchrun_two_ranks_end_with_equal_weights(fasta, tmp_path):
     assert completed.returncode == 0, f"torchrun failed:\n{completed.stderr[-3000:]}"
     hashes = [(out / f"rank{rank}.sha256").read_text() for rank in (0, 1)]
     assert hashes[0] == hashes[1], "DDP ranks ended with different weights"
+    for rank in (0, 1):
+        left = (out / f"rank{rank}.threads").read_text()
+        assert left == "", f"rank {rank}: gloo threads still running after train() returned: {left}"
     state = json.loads((out / "checkpoint" / "state.json").read_text())
     assert state["step"] == 3 and state["world_size"] == 2
     assert state["tokens_seen"] == 3 * 2 * TINY_OPTIONS["batch_size"] * TINY_OPTIONS["crop_len"]

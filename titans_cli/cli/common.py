@@ -256,11 +256,12 @@ def init_distributed(runtime) -> None:
     import torch.distributed as dist
 
     if not dist.is_initialized():
-        backend = "nccl" if runtime.device.type == "cuda" else "gloo"
-        dist.init_process_group(backend=backend)
+        from titans_cli.distributed import init_process_group
+
+        init_process_group("nccl" if runtime.device.type == "cuda" else "gloo")
         # Tear the group down before the interpreter does: left to process exit, gloo's threads were
         # seen to abort a rank ("terminate called without an active exception", exit -6) after its
-        # output was complete.
+        # output was complete (titans_cli/distributed.py says why).
         atexit.register(_destroy_distributed)
 
 

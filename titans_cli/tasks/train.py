@@ -654,7 +654,9 @@ def _init_distributed(device_name: str) -> bool:
     use_cuda = device_name != "cpu" and torch.cuda.is_available()
     if use_cuda:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
-    dist.init_process_group(backend="nccl" if use_cuda else "gloo", init_method="env://")
+    from titans_cli.distributed import init_process_group
+
+    init_process_group("nccl" if use_cuda else "gloo")
     return True
 
 

@@ -156,13 +156,26 @@ def test_budget_is_required(fasta, tmp_path):
 # torchrun: 2 ranks, gloo
 
 
+def gloo_threads() -> list[str]:
+    """Names of this process's gloo threads still running (Linux; empty where /proc is missing)."""
+    tasks = Path("/proc/self/task")
+    names = []
+    for task in tasks.iterdir() if tasks.is_dir() else ():
+        try:
+            name = (task / "comm").read_text().strip()
+        except OSError:  # the thread ended while we looked
+            continue
+        if "gloo" in name:
+            names.append(name)
+    return names
+
+
 RANK_SCRIPT = textwrap.dedent(
     """
     import hashlib, os, sys
     import numpy as np, torch
     sys.path.insert(0, {repo!r})
-    from tests.test_train import TINY, TINY_OPTIONS
-    from titans_cli.distributed import gloo_threads
+    from tests.test_train import TINY, TINY_OPTIONS, gloo_threads
     from titans_cli.tasks.train import train
 
     # bptt_len < crop_len: several pieces per crop, so the initial memory weights get their

@@ -23,22 +23,3 @@ def init_process_group(backend: str) -> None:
 
     dist.init_process_group(backend=backend, init_method="env://")
 
-
-def gloo_threads() -> list[str]:
-    """Names of this process's gloo threads still running (Linux; empty elsewhere): none should be
-    left once the process group is destroyed."""
-    import os
-
-    tasks = "/proc/self/task"
-    if not os.path.isdir(tasks):
-        return []
-    names = []
-    for task in os.listdir(tasks):
-        try:
-            with open(os.path.join(tasks, task, "comm")) as handle:
-                name = handle.read().strip()
-        except OSError:  # the thread ended while we looked
-            continue
-        if "gloo" in name:
-            names.append(name)
-    return names

@@ -83,8 +83,7 @@ def run_sequence(session, input, metric, window, format, output, regions_path, t
     from titans_cli.tasks.novelty import novelty_records
     from titans_cli.tasks.plot import PanelData, plot_tracks
     from titans_cli.tasks.regions import call_regions
-    from titans_cli.tasks.surprise import (RecordSummary, SequenceTrackReducer, TrackChunk, WindowMeans,
-                                           with_context_mixing)
+    from titans_cli.tasks.surprise import RecordSummary, SequenceTrackReducer, TrackChunk, WindowMeans, run_online
 
     need_novelty = metric == "novelty" or regions_path is not None
     keep_track = regions_path is not None or plot_path is not None
@@ -100,10 +99,8 @@ def run_sequence(session, input, metric, window, format, output, regions_path, t
             """(record index, items) per record; items: TrackChunk (of the metric), RecordSummary,
             and ("novelty", TrackChunk) for the novelty windows when regions are called."""
             if not need_novelty:
-                make = lambda r: SequenceTrackReducer(r, metric, window)  # noqa: E731
-                if context_mixing:
-                    make = with_context_mixing(engine, make)
-                for record, items in engine.run(records, make):
+                streamed = run_online(engine, records, metric, window, "sequence", context_mixing=context_mixing)
+                for record, items in streamed:
                     yield record.index, items
                 return
             for record, first_pass, scores in novelty_records(

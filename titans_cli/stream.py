@@ -420,26 +420,16 @@ class StreamEngine:
         # tokens whose signals arrived this step: j = a + r - 1 for rows r in [first_row, n_fed)
         first_row = 1 if a == 0 else 0
         if n_fed <= first_row:
-            lane.carry_bits = float(bits[n_fed - 1]) if n_fed else lane.carry_bits
-            if probs is not None and n_fed:
-                lane.carry_probs = probs[n_fed - 1].copy()
+            _keep_carry(lane, n_fed, bits, probs)
             return None
         j_start = a + first_row - 1
         end = n_fed
         if n_tokens_total is not None:  # rows past the record's last token carry nothing
             end = max(first_row, min(n_fed, n_tokens_total - j_start + first_row))
         count = end - first_row
-        token_bits = np.empty(count, dtype=np.float32)
-        # bits of token j were computed at input j = row j - a: the previous row, or the carry
-        token_bits[0:1] = lane.carry_bits if first_row == 0 else bits[0]
-        token_bits[1:] = bits[first_row : end - 1]
-        lane.carry_bits = float(bits[n_fed - 1])
-        token_probs = None
-        if probs is not None:  # the same shift as the bits
-            token_probs = np.empty((count, probs.shape[1]), dtype=np.float32)
-            token_probs[0:1] = lane.carry_probs if first_row == 0 else probs[0]
-            token_probs[1:] = probs[first_row : end - 1]
-            lane.carry_probs = probs[n_fed - 1].copy()
+        token_bits = _by_token(bits, lane.carry_bits, first_row, end)
+        token_probs = None if probs is None else _by_token(probs, lane.carry_probs, first_row, end)
+        _keep_carry(lane, n_fed, bits, probs)
         if count == 0:
             return None
         rows = slice(first_row, end)  # copies, not views: a reducer may keep them past this step
@@ -470,6 +460,24 @@ class StreamEngine:
 
 # -----------------------------------------------------------------------------
 # Helpers
+
+
+def _by_token(rows: np.ndarray, carry, first_row: int, end: int) -> np.ndarray:
+    """Values predicted for tokens (bits, probabilities) re-indexed by the token: token j's were
+    computed at input j = row j - a, the row before its own (for the first, the carry of the
+    previous step, or row 0 at the start of the record)."""
+    by_token = np.empty((end - first_row, *rows.shape[1:]), dtype=np.float32)
+    by_token[0:1] = carry if first_row == 0 else rows[0]
+    by_token[1:] = rows[first_row : end - 1]
+    return by_token
+
+
+def _keep_carry(lane: _Lane, n_fed: int, bits, probs) -> None:
+    """The last fed row's predictions, which belong to the first token of the lane's next step."""
+    if n_fed:
+        lane.carry_bits = float(bits[n_fed - 1])
+        if probs is not None:
+            lane.carry_probs = probs[n_fed - 1].copy()
 
 
 def _compact_dtype(vocab_size: int):

@@ -99,8 +99,10 @@ def stream_bits(model, lanes: list[np.ndarray], bos_id: int, pad_id: int, piece:
                 probs: list | None = None) -> list[np.ndarray]:
     """Bits of every token after BOS for each lane (lanes stream in parallel, state carried). With
     `probs` (a list), appends to it each lane's (length, 4) float16 probabilities of A C G T (token
-    ids 3-6) at every position, as the model predicted that position."""
+    ids context_mixing.BASE_IDS) at every position, as the model predicted that position."""
     import torch
+
+    from titans_cli.model.context_mixing import BASE_IDS
 
     longest = max(len(lane) for lane in lanes)
     batch = np.full((len(lanes), longest + 1), pad_id, dtype=np.int64)
@@ -119,12 +121,12 @@ def stream_bits(model, lanes: list[np.ndarray], bos_id: int, pad_id: int, piece:
             if previous is not None:  # the first token of this piece, predicted by the last of the previous
                 bits[:, start - 1] = -previous.gather(-1, part[:, :1]).squeeze(-1).double() / math.log(2)
                 if base_probs is not None:
-                    base_probs[:, start - 1] = previous[:, 3:7].exp().half()
+                    base_probs[:, start - 1] = previous[:, BASE_IDS].exp().half()
             if part.shape[1] > 1:
                 nats = -log_probs[:, :-1].gather(-1, part[:, 1:].unsqueeze(-1)).squeeze(-1)
                 bits[:, start : start + part.shape[1] - 1] = nats.double() / math.log(2)
                 if base_probs is not None:
-                    base_probs[:, start : start + part.shape[1] - 1] = log_probs[:, :-1, 3:7].exp().half()
+                    base_probs[:, start : start + part.shape[1] - 1] = log_probs[:, :-1, BASE_IDS].exp().half()
             previous = log_probs[:, -1]
     bits = bits.cpu().numpy()
     if base_probs is not None:
@@ -137,6 +139,7 @@ def run_model(args) -> None:
     import torch
 
     from titans_cli.device import choose_device
+    from titans_cli.model.context_mixing import is_base
     from titans_cli.model.files import load_model_dir
 
     device = choose_device(args.device)
@@ -181,7 +184,7 @@ def run_model(args) -> None:
                 for (i, a, _), probs in zip(group, lane_probs):
                     saved[i].append((a, probs))
             for (i, a, b), bits, lane in zip(group, lane_bits, lanes):
-                scored = (lane >= 3) & (lane <= 6) if args.kind == "dna" else np.ones(len(lane), dtype=bool)
+                scored = is_base(lane) if args.kind == "dna" else np.ones(len(lane), dtype=bool)
                 totals[i][0] += float(bits[scored].sum())
                 totals[i][1] += int(scored.sum())
         seconds = time.perf_counter() - started
@@ -216,14 +219,14 @@ def mix_units(units, probs: dict, out) -> None:
     record per thread (the mixer releases the GIL). Writes rows of mode "mixed"."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from titans_cli.model.context_mixing import mix_bits
+    from titans_cli.model.context_mixing import is_base, mix_bits
 
     started = time.perf_counter()
 
     def one(i):
         ids = units[i][2]
         bits = mix_bits(ids, probs[i].astype(np.float32))
-        scored = (ids >= 3) & (ids <= 6)
+        scored = is_base(ids)
         return float(bits[scored].sum(dtype=np.float64)), int(scored.sum())
 
     order = sorted(range(len(units)), key=lambda i: -len(units[i][2]))

@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common  # noqa: E402
 
-from titans_cli.model.context_mixing import ContextMixer  # noqa: E402
+from titans_cli.model.context_mixing import FIRST_BASE, ContextMixer, is_base  # noqa: E402
 
 VARIANTS = {  # name -> ContextMixer keywords
     "model through the mixer": {"kmers": False, "repeats": False},
@@ -57,12 +57,12 @@ def main() -> int:
     parser.add_argument("sequences", nargs="+", help="NAME=PATH[+PATH...] (saved probabilities, see above)")
     args = parser.parse_args()
     started = time.time()
-    ContextMixer(1000).bits(np.full(100, 3), np.full((100, 4), 0.25, dtype=np.float32))  # compile first
+    ContextMixer(1000).bits(np.full(100, FIRST_BASE), np.full((100, 4), 0.25, dtype=np.float32))  # compile first
     rows = []
     for spec in args.sequences:
         name, ids, probs = load(spec)
-        scored = (ids >= 3) & (ids <= 6)
-        model_bits = -np.log2(probs[np.flatnonzero(scored), ids[scored] - 3].astype(np.float64)).mean()
+        scored = is_base(ids)
+        model_bits = -np.log2(probs[np.flatnonzero(scored), ids[scored] - FIRST_BASE].astype(np.float64)).mean()
         rows.append([name, f"{int(scored.sum()):,}", "the model alone", f"{model_bits:.4f}", "", ""])
         for variant, options in VARIANTS.items():
             began = time.perf_counter()

@@ -38,6 +38,13 @@ import math
 import numpy as np
 from numba import njit
 
+from titans_cli.model.tokenizers import DNATokenizer
+
+# Token ids of A, C, G, T: consecutive from FIRST_BASE, in that order (DNATokenizer's alphabet). The
+# mixer scores these tokens only, and reads the model's probabilities of them in that order.
+FIRST_BASE = DNATokenizer().base_ids["A"]
+BASE_IDS = slice(FIRST_BASE, FIRST_BASE + 4)
+
 # Orders of the k-mer experts; up to DIRECT_BITS / 2 they index their table directly.
 ORDERS = np.array([1, 2, 3, 4, 6, 8, 11, 12, 14, 16, 18, 20, 24], dtype=np.int64)
 # Repeat experts: (k, direction) with +1 a forward copy, -1 a reverse-complemented one; several
@@ -127,10 +134,10 @@ def _count(counts, checks, offsets, direct, caps, o, index, check, x):
 
 
 @njit(cache=True, nogil=True)
-def _mix(tokens, probs, out, ring, counts, checks, offsets, direct, alphas, caps, positions, match, hit_p, hit_n,
+def _mix(bases, probs, out, ring, counts, checks, offsets, direct, alphas, caps, positions, match, hit_p, hit_n,
          weights, seen, scalars, table_bits, position_bits, ring_mask, lr_start, lr_floor, kmers, repeats):  # fmt: skip
-    """Score tokens (ids: 3..6 = A C G T) with probs (n, 4) from the model; bits of each ACGT token
-    into out (others untouched). All state lives in the arrays passed in; scalars holds
+    """Score bases (codes: 0..3 = A C G T, anything else unscored) with probs (n, 4) from the model;
+    bits of each A/C/G/T into out (others untouched). All state lives in the arrays passed in; scalars holds
     [position, forward k-mer bits, reverse-complement bits, bases since the last N]. kmers / repeats
     False leave those experts out (benchmarks/context_mixing.py's ablations)."""
     n_orders = ORDERS.shape[0] if kmers else 0
@@ -149,8 +156,8 @@ def _mix(tokens, probs, out, ring, counts, checks, offsets, direct, alphas, caps
     dot = np.zeros(4)
     mixed = np.zeros(4)
     ring_size = ring_mask + 1
-    for t in range(tokens.shape[0]):
-        x = tokens[t] - 3
+    for t in range(bases.shape[0]):
+        x = bases[t]
         if x < 0 or x > 3:  # N or a special: not scored; contexts restart after it
             forward = np.uint64(0)
             reverse = np.uint64(0)
@@ -385,14 +392,19 @@ class ContextMixer:
     def bits(self, tokens: np.ndarray, probs: np.ndarray, fallback: np.ndarray | None = None) -> np.ndarray:
         """Bits of each token under the mixture (float32); tokens other than A C G T keep
         `fallback` (the model's own bits) or NaN."""
-        tokens = np.ascontiguousarray(tokens, dtype=np.int64)
+        bases = np.asarray(tokens, dtype=np.int64) - FIRST_BASE
         probs = np.ascontiguousarray(probs, dtype=np.float64)
-        out = np.full(len(tokens), np.nan) if fallback is None else np.asarray(fallback, dtype=np.float64).copy()
-        _mix(tokens, probs, out, self.ring, self.counts, self.checks, self.offsets, self.direct, self.alphas, self.caps,
+        out = np.full(len(bases), np.nan) if fallback is None else np.asarray(fallback, dtype=np.float64).copy()
+        _mix(bases, probs, out, self.ring, self.counts, self.checks, self.offsets, self.direct, self.alphas, self.caps,
              self.positions, self.match, self.hit_p, self.hit_n, self.weights, self.seen, self.scalars,
              self.table_bits, self.position_bits, self.ring_mask, self.lr_start, self.lr_floor, self.kmers,
              self.repeats)
         return out.astype(np.float32)
+
+
+def is_base(tokens: np.ndarray) -> np.ndarray:
+    """Which tokens are A, C, G or T (the ones the mixer scores)."""
+    return (tokens >= FIRST_BASE) & (tokens < FIRST_BASE + 4)
 
 
 def mix_bits(tokens: np.ndarray, probs: np.ndarray) -> np.ndarray:

@@ -263,10 +263,9 @@ def with_context_mixing(engine: StreamEngine, make_reducer):
     """Context mixing on a DNA engine: it reports each position's A/C/G/T probabilities, streams
     MIXING_LANES records at a time (more on a host of more cores), mixes them in threads, and every
     reducer gets the mixed bits."""
-    from titans_cli.model.tokenizers import DNATokenizer
+    from titans_cli.model.context_mixing import BASE_IDS
 
-    base_ids = DNATokenizer().base_ids
-    engine.want_probs = [base_ids[base] for base in "ACGT"]
+    engine.want_probs = list(range(BASE_IDS.start, BASE_IDS.stop))  # A, C, G, T, the order the mixer reads
     cores = torch.get_num_threads()  # the cores the process may use (device.configure_threads; on a GPU torch's default)
     engine.lanes = min(engine.lanes, max(MIXING_LANES, min(cores, MIXING_LANES_MAX)))
     engine.reducer_threads = cores  # (the engine's pool takes at most one thread per lane)
